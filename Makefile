@@ -1,0 +1,31 @@
+# Two entry points (see README): `make run` and `make test`. Both create .venv/ first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CORES  ?= all
+STAMP  := $(VENV)/.kdbench-installed
+
+.PHONY: venv run smoke test clean-results
+
+venv: $(STAMP)
+
+# torch/torchvision are installed first and explicitly: these exact releases are the
+# pinned ones (pyproject.toml), installed before the rest so pip never resolves another.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: venv
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+smoke: venv
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile params/smoke.yaml
+
+test: venv
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+clean-results:
+	rm -rf results/

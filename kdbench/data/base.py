@@ -1,0 +1,108 @@
+"""Dataset containers and the dataset registry."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from kdbench.registry import Registry
+
+
+@dataclass
+class Split:
+    """One split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N, optional
+    ``masks`` bool N×H×W (foreground), optional ``groups`` int64 N (e.g. Waterbirds'
+    (y, place) group used for worst-group accuracy)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: Optional[torch.Tensor] = None
+    groups: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+        if self.masks is not None and (self.masks.dtype != torch.bool or self.masks.shape != (n, *self.images.shape[2:])):
+            raise ValueError("masks must be bool N×H×W aligned with images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        pick = lambda t: None if t is None else t[index]
+        return Split(self.images[index], self.labels[index], pick(self.masks), pick(self.groups))
+
+
+@dataclass
+class FileSplit:
+    """A split that streams from disk (ImageNet-style folders): paths + labels."""
+
+    paths: List[str]
+    labels: torch.Tensor
+    groups: Optional[torch.Tensor] = None
+    masks: None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: torch.Tensor) -> "FileSplit":
+        idx = index.tolist()
+        return FileSplit([self.paths[i] for i in idx], self.labels[index],
+                         None if self.groups is None else self.groups[index])
+
+
+@dataclass
+class Dataset:
+    """What ``build_dataset`` returns.
+
+    ``hierarchy``: list of partitions of the class indices, coarse to fine (each a list of
+    lists of class ids), or None. ``mean``/``std``: per-channel normalisation in [0, 1]
+    units. ``augment``: the training augmentation recipe, e.g. ``{"crop_pad": 4,
+    "flip": True}`` for in-memory data or ``{"random_resized_crop": 224, "flip": True}``
+    for folders. ``eval_size``: evaluation resize for folder data."""
+
+    name: str
+    splits: Dict[str, object]
+    num_classes: int
+    class_names: List[str]
+    fingerprint: str
+    hierarchy: Optional[List[List[List[int]]]] = None
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.25, 0.25, 0.25)
+    augment: dict = field(default_factory=lambda: {"crop_pad": 4, "flip": True})
+    image_size: int = 32
+    ood_metric: str = "accuracy"  # or "worst_group"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def has_masks(self) -> bool:
+        return getattr(self.splits.get("test"), "masks", None) is not None
+
+    @property
+    def has_ood(self) -> bool:
+        return "test_ood" in self.splits
+
+
+def fingerprint_tensors(*parts) -> str:
+    """A content hash (sha256, 16 hex) of tensors / strings / bytes, in order."""
+    h = hashlib.sha256()
+    for p in parts:
+        if p is None:
+            h.update(b"<none>")
+        elif isinstance(p, torch.Tensor):
+            t = p.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
+        elif isinstance(p, bytes):
+            h.update(p)
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")

@@ -1,0 +1,117 @@
+"""The StagedNet contract every model satisfies (ours and timm's).
+
+A StagedNet is ``stem`` -> ``stages[0..n-1]`` -> ``head`` (global pool -> fc). Methods and
+evaluations only ever talk to models through this interface, so that a distillation
+method written once works for every architecture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Features:
+    """One forward pass, everything at once. ``stages[k]`` is stage k's output (still in
+    the autograd graph), ``embedding`` the pooled fc input, ``logits`` the output."""
+
+    stages: List[torch.Tensor]
+    embedding: torch.Tensor
+    logits: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+
+class Head(nn.Module):
+    """Global average pool -> flatten -> (optional pre-fc activation) -> fc."""
+
+    def __init__(self, in_channels: int, num_classes: int, pre: nn.Module | None = None):
+        super().__init__()
+        self.pre = pre if pre is not None else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.pre(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x))
+
+
+class StagedNet(nn.Module):
+    """Base class: subclasses set ``stem`` (module), ``stages`` (nn.ModuleList, n >= 3)
+    and ``head`` (an object with ``embed(x)`` and ``fc``), and ``arch`` (its name)."""
+
+    arch: str = "?"
+    stem: nn.Module
+    stages: nn.ModuleList
+    head: Head
+
+    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], head: Head):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.head = head
+        if len(self.stages) < 3:
+            raise ValueError(f"a StagedNet needs at least 3 stages, got {len(self.stages)}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.fc.out_features
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.fc.in_features
+
+    @property
+    def stage_channels(self) -> List[int]:
+        return list(self._stage_channels)
+
+    def _run(self, start: int, h: torch.Tensor, keep: bool):
+        outs = []
+        for stage in self.stages[start:]:
+            h = stage(h)
+            if keep:
+                outs.append(h)
+        emb = self.head.embed(h)
+        return outs, emb, self.head.fc(emb)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(0, self.stem(x), keep=False)[2]
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        outs, emb, logits = self._run(0, self.stem(x), keep=True)
+        return Features(outs, emb, logits)
+
+    def forward_from(self, k: int, feat: torch.Tensor, return_features: bool = False):
+        """Run stages k+1.. and the head on an injected stage-k output ``feat``.
+
+        Returns the logits, or with ``return_features=True`` a :class:`Features` whose
+        ``stages`` holds the *later* stage outputs (stages k+1..n-1)."""
+        if not -self.num_stages <= k < self.num_stages:
+            raise IndexError(f"stage {k} out of range for {self.num_stages} stages")
+        k = k % self.num_stages
+        outs, emb, logits = self._run(k + 1, feat, keep=return_features)
+        return Features(outs, emb, logits) if return_features else logits
+
+    @torch.no_grad()
+    def infer_stage_shapes(self, input_size: int, in_chans: int = 3) -> List[tuple]:
+        """(C, H, W) of every stage output for a square input: used to check that a
+        teacher/student pair can be bridged before any training starts."""
+        was = self.training
+        self.eval()
+        try:
+            dev = next(self.parameters()).device
+            f = self.forward_features(torch.zeros(1, in_chans, input_size, input_size, device=dev))
+        finally:
+            self.train(was)
+        return [tuple(t.shape[1:]) for t in f.stages]
+
+    def _set_stage_channels(self, channels: Sequence[int]) -> None:
+        self._stage_channels = [int(c) for c in channels]
