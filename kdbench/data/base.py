@@ -78,6 +78,9 @@ class Dataset:
     image_size: int = 32
     ood_metric: str = "accuracy"  # or "worst_group"
     options: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    """Extra per-dataset facts, e.g. ``meta["context"][split]``: int64 per-image background
+    context ids (``shapes``, ``digits`` with ``colour_bias``), ``meta["paired_context"]``."""
 
     @property
     def has_masks(self) -> bool:
@@ -103,6 +106,27 @@ def fingerprint_tensors(*parts) -> str:
         else:
             h.update(repr(p).encode())
     return h.hexdigest()[:16]
+
+
+def resolve_data_root(data_root=None) -> str:
+    """Where paper-scale datasets live: the ``data_root`` option, else the ``KDBENCH_DATA``
+    environment variable, else ``./data``."""
+    import os
+
+    if data_root:
+        return os.path.expanduser(str(data_root))
+    return os.path.expanduser(os.environ.get("KDBENCH_DATA") or "data")
+
+
+def not_found(name: str, searched: str, setting: str, hint: str = ""):
+    """A ``DatasetNotFoundError`` naming the path searched and the setting to change, plus
+    an optional hint (e.g. how to download)."""
+    from kdbench.errors import DatasetNotFoundError
+
+    err = DatasetNotFoundError(name, searched, setting)
+    if hint:
+        err.args = (f"{err.args[0]}. {hint}",)
+    return err
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")

@@ -115,3 +115,25 @@ class StagedNet(nn.Module):
 
     def _set_stage_channels(self, channels: Sequence[int]) -> None:
         self._stage_channels = [int(c) for c in channels]
+
+
+def kaiming_init_(model: nn.Module, linear_std: float | None = None,
+                  linear_zero_bias: bool = False) -> None:
+    """The reference (RepDistiller / torchvision) initialisation, in place: every conv
+    gets Kaiming-normal weights (fan_out, ReLU gain, i.e. N(0, 2/(k*k*out))) and a zero
+    bias; BatchNorm/GroupNorm weight 1, bias 0. Linear layers keep PyTorch's default
+    unless ``linear_std`` is given (then N(0, linear_std) with zero bias) or
+    ``linear_zero_bias`` is set (default weight, zero bias)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0.0, linear_std)
+            if (linear_std is not None or linear_zero_bias) and m.bias is not None:
+                nn.init.zeros_(m.bias)

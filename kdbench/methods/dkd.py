@@ -1,0 +1,30 @@
+"""dkd (Zhao et al. 2022): CE + min(epoch/warm-up, 1) · (α·TCKD + β·NCKD).
+
+The warm-up is given for the 240-epoch recipe and scaled to the run's length; the factor
+uses the 1-based epoch number (epoch 1 of a 20-epoch warm-up weighs 1/20), as mdistiller.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdbench import functional as KF
+from kdbench.methods.base import Distiller, register_method
+
+
+@register_method("dkd")
+class DKD(Distiller):
+    hparam_names = ("ce_weight", "tckd_weight", "nckd_weight", "temperature", "warmup_epochs")
+
+    def warmup_factor(self) -> float:
+        warmup = self.scaled_epochs(self.hparams["warmup_epochs"])
+        return 1.0 if warmup <= 0 else min((self.epoch + 1) / warmup, 1.0)
+
+    def loss(self, batch):
+        x, y = batch["image"], batch["label"]
+        z_s = self.student(x)
+        with torch.no_grad():
+            z_t = self.teacher(x)
+        h = self.hparams
+        dkd = KF.dkd_loss(z_s, z_t, y, h["tckd_weight"], h["nckd_weight"], h["temperature"])
+        return {"ce": h["ce_weight"] * F.cross_entropy(z_s, y), "dkd": self.warmup_factor() * dkd}
