@@ -324,9 +324,9 @@ def relevance_score(
     _check_pair(x, rep)
     a = u_centered_distances(x)
     b = u_centered_distances(y)
-    l = u_centered_distances(rep)
+    lmat = u_centered_distances(rep)
     coef = _safe_div(u_inner(a, b), u_inner(b, b))
-    return _corr(a - coef * b, l)
+    return _corr(a - coef * b, lmat)
 
 
 # --------------------------------------------------------------------------- explanation metrics

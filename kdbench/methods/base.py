@@ -72,8 +72,6 @@ class Distiller(nn.Module):
     default_hparams: Optional[dict] = None
     #: False for methods that train the student alone (vanilla, teachers)
     needs_teacher: bool = True
-    #: per-image tensors the loader must carry through the same crop/flip as the image
-    aligned_keys: tuple = ()
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], num_classes: int,
                  hparams: dict, *, epochs: int = REFERENCE_EPOCHS, input_size: int = 32):
@@ -110,8 +108,16 @@ class Distiller(nn.Module):
 
     # -- hooks -------------------------------------------------------------------------
     def prepare(self, ctx: TrainContext) -> None:
-        """Called once before training (after a resume too, unless ``prepared_state``
-        restored it): e.g. TDD's hierarchy, e2kd_frozen's stored maps."""
+        """Called once before training, before the optimizer is built (so modules it
+        creates are trained) and before a checkpoint is loaded (so a resumed run first
+        re-creates what ``prepare`` makes, then loads its trained state). It must be
+        deterministic given the teacher and the data: e.g. TDD's hierarchy, e2kd_frozen's
+        stored maps."""
+
+    def aligned_tensors(self) -> Dict[str, torch.Tensor]:
+        """Per-image tensors (N×H×W, rows = training-split rows) the training loader
+        carries through the same crop/flip as their images (``batch[key]``)."""
+        return {}
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch

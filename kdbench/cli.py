@@ -1,0 +1,205 @@
+"""The ``kdbench`` command. Every pipeline rule calls it, so any job can be re-run by hand.
+
+Heavy libraries (torch, mlflow, plotting) are imported inside the commands that use them:
+``kdbench --help`` answers at once, and a job's fixed cost stays small.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  kdbench list methods
+  kdbench train-teacher --params params/smoke.yaml --dataset shapes --arch resnet20 --seed 0
+  kdbench distill --params params/smoke.yaml --dataset shapes --teacher resnet20 \\
+      --student resnet8 --method kd --seed 0 --set student_train.epochs=2
+  kdbench leaderboard --params params/smoke.yaml
+Outputs go to the profile's results_dir (default results/) unless --out is given.
+"""
+
+
+def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
+    p.add_argument("--params", default="params/default.yaml",
+                   help="params profile (YAML); default: %(default)s")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile value, e.g. student_train.epochs=3 (repeatable)")
+    if run:
+        p.add_argument("--out", type=Path, help="output directory (default: the standard results path)")
+        p.add_argument("--no-tracking", action="store_true", help="do not log this run to MLflow")
+        p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
+
+
+def _profile(args):
+    from kdbench.config import apply_overrides, load_yaml, validate_profile
+
+    raw = apply_overrides(load_yaml(args.params), args.overrides)
+    return validate_profile(raw, source=args.params)
+
+
+def _tracker(profile, args):
+    from kdbench.tracking import Tracker
+
+    enabled = profile["tracking"]["enabled"] and not getattr(args, "no_tracking", False)
+    return Tracker(enabled=enabled, experiment=profile["tracking"]["experiment"])
+
+
+def _finished(out: Path, cfg) -> bool:
+    import json
+
+    m = out / "metrics.json"
+    if not m.is_file():
+        return False
+    try:
+        return json.loads(m.read_text()).get("config_hash") == cfg.config_hash
+    except ValueError:
+        return False
+
+
+def _train(args, cfg, out: Path, teacher_path, profile) -> int:
+    from kdbench.engine.trainer import run
+
+    if not args.force and _finished(out, cfg):
+        print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
+        return 0
+    tracker = _tracker(profile, args)
+    try:
+        metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker)
+    except BaseException:
+        tracker.finish("FAILED" if tracker.run_id else "FINISHED")
+        raise
+    print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    from kdbench.config import check_in_profile, run_paths, teacher_config
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, None, args.arch, None)
+    cfg = teacher_config(profile, args.dataset, args.arch, args.seed)
+    out = args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed)
+    return _train(args, cfg, Path(out), None, profile)
+
+
+def cmd_distill(args) -> int:
+    from kdbench.config import check_in_profile, run_paths, student_config
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    cfg = student_config(profile, args.dataset, args.teacher, args.student, args.method, args.seed)
+    out = args.out or run_paths(profile["results_dir"], "student", args.dataset, args.student, args.seed,
+                                teacher=args.teacher, method=args.method)
+    teacher_path = None
+    if cfg.teacher is not None:
+        teacher_path = args.teacher_model or (run_paths(profile["results_dir"], "teacher", args.dataset,
+                                                        args.teacher, cfg.teacher_seed) / "model.pt")
+    return _train(args, cfg, Path(out), teacher_path, profile)
+
+
+def cmd_prepare_data(args) -> int:
+    from kdbench.data.cache import load_dataset, prepared_path
+
+    profile = _profile(args)
+    from kdbench.config import check_in_profile
+
+    check_in_profile(profile, args.dataset, None, None, None)
+    ds = load_dataset(args.dataset, profile["datasets"][args.dataset], profile["results_dir"])
+    print(f"{args.dataset}: {', '.join(f'{k}={len(v)}' for k, v in ds.splits.items())} "
+          f"fingerprint={ds.fingerprint} -> {prepared_path(profile['results_dir'], args.dataset)}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "methods":
+        from kdbench.methods import iter_method_names
+
+        names = iter_method_names()
+    elif args.what == "archs":
+        from kdbench.models import list_models
+
+        names = list_models() + ["timm:<name>  (any timm model of the resnet, mobilenetv3, efficientnet, convnext families)"]
+    else:
+        from kdbench.data import list_datasets
+
+        names = list_datasets()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    profile = _profile(args)
+    n = len(profile["datasets"]) * len(profile["pairs"]) * len(profile["methods"]) * len(profile["seeds"])
+    print(f"{args.params}: valid ({n} student runs)")
+    return 0
+
+
+def cmd_init_tracking(args) -> int:
+    from kdbench.tracking import init_store
+
+    uri = init_store(args.experiment)
+    print(f"MLflow store ready: {uri} (experiment {args.experiment!r})", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdbench", description="kdbench: a reproducible knowledge-distillation benchmark.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", help="list registered methods, architectures or datasets")
+    p.add_argument("what", choices=["methods", "archs", "datasets"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("validate", help="check a params profile without running anything")
+    _common(p, run=False)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("prepare-data", help="build a dataset once and store its tensors under results/data/")
+    _common(p, run=False)
+    p.add_argument("--dataset", required=True)
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train-teacher", help="train a teacher (the vanilla recipe on the teacher arch)",
+                       description="Train a teacher with the profile's teacher_train recipe. Resumes from its "
+                                   "checkpoint if interrupted.")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True, help="architecture (kdbench list archs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("distill", help="train a student with a distillation method",
+                       description="Distil TEACHER into STUDENT with METHOD (vanilla = the student alone) using "
+                                   "the profile's student_train recipe and params/methods/METHOD.yaml. The teacher "
+                                   "must have been trained (train-teacher). Resumes from its checkpoint.")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("init-tracking", help="create the MLflow store once (the pipeline does this first)")
+    p.add_argument("--experiment", default="kdbench")
+    p.set_defaults(func=cmd_init_tracking)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from kdbench.errors import KDBenchError
+
+    try:
+        return int(args.func(args) or 0)
+    except KDBenchError as err:
+        print(f"kdbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Params profiles, typed run configs, merging, hashing and validation errors.
+
+A *profile* (params/*.yaml) describes a whole benchmark: datasets, teacher/student pairs,
+methods, seeds and the training recipes. A *run config* is what one job needs: it is
+resolved from a profile for one (dataset, arch(s), method, seed) and hashed; the hash is
+recorded with the run so that a changed recipe is visible on the board.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from kdbench.errors import KDBenchError, UnknownChoiceError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCHEMA_PATH = PACKAGE_DIR / "params.schema.yaml"
+
+RECIPE_DEFAULTS: Dict[str, Any] = {
+    "epochs": 240,
+    "batch_size": 64,
+    "eval_batch_size": 512,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "schedule": "step",
+    "milestones": [150, 180, 210],
+    "gamma": 0.1,
+    "student_shots": None,
+    "arch_lr": {},
+}
+
+PROFILE_DEFAULTS: Dict[str, Any] = {
+    "results_dir": "results",
+    "teacher_seed": 0,
+    "method_params": {},
+    "evaluation": {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8},
+    "device": "auto",
+    "threads": 1,
+    "precision": "fp32",
+    "channels_last": False,
+    "tracking": {"enabled": True, "experiment": "kdbench"},
+}
+
+
+class ParamsError(KDBenchError, ValueError):
+    """A params profile or run option is invalid (names the key and the problem)."""
+
+
+# --------------------------------------------------------------------------- profiles
+def project_root() -> Path:
+    """The repository root: where params/ lives (KDBENCH_ROOT overrides)."""
+    env = os.environ.get("KDBENCH_ROOT")
+    if env:
+        return Path(env).resolve()
+    for cand in (Path.cwd(), *Path.cwd().parents, PACKAGE_DIR.parent):
+        if (cand / "params" / "methods").is_dir():
+            return cand
+    return Path.cwd()
+
+
+def load_yaml(path: os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ParamsError(f"params file {str(p)!r} does not exist")
+    with open(p) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"params file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _path_of(err) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def _schema_node(path) -> dict:
+    node, schema = _schema(), _schema()
+    for part in path:
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].split("/")[-1]]
+        props = node.get("properties", {})
+        if isinstance(part, str) and part in props:
+            node = props[part]
+        elif isinstance(part, int) and "items" in node:
+            node = node["items"]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+    if "$ref" in node:
+        node = schema["definitions"][node["$ref"].split("/")[-1]]
+    return node
+
+
+def validate_structure(profile: dict, source: str = "params") -> None:
+    """JSON-schema validation with errors that name the key and the valid choices."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(profile), key=lambda e: (len(e.absolute_path), e.message))
+    if not errors:
+        return
+    err = errors[0]
+    where = _path_of(err)
+    if err.validator == "additionalProperties":
+        allowed = list(_schema_node(err.absolute_path).get("properties", {}))
+        bad = [k for k in err.instance if k not in allowed]
+        raise UnknownChoiceError(f"key in {source} at {where}", bad[0], allowed)
+    if err.validator == "required":
+        raise ParamsError(f"{source}: {where}: {err.message}")
+    raise ParamsError(f"{source}: bad value at {where}: {err.message}")
+
+
+def validate_names(profile: dict, source: str = "params") -> None:
+    """Every dataset, arch and method name must exist (checked without building them)."""
+    from kdbench.data import DATASETS, build_dataset  # noqa: F401  (registers datasets)
+    from kdbench.methods import get_method
+    from kdbench.models import check_model_name
+
+    for name, options in profile["datasets"].items():
+        DATASETS.get(name)
+        _check_dataset_options(name, options or {})
+    for pair in profile["pairs"]:
+        check_model_name(pair["teacher"])
+        check_model_name(pair["student"])
+    for name in profile["methods"]:
+        get_method(name)
+    for name in profile.get("method_params", {}):
+        get_method(name)
+    for recipe in ("teacher_train", "student_train"):
+        for arch in profile.get(recipe, {}).get("arch_lr", {}) or {}:
+            check_model_name(arch)
+
+
+def _check_dataset_options(name: str, options: dict) -> None:
+    import inspect
+
+    from kdbench.data import DATASETS
+
+    sig = inspect.signature(DATASETS.get(name))
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    for key in options:
+        if key not in sig.parameters:
+            raise UnknownChoiceError(f"option of dataset {name!r}", key, sig.parameters)
+
+
+def with_defaults(profile: dict) -> dict:
+    out = copy.deepcopy(PROFILE_DEFAULTS)
+    for key, value in profile.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = copy.deepcopy(value)
+    for recipe in ("teacher_train", "student_train"):
+        out[recipe] = {**RECIPE_DEFAULTS, **out.get(recipe, {})}
+    out["datasets"] = {k: dict(v or {}) for k, v in out["datasets"].items()}
+    return out
+
+
+def validate_profile(profile: dict, source: str = "params") -> dict:
+    """Validate a profile (structure, then names, then method hyperparameters); returns
+    it with defaults filled in. Raises a KDBenchError naming the problem."""
+    validate_structure(profile, source)
+    validate_names(profile, source)
+    full = with_defaults(profile)
+    for pair in full["pairs"]:
+        for method in full["methods"]:
+            method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
+    return full
+
+
+def load_profile(path: os.PathLike) -> dict:
+    return validate_profile(load_yaml(path), source=str(path))
+
+
+# --------------------------------------------------------------------------- methods
+def method_hparams(method: str, teacher: Optional[str], student: str,
+                   overrides: Optional[dict] = None, params_dir: Optional[Path] = None) -> dict:
+    """A method's hyperparameters: params/methods/<method>.yaml ``defaults``, then its
+    ``pairs["teacher->student"]`` entry, then the profile's ``method_params[method]``.
+    Validated against the method's declared names."""
+    from kdbench.methods import get_method
+
+    cls = get_method(method)
+    path = (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+    if path.is_file():
+        spec = load_yaml(path)
+        for key in spec:
+            if key not in ("defaults", "pairs"):
+                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs"])
+        hp = dict(spec.get("defaults") or {})
+        hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
+    elif cls.default_hparams is not None:
+        hp = dict(cls.default_hparams)
+    elif not cls.hparam_names:
+        hp = {}
+    else:
+        raise ParamsError(f"method {method!r} has no hyperparameter file {path}")
+    hp.update((overrides or {}).get(method, {}) or {})
+    cls.check_hparams(hp)
+    return hp
+
+
+# --------------------------------------------------------------------------- run configs
+@dataclass
+class RunConfig:
+    """Everything one training job needs. ``kind`` is "teacher" or "student"."""
+
+    kind: str
+    dataset: str
+    dataset_options: Dict[str, Any]
+    arch: str
+    method: str
+    seed: int
+    recipe: Dict[str, Any]
+    hparams: Dict[str, Any] = field(default_factory=dict)
+    teacher: Optional[str] = None
+    teacher_seed: Optional[int] = None
+    device: str = "auto"
+    threads: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that determines the numbers (not where they are written)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in ("device", "threads")}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def lr(self) -> float:
+        return float((self.recipe.get("arch_lr") or {}).get(self.arch, self.recipe["lr"]))
+
+
+def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConfig:
+    return RunConfig(
+        kind="teacher", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=arch,
+        method="vanilla", seed=seed, recipe=dict(profile["teacher_train"], student_shots=None),
+        hparams={}, device=profile["device"], threads=profile["threads"],
+        precision=profile["precision"], channels_last=profile["channels_last"])
+
+
+def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> RunConfig:
+    from kdbench.methods import get_method
+
+    needs_teacher = get_method(method).needs_teacher
+    t_seed = profile.get("teacher_seed")
+    return RunConfig(
+        kind="student", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=student,
+        method=method, seed=seed, recipe=dict(profile["student_train"]),
+        hparams=method_hparams(method, teacher, student, profile.get("method_params")),
+        teacher=teacher if needs_teacher else None,
+        teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,
+        device=profile["device"], threads=profile["threads"],
+        precision=profile["precision"], channels_last=profile["channels_last"])
+
+
+def check_in_profile(profile: dict, dataset: str, teacher: Optional[str], student: Optional[str], method: Optional[str]) -> None:
+    if dataset not in profile["datasets"]:
+        raise UnknownChoiceError("dataset of this profile", dataset, profile["datasets"])
+    if method is not None and method not in profile["methods"]:
+        from kdbench.methods import get_method
+        get_method(method)  # a real method that the profile does not list is allowed
+
+
+def apply_overrides(profile: dict, assignments: List[str]) -> dict:
+    """``key.sub=value`` overrides (value parsed as YAML), e.g. ``student_train.epochs=3``."""
+    out = copy.deepcopy(profile)
+    for item in assignments or []:
+        if "=" not in item:
+            raise ParamsError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = value
+    return out
+
+
+def run_paths(results_dir: os.PathLike, kind: str, dataset: str, arch: str, seed: int,
+              teacher: Optional[str] = None, method: Optional[str] = None) -> Path:
+    root = Path(results_dir)
+    if kind == "teacher":
+        return root / "teachers" / dataset / arch / f"s{seed}"
+    return root / "students" / dataset / f"{teacher}__{arch}" / method / f"s{seed}"

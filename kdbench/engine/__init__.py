@@ -1,0 +1,1 @@
+"""Training engine: seeding, devices, checkpoints/resume, the training loop."""

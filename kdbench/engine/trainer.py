@@ -1,0 +1,337 @@
+"""The training loop shared by teachers (method ``vanilla``) and students (any method).
+
+One call of :func:`run` is one job: it resumes from ``checkpoint.pt`` when one exists for
+the same config, checkpoints atomically at the end of every epoch, selects the best epoch
+on the validation split only, and writes ``model.pt``, ``history.csv``, ``artifacts.json``
+and, last, ``metrics.json`` — each atomically, so a killed job leaves no half result.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from kdbench.config import RunConfig
+from kdbench.engine import io as kio
+from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
+                                    set_rng_state, set_threads)
+from kdbench.errors import KDBenchError
+
+CHECKPOINT = "checkpoint.pt"
+#: the fixed seed that draws a profile's ``student_shots`` subset (same for every run)
+SHOTS_SEED = 0
+
+
+class NonFiniteLossError(KDBenchError, FloatingPointError):
+    def __init__(self, epoch: int, step: int, terms: Dict[str, float]):
+        bad = ", ".join(f"{k}={v}" for k, v in terms.items())
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {bad}")
+        self.epoch, self.step, self.terms = epoch, step, terms
+
+
+# ------------------------------------------------------------------------ model files
+def save_model(path: Path, distiller, cfg: RunConfig, num_classes: int, extra: Optional[dict] = None) -> None:
+    meta = {"arch": cfg.arch, "method": cfg.method, "num_classes": num_classes, "dataset": cfg.dataset,
+            "seed": cfg.seed, "teacher": cfg.teacher, "hparams": cfg.hparams, "epochs": cfg.recipe["epochs"],
+            "config_hash": cfg.config_hash, **(extra or {})}
+    kio.save_torch({"state_dict": distiller.trainable_state(), "meta": meta}, path)
+
+
+def load_model(path: Path, device="cpu"):
+    """The plain network (the ``student.*`` part) of a ``model.pt``, in eval mode, and its
+    metadata. Teachers are loaded this way."""
+    from kdbench.models import create_model
+
+    blob = kio.load_torch(path, map_location=device)
+    meta = blob["meta"]
+    model = create_model(meta["arch"], meta["num_classes"])
+    state = {k[len("student."):]: v for k, v in blob["state_dict"].items() if k.startswith("student.")}
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def build_distiller(cfg: RunConfig, num_classes: int, input_size: int, teacher=None):
+    from kdbench.methods import get_method
+    from kdbench.models import create_model
+
+    student = create_model(cfg.arch, num_classes)
+    return get_method(cfg.method)(student, teacher, num_classes, cfg.hparams,
+                                  epochs=cfg.recipe["epochs"], input_size=input_size)
+
+
+def load_deployed(path: Path, teacher=None, device="cpu"):
+    """The deployed model of a run (``Distiller.predict``), e.g. CID's intervention head
+    with its stored prototypes. Parts only used in training may be absent."""
+    from kdbench.methods import get_method
+    from kdbench.models import create_model
+
+    blob = kio.load_torch(path, map_location=device)
+    meta = blob["meta"]
+    cls = get_method(meta["method"])
+    student = create_model(meta["arch"], meta["num_classes"])
+    if cls.needs_teacher and teacher is None:
+        raise KDBenchError(f"loading a {meta['method']!r} model needs its teacher")
+    d = cls(student, teacher if cls.needs_teacher else None, meta["num_classes"], meta["hparams"],
+            epochs=meta["epochs"], input_size=meta.get("input_size", 32))
+    d.load_state_dict(blob["state_dict"], strict=False)
+    return d.to(device).eval(), meta
+
+
+# ------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def predict_split(predict, dataset, split, device, batch_size: int = 512) -> torch.Tensor:
+    """Predicted classes over a whole split (un-augmented, in order)."""
+    from kdbench.data.loader import make_loader
+
+    preds = []
+    for batch in make_loader(dataset, split, batch_size, train=False, device=device):
+        preds.append(predict(batch["image"]).argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((preds == labels).float().mean()) if len(labels) else float("nan")
+
+
+def worst_group_accuracy(preds, labels, groups) -> float:
+    accs = [accuracy(preds[groups == g], labels[groups == g]) for g in torch.unique(groups)]
+    return min(accs)
+
+
+def ood_score(dataset, preds, split) -> float:
+    if dataset.ood_metric == "worst_group" and getattr(split, "groups", None) is not None:
+        return worst_group_accuracy(preds, split.labels, split.groups)
+    return accuracy(preds, split.labels)
+
+
+# ------------------------------------------------------------------------ the job
+class Progress:
+    """A tqdm bar on interactive terminals, one line per epoch in logs."""
+
+    def __init__(self, total_epochs: int, steps: int, name: str):
+        self.interactive = sys.stderr.isatty()
+        self.total, self.steps, self.name = total_epochs, steps, name
+        self.bar = None
+
+    def epoch_start(self, epoch: int):
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.steps, desc=f"{self.name} epoch {epoch + 1}/{self.total}", leave=False)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch_end(self, epoch: int, row: dict):
+        if self.bar is not None:
+            self.bar.close()
+        terms = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss"))
+        print(f"[{self.name}] epoch {epoch + 1}/{self.total} {terms} val_top1={row['val_top1']:.4f} "
+              f"test_top1={row['test_top1']:.4f} lr={row['lr']:.4g} ({row['epoch_s']:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _optimizer(distiller, cfg: RunConfig):
+    r = cfg.recipe
+    groups = distiller.param_groups(r["weight_decay"])
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=r["momentum"], nesterov=r["nesterov"],
+                           weight_decay=r["weight_decay"])
+
+
+def _scheduler(optimizer, cfg: RunConfig):
+    r = cfg.recipe
+    if r["schedule"] == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(r["milestones"]), gamma=r["gamma"])
+    if r["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r["epochs"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        state = kio.load_torch(path)
+    except Exception as err:  # truncated / corrupt file: start afresh, never a crash loop
+        print(f"[kdbench] checkpoint {path} is unreadable ({type(err).__name__}: {err}); starting afresh",
+              file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+        return None
+    if state.get("config_hash") != cfg.config_hash:
+        print(f"[kdbench] checkpoint {path} belongs to another config; starting afresh", file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _history_csv(rows: List[dict]) -> str:
+    keys: List[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optional[Path] = None,
+        tracker=None, name: Optional[str] = None, max_epochs: Optional[int] = None) -> dict:
+    """Train one model. ``max_epochs`` stops early after that many epochs of this call
+    (used by tests to simulate an interrupted job)."""
+    from kdbench.data.cache import load_dataset
+    from kdbench.data.loader import make_loader
+    from kdbench.data.sampling import few_shot
+    from kdbench.methods import TrainContext
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"{cfg.dataset}/{cfg.teacher + '->' if cfg.teacher else ''}{cfg.arch}/{cfg.method}/s{cfg.seed}"
+    set_threads(cfg.threads)
+    set_deterministic()
+    device = select_device(cfg.device)
+    r = cfg.recipe
+
+    ds = load_dataset(cfg.dataset, cfg.dataset_options, results_dir)
+    train_split = ds.splits["train"]
+    if cfg.kind == "student" and r.get("student_shots"):
+        train_split = few_shot(train_split, r["student_shots"], seed=SHOTS_SEED)
+
+    teacher = None
+    if cfg.teacher is not None:
+        if teacher_path is None or not Path(teacher_path).is_file():
+            raise KDBenchError(f"teacher model {teacher_path} not found: train it first "
+                               f"(kdbench train-teacher --dataset {cfg.dataset} --arch {cfg.teacher})")
+        teacher, tmeta = load_model(Path(teacher_path), device)
+        if tmeta["arch"] != cfg.teacher or tmeta["num_classes"] != ds.num_classes:
+            raise KDBenchError(f"{teacher_path} holds a {tmeta['arch']} for {tmeta['num_classes']} classes, "
+                               f"expected {cfg.teacher} for {ds.num_classes}")
+
+    seed_everything(cfg.seed)
+    distiller = build_distiller(cfg, ds.num_classes, ds.image_size, teacher).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        distiller = distiller.to(memory_format=torch.channels_last)
+
+    def loader_for(split, batch_size, train, aligned=None):
+        return make_loader(ds, split, batch_size, train=train, seed=cfg.seed, device=device, aligned=aligned)
+
+    ctx = TrainContext(dataset=ds, train_split=train_split, device=device, batch_size=r["batch_size"],
+                       seed=cfg.seed, make_loader=loader_for)
+    distiller.prepare(ctx)
+    aligned = distiller.aligned_tensors() or None
+    train_loader = loader_for(train_split, r["batch_size"], True, aligned)
+    if len(train_loader) == 0:
+        raise KDBenchError(f"batch_size {r['batch_size']} is larger than the {len(train_split)} training images")
+    optimizer = _optimizer(distiller, cfg)
+    scheduler = _scheduler(optimizer, cfg)
+
+    ckpt_path = out_dir / CHECKPOINT
+    history: List[dict] = []
+    start_epoch = 0
+    train_time = 0.0
+    state = _load_checkpoint(ckpt_path, cfg)
+    if state is not None:
+        distiller.load_trainable_state(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+        start_epoch, train_time = int(state["epoch"]) + 1, float(state["train_s"])
+        print(f"[{name}] resuming after epoch {start_epoch}", file=sys.stderr, flush=True)
+
+    if tracker is not None:
+        from kdbench.tracking import git_commit
+
+        tracker.start(name, {"config": cfg.to_dict(), "config_hash": cfg.config_hash,
+                             "dataset_fingerprint": ds.fingerprint, "git_commit": git_commit()},
+                      tags={"kind": cfg.kind, "method": cfg.method, "dataset": cfg.dataset})
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
+                else nullcontext())
+    progress = Progress(r["epochs"], len(train_loader), name)
+    predict = distiller.predict
+    n_images = 0
+    end_epoch = r["epochs"] if max_epochs is None else min(r["epochs"], start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        distiller.train()
+        distiller.on_epoch_start(epoch)
+        train_loader.set_epoch(epoch)
+        progress.epoch_start(epoch)
+        sums: Dict[str, torch.Tensor] = {}
+        steps = 0
+        for step, batch in enumerate(train_loader):
+            with autocast:
+                terms = distiller.loss(batch)
+            total = sum(terms.values())
+            if not bool(torch.isfinite(total)):
+                raise NonFiniteLossError(epoch, step, {k: float(v) for k, v in terms.items()})
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            steps += 1
+            n_images += batch["label"].shape[0]
+            progress.step()
+        distiller.on_epoch_end(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        epoch_train_s = time.time() - t0
+        train_time += epoch_train_s
+        distiller.eval()
+        val_top1 = accuracy(predict_split(predict, ds, "val", device, r["eval_batch_size"]), ds.splits["val"].labels)
+        test_top1 = accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
+        row = {"epoch": epoch + 1, **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
+               "loss": float(sum(sums.values())) / steps, "val_top1": val_top1, "test_top1": test_top1,
+               "lr": lr, "epoch_s": time.time() - t0}
+        history.append(row)
+        keys = list(row)
+        kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash, "distiller": distiller.trainable_state(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(), "train_s": train_time, "history_keys": keys,
+                        "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
+                                                dtype=torch.float64)}, ckpt_path)
+        progress.epoch_end(epoch, row)
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+
+    if end_epoch < r["epochs"]:
+        return {"interrupted_after_epoch": end_epoch}
+
+    # ---- final outputs
+    distiller.eval()
+    last = history[-1]
+    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+    metrics = {
+        "kind": cfg.kind, "dataset": cfg.dataset, "arch": cfg.arch, "student": cfg.arch,
+        "teacher": cfg.teacher, "method": cfg.method, "seed": cfg.seed, "teacher_seed": cfg.teacher_seed,
+        "epochs": r["epochs"], "top1": last["test_top1"], "top1_sel": history[best]["test_top1"],
+        "best_epoch": best + 1, "val_top1": last["val_top1"], "top1_ood": None,
+        "train_s": train_time, "wall_s": time.time() - t_start,
+        "train_img_s": (n_images / train_time) if start_epoch == 0 and train_time > 0 else None,
+        "params": sum(p.numel() for p in distiller.student.parameters()),
+        "n_train": len(train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
+        "device": str(device), "hparams": cfg.hparams,
+    }
+    if "test_ood" in ds.splits:
+        split = ds.splits["test_ood"]
+        metrics["top1_ood"] = ood_score(ds, predict_split(predict, ds, split, device, r["eval_batch_size"]), split)
+    save_model(out_dir / "model.pt", distiller, cfg, ds.num_classes, {"input_size": ds.image_size})
+    kio.write_text(_history_csv(history), out_dir / "history.csv")
+    kio.write_json(distiller.artifacts(), out_dir / "artifacts.json")
+    kio.write_json(metrics, out_dir / "metrics.json")
+    ckpt_path.unlink(missing_ok=True)
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_artifacts([out_dir / "metrics.json", out_dir / "history.csv", out_dir / "artifacts.json"])
+        tracker.finish()
+    return metrics
