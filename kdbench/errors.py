@@ -5,6 +5,22 @@ import difflib
 from typing import Iterable
 
 
+def closest(value: str, choices: Iterable[str], cutoff: float = 0.6):
+    """The closest choice (difflib ratio); ties go to the longest common prefix, so that
+    'resnet21' suggests 'resnet20' rather than 'resnet32'."""
+    import os
+
+    scored = []
+    for c in choices:
+        m = difflib.SequenceMatcher(None, value, c)
+        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and m.ratio() >= cutoff:
+            scored.append((m.ratio(), len(os.path.commonprefix([value, c])), c))
+    if not scored:
+        return None
+    best = max(r for r, _, _ in scored)
+    return max((p, -i, c) for i, (r, p, c) in enumerate(scored) if r == best)[2]
+
+
 class KDBenchError(Exception):
     """Base class of kdbench's user-facing errors (bad input, missing data)."""
 
@@ -16,8 +32,7 @@ class UnknownChoiceError(KDBenchError, ValueError):
     def __init__(self, kind: str, value: object, choices: Iterable[str], hint: str = ""):
         self.kind, self.value = kind, value
         self.choices = sorted(str(c) for c in choices)
-        close = difflib.get_close_matches(str(value), self.choices, n=1, cutoff=0.6)
-        self.suggestion = close[0] if close else None
+        self.suggestion = closest(str(value), self.choices)
         msg = f"unknown {kind} {value!r}"
         if self.suggestion:
             msg += f" (did you mean {self.suggestion!r}?)"

@@ -121,11 +121,13 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             self.uri = self.uri or tracking_uri()
-            client = MlflowClient(tracking_uri=self.uri)
-            exp = _retry(client.get_experiment_by_name, self.experiment)
-            if exp is None:
-                init_store(self.experiment, self.uri)
+            # the first touch of a SQLite store may create/migrate it: one process at a time
+            with _store_lock(self.uri):
+                client = MlflowClient(tracking_uri=self.uri)
                 exp = _retry(client.get_experiment_by_name, self.experiment)
+                if exp is None:
+                    _retry(client.create_experiment, self.experiment, artifact_location=_artifact_root(self.uri))
+                    exp = _retry(client.get_experiment_by_name, self.experiment)
             run = _retry(client.create_run, exp.experiment_id, run_name=run_name,
                          tags={"mlflow.runName": run_name, **(tags or {})})
             self.client, self.run_id = client, run.info.run_id

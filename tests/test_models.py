@@ -126,8 +126,6 @@ def test_unknown_arch_names_choices_and_suggestion(typo):
     assert "timm:<name>" in msg
 
 
-@pytest.mark.xfail(reason="kdbench.errors: difflib ties (resnet20/resnet32/resnet18 all score 0.875) "
-                          "are broken by the larger string, so 'resnet32' wins", strict=False)
 def test_unknown_arch_suggestion_prefers_shared_prefix():
     with pytest.raises(UnknownChoiceError) as e:
         create_model("resnet21", 10)

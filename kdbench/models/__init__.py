@@ -47,3 +47,14 @@ def create_model(name: str, num_classes: int, **kwargs) -> StagedNet:
         model = factory(num_classes=num_classes, **kwargs)
     model.arch = name
     return model
+
+
+def check_model_name(name: str) -> None:
+    """Raise the unknown-arch error for a name ``create_model`` would reject, without
+    building anything (timm names are checked against timm's registry: imports timm)."""
+    if name.startswith(TIMM_PREFIX):
+        from kdbench.models.timm_adapter import timm_family
+
+        timm_family(name[len(TIMM_PREFIX):])
+    elif name not in MODELS and wrn.wrn_from_name(name) is None:
+        create_model(name, 2)  # raises the UnknownChoiceError with the choices

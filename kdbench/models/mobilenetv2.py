@@ -63,9 +63,9 @@ class MobileNetV2(StagedNet):
                                        expand_ratio if t is None else t) for j in range(n)]
             if i == 0 or s == 2:  # a stride-2 setting starts a new stage
                 groups.append([])
-                channels.append(out)
+                channels.append(0)
             groups[-1].append(nn.Sequential(*layers))
-            channels[-1] = c = out
+            channels[-1] = c = out  # a stage's channels: its last setting's
         stages = [nn.Sequential(*g) for g in groups]
         if width_mult > 1.0:  # RepDistiller: make_divisible(1280 * w, 8) above width 1
             last_channel = int(math.ceil(last_channel * width_mult / 8) * 8)

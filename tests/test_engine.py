@@ -1,0 +1,274 @@
+"""Engine: baselines, determinism, checkpoints/resume (incl. SIGKILL), NaN guard, plugins, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench.config import student_config, teacher_config, validate_profile
+from kdbench.data.cache import load_dataset
+from kdbench.data.loader import make_loader
+from kdbench.engine import trainer
+from kdbench.errors import KDBenchError, UnknownChoiceError
+from kdbench.methods import METHODS, Distiller, get_method, register_method
+from kdbench.models import create_model
+from tests.tiny import tiny_profile, write_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+KDBENCH = [sys.executable, "-m", "kdbench.cli"]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               KDBENCH_ROOT=str(ROOT), OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("engine")
+    prof = validate_profile(tiny_profile(tmp))
+    results = Path(prof["results_dir"])
+    tcfg = teacher_config(prof, "shapes", "resnet14", 0)
+    tdir = results / "teachers/shapes/resnet14/s0"
+    trainer.run(tcfg, tdir, results_dir=results)
+    return tmp, prof, results, tdir / "model.pt"
+
+
+# ----------------------------------------------------------------- baselines
+@pytest.mark.parametrize("method,terms", [("vanilla", {"ce"}), ("kd", {"ce", "kd"}), ("fitnet", {"ce", "hint"}),
+                                          ("at", {"ce", "at"}), ("dkd", {"ce", "dkd"})])
+def test_baseline_terms_finite_and_decreasing(tiny, method, terms):
+    _, prof, results, tpath = tiny
+    ds = load_dataset("shapes", prof["datasets"]["shapes"], results)
+    teacher, _ = trainer.load_model(tpath)
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", method, 0)
+    torch.manual_seed(0)
+    d = trainer.build_distiller(cfg, ds.num_classes, ds.image_size, teacher if cfg.teacher else None)
+    d.on_epoch_start(40)  # past DKD's warm-up
+    batch = next(iter(make_loader(ds, "train", 32, train=False)))
+    opt = torch.optim.SGD([p for g in d.param_groups(0.0) for p in g["params"]], lr=0.02, momentum=0.9)
+    totals = []
+    for _ in range(12):
+        out = d.loss(batch)
+        assert set(out) == terms
+        assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
+        total = sum(out.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(float(total))
+    assert totals[-1] < totals[0] * 0.9
+    if teacher is not None and cfg.teacher:
+        assert all(p.grad is None for p in d.teacher.parameters())
+        assert not d.teacher.training
+
+
+def test_teacher_stays_frozen_in_train_mode(tiny):
+    _, prof, results, tpath = tiny
+    teacher, _ = trainer.load_model(tpath)
+    d = get_method("kd")(create_model("resnet8", 8), teacher, 8, {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4})
+    d.train()
+    assert d.student.training and not d.teacher.training
+    assert not any(p.requires_grad for p in d.teacher.parameters())
+    assert not any(k.startswith("teacher.") for k in d.trainable_state())
+
+
+def test_dkd_warmup_scales_with_epochs():
+    d = get_method("dkd")(create_model("resnet8", 4), create_model("resnet8", 4), 4,
+                          {"ce_weight": 1, "tckd_weight": 1, "nckd_weight": 8, "temperature": 4, "warmup_epochs": 20},
+                          epochs=24)  # 20 of 240 -> 2 of 24
+    d.on_epoch_start(0)
+    assert d.warmup_factor() == pytest.approx(0.5)
+    d.on_epoch_start(1)
+    assert d.warmup_factor() == 1.0
+
+
+def test_unknown_hparam_and_missing_hparam():
+    with pytest.raises(UnknownChoiceError, match="kd_weigth.*kd_weight"):
+        get_method("kd").check_hparams({"ce_weight": 0.1, "kd_weigth": 0.9, "temperature": 4})
+    with pytest.raises(KDBenchError, match="missing.*temperature"):
+        get_method("kd").check_hparams({"ce_weight": 0.1, "kd_weight": 0.9})
+
+
+# ----------------------------------------------------------------- outputs, determinism, resume
+def test_outputs_and_determinism(tiny, tmp_path):
+    _, prof, results, tpath = tiny
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "kd", 0)
+    m1 = trainer.run(cfg, tmp_path / "a", results_dir=results, teacher_path=tpath)
+    m2 = trainer.run(cfg, tmp_path / "b", results_dir=results, teacher_path=tpath)
+    for key in ("top1", "top1_sel", "top1_ood", "params", "config_hash"):
+        assert m1[key] == m2[key]
+    assert (tmp_path / "a/history.csv").read_text().split("epoch_s")[0] == (tmp_path / "b/history.csv").read_text().split("epoch_s")[0]
+    s1 = torch.load(tmp_path / "a/model.pt", weights_only=True)["state_dict"]
+    s2 = torch.load(tmp_path / "b/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    saved = json.loads((tmp_path / "a/metrics.json").read_text())
+    for key in ("dataset", "arch", "method", "seed", "epochs", "top1", "top1_sel", "top1_ood", "train_s", "params", "config_hash"):
+        assert key in saved
+    assert saved["top1_ood"] is not None and 0 <= saved["top1"] <= 1
+    assert not (tmp_path / "a/checkpoint.pt").exists()
+    assert not list((tmp_path / "a").glob(".*.tmp"))
+    assert len((tmp_path / "a/history.csv").read_text().strip().splitlines()) == 1 + cfg.recipe["epochs"]
+
+
+def test_interrupted_run_resumes_to_identical_numbers(tiny, tmp_path):
+    _, prof, results, tpath = tiny
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "dkd", 0)
+    full = trainer.run(cfg, tmp_path / "full", results_dir=results, teacher_path=tpath)
+    part = trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tpath, max_epochs=1)
+    assert part == {"interrupted_after_epoch": 1}
+    assert (tmp_path / "part/checkpoint.pt").exists() and not (tmp_path / "part/metrics.json").exists()
+    resumed = trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tpath)
+    for key in ("top1", "top1_sel", "top1_ood", "val_top1"):
+        assert resumed[key] == full[key]
+    a = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "part/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_restarts_cleanly(tiny, tmp_path, capsys):
+    _, prof, results, tpath = tiny
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"this is not a checkpoint")
+    metrics = trainer.run(cfg, out, results_dir=results)
+    assert "unreadable" in capsys.readouterr().err
+    reference = trainer.run(cfg, tmp_path / "ref", results_dir=results)
+    assert metrics["top1"] == reference["top1"]
+
+
+def test_sigkill_then_rerun_matches_uninterrupted(tiny, tmp_path):
+    tmp, prof, results, tpath = tiny
+    raw = tiny_profile(tmp, student_train={"epochs": 5})
+    raw["datasets"]["shapes"]["n_train"] = 1024
+    raw["results_dir"] = str(results)
+    params = write_profile(tmp_path, raw)
+    args = KDBENCH + ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                      "--student", "resnet8", "--method", "kd", "--seed", "0", "--set", "datasets.shapes.n_train=1024"]
+    ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(out)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    assert not (out / "metrics.json").exists()
+    again = subprocess.run(args + ["--out", str(out)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch" in again.stderr
+    a = json.loads((tmp_path / "ref/metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    for key in ("top1", "top1_sel", "top1_ood", "val_top1"):
+        assert a[key] == b[key]
+
+
+# ----------------------------------------------------------------- NaN guard
+@register_method("_test_nan_after_two_steps")
+class _NanAfterTwo(Distiller):
+    needs_teacher = False
+
+    def loss(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        ce = torch.nn.functional.cross_entropy(self.student(batch["image"]), batch["label"])
+        bad = torch.tensor(float("nan")) if self.calls > 2 else ce * 0
+        return {"ce": ce, "exploding": bad}
+
+
+def test_nan_guard_names_epoch_step_and_term(tiny, tmp_path):
+    _, prof, results, _ = tiny
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)
+    cfg.method = "_test_nan_after_two_steps"
+    with pytest.raises(trainer.NonFiniteLossError, match=r"epoch 0, step 2: .*exploding=nan"):
+        trainer.run(cfg, tmp_path / "nan", results_dir=results)
+    assert not (tmp_path / "nan/metrics.json").exists()
+
+
+# ----------------------------------------------------------------- plugins through entry points
+PLUGIN = '''
+import torch.nn.functional as F
+from kdbench.methods import Distiller
+
+class LabelSmoothedCE(Distiller):
+    """A third-party method: CE with label smoothing, registered via an entry point."""
+    needs_teacher = False
+    hparam_names = ("smoothing",)
+    default_hparams = {"smoothing": 0.1}
+
+    def loss(self, batch):
+        logits = self.student(batch["image"])
+        return {"ce_smooth": F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams["smoothing"])}
+'''
+
+
+def make_plugin(site: Path) -> None:
+    """An installed distribution on a path entry: a module + its dist-info with an
+    entry point in the ``kdbench.methods`` group (what ``pip install`` would create)."""
+    (site / "kdbench_plugin_ls.py").write_text(PLUGIN)
+    info = site / "kdbench_plugin_ls-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdbench-plugin-ls\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kdbench.methods]\nsmooth_ce = kdbench_plugin_ls:LabelSmoothedCE\n")
+
+
+def test_entry_point_plugin_trains_without_editing_kdbench(tiny, tmp_path):
+    tmp, prof, results, _ = tiny
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin(site)
+    env = _env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    listed = subprocess.run(KDBENCH + ["list", "methods"], env=env, capture_output=True, text=True, timeout=120)
+    assert "smooth_ce" in listed.stdout.split()
+    raw = tiny_profile(tmp, methods=["vanilla", "smooth_ce"], student_train={"epochs": 1})
+    raw["results_dir"] = str(results)
+    params = write_profile(tmp_path, raw)
+    run = subprocess.run(KDBENCH + ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                    "--student", "resnet8", "--method", "smooth_ce", "--seed", "0",
+                                    "--out", str(tmp_path / "plug")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "plug/metrics.json").read_text())
+    assert metrics["method"] == "smooth_ce" and metrics["hparams"] == {"smoothing": 0.1}
+
+
+# ----------------------------------------------------------------- CLI errors
+def test_cli_unknown_method_names_choices(tiny, tmp_path):
+    tmp, prof, results, _ = tiny
+    params = write_profile(tmp_path, tiny_profile(tmp))
+    run = subprocess.run(KDBENCH + ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                    "--student", "resnet8", "--method", "kdd", "--seed", "0"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "unknown method 'kdd'" in run.stderr and "did you mean 'kd'" in run.stderr and "vanilla" in run.stderr
+
+
+def test_cli_missing_teacher_says_how_to_train_it(tiny, tmp_path):
+    tmp, prof, results, _ = tiny
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    run = subprocess.run(KDBENCH + ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                    "--student", "resnet8", "--method", "kd", "--seed", "0"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "teacher model" in run.stderr and "kdbench train-teacher" in run.stderr
+
+
+def test_cli_help_is_fast_and_lists_commands():
+    t0 = time.time()
+    run = subprocess.run(KDBENCH + ["--help"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0
+    for cmd in ("train-teacher", "distill", "list"):
+        assert cmd in run.stdout
+    code = "import sys, kdbench.cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0

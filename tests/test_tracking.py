@@ -1,0 +1,71 @@
+"""MLflow tracking: parallel writers never lose runs; failures never stop a job."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WRITER = r'''
+import sys
+from kdbench.tracking import Tracker
+i = int(sys.argv[1])
+t = Tracker(experiment="parallel")
+t.start(f"job-{i}", {"config": {"seed": i, "recipe": {"lr": 0.05}}, "config_hash": f"h{i}"}, tags={"kind": "test"})
+for epoch in range(1, 4):
+    t.log_metrics({"loss": 1.0 / epoch, "val_top1": 0.1 * epoch}, step=epoch)
+t.log_metrics({"top1": 0.5 + i / 100})
+t.finish()
+print("ok", t.enabled, t.run_id)
+'''
+
+
+def _runs(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=100)
+
+
+@pytest.mark.parametrize("precreate", [True, False], ids=["store-created-first", "fresh-store"])
+def test_six_parallel_writers_lose_no_run(tmp_path, precreate):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(ROOT))
+    if precreate:
+        from kdbench.tracking import init_store
+
+        init_store("parallel", uri)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.startswith("ok True"), (out, err)
+    runs = _runs(uri, "parallel")
+    assert len(runs) == 6
+    assert sorted(r.data.params["config.seed"] for r in runs) == [str(i) for i in range(6)]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["loss"] == pytest.approx(1 / 3) for r in runs)
+
+
+def test_logging_failure_is_reported_not_raised(tmp_path, capsys):
+    from kdbench.tracking import Tracker
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    t = Tracker(uri=f"sqlite:///{blocker}/sub/mlflow.db")
+    t.start("x", {"a": 1})
+    t.log_metrics({"loss": 1.0}, step=1)
+    t.finish()
+    assert not t.enabled
+    assert "MLflow start failed" in capsys.readouterr().err
+
+
+def test_flatten_params():
+    from kdbench.tracking import flatten
+
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}

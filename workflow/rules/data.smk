@@ -1,0 +1,17 @@
+# data: build each dataset once and store its tensors (results/data/{dataset}/data.pt);
+# every training/evaluation job then loads them instead of regenerating them.
+rule data:
+    output:
+        data=r("data/{dataset}/data.pt"),
+        meta=r("data/{dataset}/meta.json"),
+    params:
+        # the dataset's options: changing them rebuilds the data (and, by mtime, what follows)
+        options=lambda w: P["datasets"][w.dataset],
+    log:
+        r("logs/data/{dataset}.log"),
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "kdbench prepare-data --params {PARAMS:q} --dataset {wildcards.dataset:q}{SET} > {log:q} 2>&1"

@@ -1,0 +1,30 @@
+# distill: one student per dataset x pair x method x seed. Method "vanilla" is the student
+# trained alone (the baseline and UniCAM's base model): it needs no teacher.
+
+
+def distill_teacher(w):
+    if not needs_teacher(w.method):
+        return []
+    return str(run_paths(R, "teacher", w.dataset, w.teacher, teacher_seed(w.seed)) / "model.pt")
+
+
+rule distill:
+    input:
+        data=r("data/{dataset}/data.pt"),
+        teacher=distill_teacher,
+    output:
+        model=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/model.pt"),
+        metrics=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/metrics.json"),
+    params:
+        # recipe + the method's hyperparameters (params/methods/<method>.yaml): editing them
+        # re-runs exactly the affected jobs; adding a method to the profile runs only its jobs
+        config_hash=lambda w: student_config(P, w.dataset, w.teacher, w.student, w.method, int(w.seed)).config_hash,
+    log:
+        r("logs/students/{dataset}/{teacher}__{student}/{method}/s{seed}.log"),
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+    shell:
+        "kdbench distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
+        "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed}{SET} > {log:q} 2>&1"

@@ -1,0 +1,21 @@
+# teachers: one per dataset x teacher arch x teacher seed (the profile's teacher_train recipe).
+# A job resumes from its checkpoint.pt if it was interrupted (the checkpoint is not a
+# declared output, so Snakemake keeps it when it re-runs the incomplete job).
+rule teacher:
+    input:
+        data=r("data/{dataset}/data.pt"),
+    output:
+        model=r("teachers/{dataset}/{arch}/s{seed}/model.pt"),
+        metrics=r("teachers/{dataset}/{arch}/s{seed}/metrics.json"),
+    params:
+        # re-run exactly when the run's config (recipe, data options, ...) changes
+        config_hash=lambda w: teacher_config(P, w.dataset, w.arch, int(w.seed)).config_hash,
+    log:
+        r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+    shell:
+        "kdbench train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
+        "--arch {wildcards.arch:q} --seed {wildcards.seed}{SET} > {log:q} 2>&1"
