@@ -135,6 +135,81 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from kdbench.config import check_in_profile, method_hparams, run_paths
+    from kdbench.engine.runtime import select_device, set_threads
+    from kdbench.errors import KDBenchError
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    results = Path(profile["results_dir"])
+    sdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method=args.method)
+    mpath = sdir / "metrics.json"
+    if not mpath.is_file():
+        raise KDBenchError(f"evaluate: {mpath} not found: run `kdbench distill` for this run first")
+    t_seed = json.loads(mpath.read_text()).get("teacher_seed")
+    if t_seed is None:  # vanilla runs have no teacher: the pair's teacher as student_config picks it
+        t_seed = args.seed if profile.get("teacher_seed") is None else profile["teacher_seed"]
+    tdir = run_paths(results, "teacher", args.dataset, args.teacher, t_seed)
+    bdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method="vanilla")
+    stem = Path(args.dataset) / f"{args.teacher}__{args.student}" / args.method
+    out = args.out or results / "evals" / stem / f"s{args.seed}.json"
+    fig_dir = args.figures or results / "figures" / stem
+    try:
+        tdd_hp = method_hparams("tdd", args.teacher, args.student, profile.get("method_params"))
+    except KDBenchError:
+        tdd_hp = None  # no tdd method installed: the evaluation's defaults (τ = 0.2, k = 20)
+
+    from kdbench.data.cache import load_dataset
+    from kdbench.evaluation.run import evaluate_run
+
+    set_threads(profile["threads"])
+    ds = load_dataset(args.dataset, profile["datasets"][args.dataset], results)
+    rec = evaluate_run(sdir, tdir, bdir, dataset=ds, evaluation=profile["evaluation"], out_path=out,
+                       figure_path=Path(fig_dir) / f"s{args.seed}_unicam.png", device=select_device(profile["device"]),
+                       teacher_seed=t_seed, tdd_hparams=tdd_hp)
+    shown = " ".join(f"{k}={rec[k]:.4f}" for k in ("top1", "agreement", "expl_sim", "fss", "rs", "decision_consistency")
+                     if isinstance(rec.get(k), float))
+    print(f"{shown} ({rec['eval_s']:.1f}s) -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from kdbench.leaderboard import build
+
+    profile = _profile(args)
+    paths = build(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
+                  tracking=profile["tracking"]["enabled"] and not args.no_tracking)
+    print(f"leaderboard -> {paths['board'].parent}/ ({', '.join(p.name for p in paths.values() if p.exists())})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from kdbench.leaderboard import collect_records, compare, format_compare, runs_frame
+
+    if args.runs:
+        import pandas as pd
+
+        if not args.runs.is_file():
+            from kdbench.errors import KDBenchError
+
+            raise KDBenchError(f"{args.runs} not found (it is the board's runs.csv: run the pipeline first)")
+        runs = pd.read_csv(args.runs)
+    else:
+        runs = runs_frame(collect_records(_profile(args)))
+    table = compare(runs, args.method, metric=args.metric, others=args.vs or None)
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False, float_format="%.6g", na_rep=""))
+    elif args.format == "json":
+        sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
+    else:
+        sys.stdout.write(format_compare(table, args.metric, args.alpha))
+    return 0
+
+
 def cmd_init_tracking(args) -> int:
     from kdbench.tracking import init_store
 
@@ -183,6 +258,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="interpretability + accuracy evaluation of one student run",
+                       description="Evaluate a trained student run (and its teacher and vanilla base): accuracy, "
+                                   "agreement, Grad-CAM similarity and EPG, FSS/RS, UniCAM, decision consistency, "
+                                   "FLOPs. Writes results/evals/D/T__S/M/sN.json and a UniCAM/Grad-CAM grid PNG.")
+    _common(p, run=False)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="output JSON file (default: results/evals/D/T__S/M/sN.json)")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="directory for the sN_unicam.png grid (default: results/figures/D/T__S/M/)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("leaderboard", help="aggregate the evaluated runs into results/leaderboard/",
+                       description="Read every evaluated run of the profile (results/evals/) and write "
+                                   "results/leaderboard/: runs.csv (one row per seed), leaderboard.csv (mean/std over "
+                                   "seeds, deltas vs kd and vanilla), leaderboard.md/.tex/.html, claims.csv/.md, "
+                                   "metrics.json (DVC) and the figures; logs the tables to MLflow.")
+    _common(p, run=False)
+    p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/leaderboard)")
+    p.add_argument("--strict", action="store_true", help="fail if a run of the profile has no evaluation yet")
+    p.add_argument("--no-figures", action="store_true", help="skip the seaborn figures")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the board to MLflow")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("compare", help="one method against every other on the same cells (Welch t-test)",
+                       description="Compare METHOD with every other method on the same dataset and teacher/student "
+                                   "pair: mean difference over seeds and Welch's t-test p-value.",
+                       epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
+    _common(p, run=False)
+    p.add_argument("method", help="the method to compare (must be on the board)")
+    p.add_argument("--metric", default="top1", help="per-run metric (runs.csv column); default: %(default)s")
+    p.add_argument("--vs", nargs="+", metavar="METHOD", help="only these other methods")
+    p.add_argument("--runs", type=Path, help="a runs.csv to read instead of the profile's evaluations")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level marked with *; default: %(default)s")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("init-tracking", help="create the MLflow store once (the pipeline does this first)")
     p.add_argument("--experiment", default="kdbench")

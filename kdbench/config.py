@@ -110,7 +110,9 @@ def validate_structure(profile: dict, source: str = "params") -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(profile), key=lambda e: (len(e.absolute_path), e.message))
+    # a misspelt key also makes a required one "missing": report the misspelling first
+    errors = sorted(validator.iter_errors(profile),
+                    key=lambda e: (len(e.absolute_path), e.validator != "additionalProperties", e.message))
     if not errors:
         return
     err = errors[0]

@@ -3,7 +3,7 @@ from kdbench.methods.base import (METHODS, REFERENCE_EPOCHS, Distiller, TrainCon
                                   get_method, iter_method_names, load_plugins, register_method)
 
 # importing the modules registers the methods
-from kdbench.methods import vanilla, kd, fitnet, at, dkd  # noqa: E402,F401
+from kdbench.methods import vanilla, kd, fitnet, at, dkd, tdd, cid, fcfd, e2kd  # noqa: E402,F401
 
 __all__ = ["METHODS", "REFERENCE_EPOCHS", "Distiller", "TrainContext", "get_method",
            "iter_method_names", "load_plugins", "register_method"]

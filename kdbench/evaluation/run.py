@@ -1,0 +1,279 @@
+"""``evaluate_run``: every evaluation metric of one student run, in one JSON record.
+
+Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per model
+(teacher, student, base) over the fixed evaluation subset; Grad-CAM re-enters the head
+only (``forward_from``); one pass of the student over a train subset for the probes; the
+deployed model and the teacher over the full test / test_ood splits for accuracy and
+agreement; the teacher's TDD partitions once per teacher (cached in its run dir).
+
+Conventions (see ``specs/evaluation.md``):
+- The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
+  seed-0 permutation of the test split — the same images for every run of a dataset.
+- Accuracy and agreement use the *deployed* model (``Distiller.predict``; CID's
+  intervention head). Grad-CAM, FSS, RS, UniCAM and the probes use the plain student
+  network (the StagedNet: the deployed model of every method except CID, whose
+  intervention head sits on the same embedding).
+- A metric that does not apply is None (JSON null), never 0.
+- Deterministic: the same inputs give the same record (every key except the wall time
+  ``eval_s``) and the same PNG bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from kdbench.errors import KDBenchError
+
+EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8}
+#: seed of the permutations that pick the evaluation / probe / partition subsets
+SUBSET_SEED = 0
+#: training images the teacher's TDD partitions are derived on (a fixed-seed subset)
+PARTITION_SAMPLES = 4096
+PARTITIONS_FILE = "partitions.json"
+TDD_DEFAULTS = {"purity_k": 20, "purity_threshold": 0.2}
+BATCH_SIZE = 256
+
+RECORD_KEYS = (
+    "dataset", "teacher", "student", "method", "seed", "teacher_seed",
+    "top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params",
+    "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "rs", "rs_residual",
+    "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
+    "hierarchy_ari", "flops", "n_eval", "eval_s",
+)
+
+
+def subset_indices(n_total: int, n: int, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """The first ``n`` indices of a fixed-seed permutation of ``range(n_total)``."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(int(n_total), generator=g)[: min(int(n), int(n_total))]
+
+
+def eval_subset(dataset, n_samples: int):
+    """The fixed evaluation subset of the test split (same images for every run)."""
+    test = dataset.splits["test"]
+    return test.subset(subset_indices(len(test), n_samples))
+
+
+# --------------------------------------------------------------------------- passes
+@torch.no_grad()
+def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BATCH_SIZE,
+            pooled_only: bool = False) -> Dict[str, Any]:
+    """One batched pass of ``forward_features`` per model over ``split`` (in order):
+    ``out[name]`` = {"stages": [N×C×h×w per stage] (or pooled N×C with ``pooled_only``),
+    "logits": N×K}, plus "labels", "masks" (or None) and "images" (normalised)."""
+    from kdbench.data.loader import make_loader
+
+    acc: Dict[str, Dict[str, List]] = {k: {"stages": [], "logits": []} for k in models}
+    labels, masks, images = [], [], []
+    for batch in make_loader(dataset, split, batch_size, train=False, device=device):
+        x = batch["image"]
+        for name, model in models.items():
+            f = model.forward_features(x)
+            st = [s.float().mean(dim=(2, 3)) if pooled_only else s.float() for s in f.stages]
+            acc[name]["stages"].append([s.cpu() for s in st])
+            acc[name]["logits"].append(f.logits.float().cpu())
+        labels.append(batch["label"].cpu())
+        m = batch.get("mask")
+        masks.append(None if m is None else m.bool().cpu())
+        if not pooled_only:
+            images.append(x.float().cpu())
+    out: Dict[str, Any] = {}
+    for name, a in acc.items():
+        n_stages = len(a["stages"][0])
+        out[name] = {"stages": [torch.cat([b[i] for b in a["stages"]]) for i in range(n_stages)],
+                     "logits": torch.cat(a["logits"])}
+    out["labels"] = torch.cat(labels)
+    out["masks"] = None if any(m is None for m in masks) else torch.cat(masks)
+    out["images"] = torch.cat(images) if images else None
+    return out
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *, tdd_hparams: Optional[dict] = None,
+                              n_images: int = PARTITION_SAMPLES) -> List[List[List[int]]]:
+    """The teacher's per-stage TDD partitions (``kdbench.methods.tdd.teacher_partitions``
+    on a fixed-seed subset of ``n_images`` training images), cached in
+    ``teacher_dir/partitions.json``. The cache is keyed by the teacher file's hash, the
+    dataset fingerprint, the subset size and the TDD hyperparameters; it is written
+    atomically, so parallel jobs of the same teacher at worst write identical content."""
+    from kdbench.engine import io as kio
+    from kdbench.methods.tdd import teacher_partitions
+
+    hp = {**TDD_DEFAULTS, **{k: v for k, v in (tdd_hparams or {}).items() if k in TDD_DEFAULTS}}
+    train = dataset.splits["train"]
+    idx = subset_indices(len(train), n_images)
+    key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+           "n_images": int(len(idx)), "subset_seed": SUBSET_SEED, "purity_k": int(hp["purity_k"]),
+           "purity_threshold": float(hp["purity_threshold"])}
+    path = Path(teacher_dir) / PARTITIONS_FILE
+    if path.is_file():
+        try:
+            blob = json.loads(path.read_text())
+            if blob.get("key") == key:
+                return blob["partitions"]
+        except (ValueError, KeyError):
+            pass
+    parts = teacher_partitions(teacher, dataset, train.subset(idx), purity_k=int(hp["purity_k"]),
+                               purity_threshold=float(hp["purity_threshold"]), batch_size=BATCH_SIZE,
+                               device=device)
+    parts = [[sorted(int(c) for c in g) for g in p] for p in parts]
+    kio.write_json({"key": key, "partitions": parts, "num_superclasses": [len(p) for p in parts]}, path)
+    return parts
+
+
+# --------------------------------------------------------------------------- the record
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(sum(values) / len(values)) if values else None
+
+
+def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation: Optional[dict] = None,
+                 out_path=None, figure_path=None, device="cpu", teacher_seed: Optional[int] = None,
+                 tdd_hparams: Optional[dict] = None, batch_size: int = BATCH_SIZE) -> Dict[str, Any]:
+    """Evaluate one student run.
+
+    ``student_dir`` / ``teacher_dir``: run dirs with ``model.pt`` (+ the student's
+    ``metrics.json``); ``base_dir``: the ``vanilla`` run of the same pair, student and
+    seed (None or missing: no RS / UniCAM; ignored when the run is itself vanilla);
+    ``dataset``: the loaded :class:`~kdbench.data.base.Dataset`; ``evaluation``: the
+    profile's ``evaluation`` mapping. Writes the record atomically to ``out_path`` and the
+    grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true)."""
+    from kdbench import functional as KF
+    from kdbench.engine import io as kio
+    from kdbench.engine.runtime import set_deterministic
+    from kdbench.engine.trainer import load_deployed, load_model
+    from kdbench.evaluation import accuracy as acc
+    from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
+    from kdbench.explain import gradcam_maps, unicam_maps
+
+    t0 = time.time()
+    set_deterministic()
+    device = torch.device(device)
+    ev = {**EVAL_DEFAULTS, **(evaluation or {})}
+    student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
+    for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
+        if not p.is_file():
+            raise KDBenchError(f"evaluate: {p} not found (train that run first)")
+    metrics = json.loads((student_dir / "metrics.json").read_text())
+    method = metrics["method"]
+    ds = dataset
+    if metrics.get("dataset") not in (None, ds.name):
+        raise KDBenchError(f"evaluate: run {student_dir} is on {metrics['dataset']!r}, dataset given is {ds.name!r}")
+    if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
+        raise KDBenchError(f"evaluate: run {student_dir} was trained on dataset content {metrics['dataset_fingerprint']}, "
+                           f"the loaded {ds.name!r} is {ds.fingerprint} (different options?)")
+
+    teacher, tmeta = load_model(teacher_dir / "model.pt", device)
+    teacher.requires_grad_(False)
+    deployed, smeta = load_deployed(student_dir / "model.pt", teacher, device)
+    student = deployed.student.eval()
+    base = None
+    if method != "vanilla" and base_dir is not None and (Path(base_dir) / "model.pt").is_file():
+        base, bmeta = load_model(Path(base_dir) / "model.pt", device)
+        if bmeta["arch"] != smeta["arch"] or bmeta.get("method") != "vanilla":
+            raise KDBenchError(f"evaluate: base {base_dir} holds a {bmeta.get('method')} {bmeta['arch']}, "
+                               f"expected the vanilla {smeta['arch']}")
+    elif method != "vanilla" and base_dir is not None:
+        print(f"[evaluate] base run {base_dir} missing: rs / unicam metrics are null", file=sys.stderr)
+
+    rec: Dict[str, Any] = {k: None for k in RECORD_KEYS}
+    rec.update(dataset=ds.name, teacher=tmeta["arch"], student=smeta["arch"], method=method, seed=metrics["seed"],
+               teacher_seed=next((v for v in (metrics.get("teacher_seed"), teacher_seed, tmeta.get("seed"))
+                                  if v is not None), None))
+    for key in ("top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params"):
+        rec[key] = metrics.get(key)
+    num_classes = ds.num_classes
+
+    # ---- accuracy / agreement over the whole test splits (deployed model)
+    with torch.no_grad():
+        test = ds.splits["test"]
+        s_pred = acc.split_predictions(deployed.predict, ds, "test", device)
+        t_pred = acc.split_predictions(teacher, ds, "test", device)
+        top1 = acc.top1(s_pred, test.labels)
+        if rec["top1"] is not None and abs(top1 - rec["top1"]) > 1.0 / max(len(test), 1) + 1e-9:
+            raise KDBenchError(f"evaluate: the deployed model of {student_dir} scores top1={top1:.4f} on test, "
+                               f"its metrics.json says {rec['top1']:.4f}: wrong model file or dataset?")
+        if rec["top1"] is None:
+            rec["top1"] = top1
+        rec["agreement"] = acc.agreement(s_pred, t_pred)
+        if "test_ood" in ds.splits:
+            rec["agreement_ood"] = acc.agreement(acc.split_predictions(deployed.predict, ds, "test_ood", device),
+                                                 acc.split_predictions(teacher, ds, "test_ood", device))
+
+    # ---- one pass per model over the fixed evaluation subset
+    subset = eval_subset(ds, int(ev["n_samples"]))
+    models = {"teacher": teacher, "student": student, **({"base": base} if base is not None else {})}
+    data = collect(models, ds, subset, device, batch_size)
+    labels, masks = data["labels"], data["masks"]
+    rec["n_eval"] = int(len(labels))
+    size = tuple(data["images"].shape[-2:])
+    T, S = data["teacher"], data["student"]
+
+    # Grad-CAM: teacher and student for the teacher's class; student for the true class
+    t_cls = T["logits"].argmax(1)
+    cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+    cam_s, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+    cam_t, cam_s = cam_t.cpu(), cam_s.cpu()
+    rec["expl_sim"] = explanations.expl_sim(cam_t, cam_s)
+    if masks is not None:
+        cam_gt, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=labels.to(device), size=size)
+        rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
+
+    # FSS (per stage pair) and, against the base, RS and the UniCAM maps
+    rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"])
+    rec["fss"] = _mean(rec["fss_stages"])
+    uni_d = uni_r = None
+    if base is not None:
+        B = data["base"]
+        rec["rs"] = similarity.relevance(S["stages"][-1], B["stages"][-1], labels, num_classes)
+        rec["rs_residual"] = similarity.relevance(B["stages"][-1], S["stages"][-1], labels, num_classes)
+        uni_d, uni_r = unicam_maps(S["stages"][-1], B["stages"][-1], labels, num_classes=num_classes, size=size)
+        if masks is not None:
+            rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
+            rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
+
+    # decision process: probes on pooled student stages vs the teacher's partitions
+    partitions = cached_teacher_partitions(teacher, teacher_dir, ds, device, tdd_hparams=tdd_hparams)
+    train = ds.splits["train"]
+    probe_split = train.subset(subset_indices(len(train), int(ev["probe_train_samples"])))
+    P = collect({"student": student}, ds, probe_split, device, batch_size, pooled_only=True)
+    test_pooled = [s.mean(dim=(2, 3)) for s in S["stages"]]
+    dc, dc_stages = hierarchy.decision_consistency(
+        [s.numpy() for s in P["student"]["stages"]], P["labels"].numpy(), [s.numpy() for s in test_pooled],
+        labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
+    rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
+    rec["hierarchy_ari"] = hierarchy.hierarchy_ari(partitions, ds.hierarchy, num_classes)
+
+    # efficiency
+    rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))
+    if rec["params"] is None:
+        rec["params"] = efficiency.count_params(student)
+
+    # figure
+    if figure_path is not None and ev.get("figures", True):
+        from kdbench.evaluation.figures import to_display, write_grid
+
+        k = min(int(ev["figure_images"]), len(labels))
+        cols = {"teacher Grad-CAM": cam_t[:k], "student Grad-CAM": cam_s[:k]}
+        if uni_d is not None:
+            cols.update({"UniCAM distilled": uni_d[:k], "UniCAM residual": uni_r[:k]})
+        title = f"{ds.name} {rec['teacher']}->{rec['student']} {method} s{rec['seed']}"
+        write_grid(Path(figure_path), to_display(data["images"][:k], ds.mean, ds.std), cols, title)
+
+    rec["eval_s"] = time.time() - t0
+    if out_path is not None:
+        kio.write_json(rec, Path(out_path))
+    return rec

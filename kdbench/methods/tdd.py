@@ -1,0 +1,314 @@
+"""tdd — Tree-like Decision Distillation (Song et al., CVPR 2021).
+
+The teacher decides coarse-to-fine: early stages already separate groups of classes,
+later stages the classes themselves. TDD reads that "decision tree" off the teacher once
+(``prepare``) and asks the student to take the same intermediate decisions.
+
+1. The frozen teacher (eval, no augmentation) runs over the training split; every stage
+   except the last is global-average-pooled to one vector per image (:func:`stage_features`).
+2. Per stage (:func:`derive_partition`): Ward agglomerative clustering (scipy) of the K
+   class means gives a binary tree. A node's mean is the mean of its two children's
+   means; its purity is the fraction of the ``purity_k`` training images nearest to that
+   mean (squared L2, same stage features) whose label lies in the node. A depth-first walk
+   from the root (left child first) makes a leaf, or a node whose purity is below
+   ``purity_threshold``, one super-class and descends into the children of every other
+   node. Super-classes are numbered in walk order. One partition per teacher stage
+   0..n_t-2: coarse early, fine late. :func:`teacher_partitions` is the whole derivation
+   for a teacher and a dataset split (the evaluation's ``decision_consistency`` reuses it).
+3. The student gets, for each partitioned teacher stage l, an auxiliary head h_l (GAP +
+   linear to |P_l| super-classes) on the student stage at the same relative depth
+   (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage).
+   L_tree = Σ_l CE_w(h_l(F_s), π_l(y)), super-class j weighted 1/|j| (its number of
+   classes) — ``F.cross_entropy(weight=...)``, i.e. the weighted mean
+   Σ_i w_{π(y_i)} CE_i / Σ_i w_{π(y_i)}.
+4. Loss: ce_weight·CE + kd_weight·kd_loss(T) + tree_weight·L_tree (the kd part is
+   :meth:`KD.logit_terms`). Deployed model: the plain student.
+
+State: the partitions live in the ``tree_maps`` buffer (class -> super-class, one row per
+teacher stage) next to a ``prepared`` flag, so they round-trip through checkpoints and
+model files. Loading a state whose ``prepared`` flag is set re-creates the auxiliary
+heads from the stored maps before their weights are loaded (a load_state_dict pre-hook),
+so a fresh TDD can load a checkpoint without re-running ``prepare``; ``prepare`` itself
+does nothing when the loaded state says it already ran.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.errors import KDBenchError
+from kdbench.methods.adapters import stage_pairs
+from kdbench.methods.base import TrainContext, register_method
+from kdbench.methods.kd import KD
+
+Partition = List[List[int]]
+
+
+# --------------------------------------------------------------------------- derivation
+@torch.no_grad()
+def stage_features(teacher: nn.Module, batches: Iterable[dict], num_images: int,
+                   stages: Optional[Sequence[int]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """GAP'd stage outputs of ``teacher`` for every image of ``batches`` (loader dicts with
+    ``image``, ``label``, ``index``), placed by ``index``: a list (one per stage, default
+    every stage but the last) of float32 CPU tensors N×C_l, and the int64 labels (N,).
+    The teacher is put in eval mode (and restored)."""
+    was = teacher.training
+    teacher.eval()
+    n_stages = teacher.num_stages
+    stages = list(range(n_stages - 1)) if stages is None else list(stages)
+    feats: List[Optional[torch.Tensor]] = [None] * len(stages)
+    labels = torch.full((num_images,), -1, dtype=torch.long)
+    try:
+        for batch in batches:
+            idx = batch["index"].long().cpu()
+            out = teacher.forward_features(batch["image"])
+            for slot, s in enumerate(stages):
+                pooled = out.stages[s].float().mean(dim=(2, 3)).cpu()
+                if feats[slot] is None:
+                    feats[slot] = torch.zeros(num_images, pooled.shape[1], dtype=torch.float32)
+                feats[slot][idx] = pooled
+            labels[idx] = batch["label"].long().cpu()
+    finally:
+        teacher.train(was)
+    if (labels < 0).any():
+        raise KDBenchError(f"the loader gave {int((labels >= 0).sum())} of {num_images} images")
+    return [f for f in feats], labels
+
+
+def _sq_distances(features: torch.Tensor, center: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Squared L2 distances (float64) of every row of ``features`` to ``center``."""
+    out = torch.empty(features.shape[0], dtype=torch.float64)
+    for s in range(0, features.shape[0], chunk):
+        out[s:s + chunk] = (features[s:s + chunk].double() - center).pow(2).sum(dim=1)
+    return out
+
+
+def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     purity_k: int = 20, purity_threshold: float = 0.2) -> Tuple[Partition, List[float]]:
+    """One stage's partition of the classes (the module docstring's step 2).
+
+    ``features``: N×d per-image vectors, ``labels``: (N,) class ids in [0, num_classes).
+    Returns the super-classes (lists of class ids, in depth-first walk order, each sorted)
+    and, per super-class, the purity of its node (for a leaf: of its single class).
+    Every class needs at least one image."""
+    from scipy.cluster.hierarchy import linkage
+
+    features = torch.as_tensor(features).detach().cpu()
+    labels = torch.as_tensor(labels).detach().cpu().long()
+    if features.dim() != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError("features must be N×d with one label per row")
+    counts = torch.bincount(labels, minlength=num_classes)
+    if (counts[:num_classes] == 0).any():
+        missing = torch.nonzero(counts[:num_classes] == 0).flatten().tolist()
+        raise KDBenchError(f"tdd: classes {missing[:10]} have no training image; cannot build the tree")
+    if num_classes == 1:
+        return [[0]], [1.0]
+    onehot = F.one_hot(labels, num_classes).double()
+    means = (onehot.T @ features.double()) / counts.double()[:, None]  # K×d, float64
+
+    z = linkage(means.numpy(), method="ward")  # (K-1)×4: node K+i joins z[i, 0], z[i, 1]
+    children: Dict[int, Tuple[int, int]] = {num_classes + i: (int(a), int(b)) for i, (a, b) in
+                                            enumerate(z[:, :2].astype(np.int64))}
+    node_mean: Dict[int, torch.Tensor] = {k: means[k] for k in range(num_classes)}
+    node_classes: Dict[int, List[int]] = {k: [k] for k in range(num_classes)}
+    for node in sorted(children):  # scipy numbers a node after both of its children
+        a, b = children[node]
+        node_mean[node] = (node_mean[a] + node_mean[b]) / 2.0
+        node_classes[node] = sorted(node_classes[a] + node_classes[b])
+
+    k = min(int(purity_k), features.shape[0])
+
+    def purity(node: int) -> float:
+        d = _sq_distances(features, node_mean[node])
+        nearest = torch.sort(d, stable=True).indices[:k]  # ties: the lower row first
+        inside = torch.zeros(num_classes, dtype=torch.bool)
+        inside[node_classes[node]] = True
+        return float(inside[labels[nearest]].double().mean())
+
+    root = num_classes + len(children) - 1
+    partition: Partition = []
+    purities: List[float] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        p = purity(node)
+        if node < num_classes:  # a leaf: one class
+            partition.append([node])
+            purities.append(p)
+        elif p < purity_threshold:
+            partition.append(list(node_classes[node]))
+            purities.append(p)
+        else:
+            a, b = children[node]
+            stack += [b, a]  # visit a (the left child) first
+    return partition, purities
+
+
+def partitions_from_features(features: Sequence[torch.Tensor], labels: torch.Tensor, num_classes: int,
+                             purity_k: int = 20, purity_threshold: float = 0.2
+                             ) -> Tuple[List[Partition], List[List[float]]]:
+    """:func:`derive_partition` for every stage's features."""
+    parts, purities = [], []
+    for f in features:
+        p, q = derive_partition(f, labels, num_classes, purity_k, purity_threshold)
+        parts.append(p)
+        purities.append(q)
+    return parts, purities
+
+
+def teacher_partitions(teacher: nn.Module, dataset, split="train", *, purity_k: int = 20,
+                       purity_threshold: float = 0.2, batch_size: int = 256,
+                       device=None, return_purity: bool = False):
+    """The teacher's per-stage partitions (stages 0..n_t-2, coarse to fine), derived on
+    ``split`` (a name in ``dataset.splits`` or a split object) without augmentation —
+    exactly what TDD trains with. Each partition is a list of super-classes (lists of
+    class ids). With ``return_purity=True`` also the per-super-class node purities."""
+    from kdbench.data.loader import make_loader
+
+    split_obj = dataset.splits[split] if isinstance(split, str) else split
+    if device is None:
+        device = next(teacher.parameters()).device
+    loader = make_loader(dataset, split, batch_size, train=False, device=device)
+    feats, labels = stage_features(teacher, loader, len(split_obj))
+    parts, purities = partitions_from_features(feats, labels, dataset.num_classes, purity_k, purity_threshold)
+    return (parts, purities) if return_purity else parts
+
+
+def partition_to_map(partition: Partition, num_classes: int) -> torch.Tensor:
+    """class -> super-class index (int64, K); every class exactly once."""
+    out = torch.full((num_classes,), -1, dtype=torch.long)
+    for j, members in enumerate(partition):
+        for c in members:
+            if out[int(c)] >= 0:
+                raise ValueError(f"class {c} is in two super-classes")
+            out[int(c)] = j
+    if (out < 0).any():
+        raise ValueError(f"partition does not cover classes {torch.nonzero(out < 0).flatten().tolist()[:10]}")
+    return out
+
+
+def map_to_partition(mapping: torch.Tensor) -> Partition:
+    """Inverse of :func:`partition_to_map`."""
+    mapping = mapping.detach().cpu().long()
+    return [torch.nonzero(mapping == j).flatten().tolist() for j in range(int(mapping.max()) + 1)]
+
+
+def superclass_weights(mapping: torch.Tensor) -> torch.Tensor:
+    """1/|j| for every super-class j of a class -> super-class map."""
+    sizes = torch.bincount(mapping, minlength=int(mapping.max()) + 1)
+    return 1.0 / sizes.to(torch.get_default_dtype())
+
+
+# --------------------------------------------------------------------------- the method
+@register_method("tdd")
+class TDD(KD):
+    hparam_names = KD.hparam_names + ("tree_weight", "purity_threshold", "purity_k")
+
+    def __init__(self, student, teacher, num_classes, hparams, **kw):
+        super().__init__(student, teacher, num_classes, hparams, **kw)
+        n_t, n_s = teacher.num_stages, student.num_stages
+        #: teacher stages with a partition, and the student stage each one's head sits on
+        self.tree_stages = list(range(n_t - 1))
+        self.head_stages = [s for _, s in stage_pairs(n_t, n_s)[: n_t - 1]]
+        self.register_buffer("tree_maps", torch.full((n_t - 1, num_classes), -1, dtype=torch.long))
+        self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
+        self.tree_heads = nn.ModuleList()
+        self.class_names: Optional[List[str]] = None
+        self.purities: Optional[List[List[float]]] = None
+        self.register_load_state_dict_pre_hook(TDD._restore_heads)
+
+    # -- partitions -------------------------------------------------------------------
+    @property
+    def partitions(self) -> List[Partition]:
+        if not bool(self.prepared):
+            return []
+        return [map_to_partition(m) for m in self.tree_maps]
+
+    def set_partitions(self, partitions: Sequence[Partition]) -> None:
+        """Install partitions (one per teacher stage 0..n_t-2) and build the heads."""
+        if len(partitions) != len(self.tree_stages):
+            raise KDBenchError(f"tdd: expected {len(self.tree_stages)} partitions, got {len(partitions)}")
+        maps = torch.stack([partition_to_map(p, self.num_classes) for p in partitions])
+        self.tree_maps.copy_(maps.to(self.tree_maps.device))
+        self._build_heads([len(p) for p in partitions])
+        self.prepared.fill_(True)
+
+    def _build_heads(self, sizes: Sequence[int]) -> None:
+        channels = self.student.stage_channels
+        device = next(self.student.parameters()).device
+        self.tree_heads = nn.ModuleList([
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[s], n))
+            for s, n in zip(self.head_stages, sizes)]).to(device)
+
+    def _head_sizes(self) -> List[int]:
+        return [m[-1].out_features for m in self.tree_heads]
+
+    @staticmethod
+    def _restore_heads(module, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: (re)build the heads the stored partitions need."""
+        maps = state_dict.get(prefix + "tree_maps")
+        flag = state_dict.get(prefix + "prepared")
+        if maps is None or flag is None or not bool(flag):
+            return
+        sizes = [int(m.max()) + 1 for m in maps]
+        if bool(module.prepared) and len(module.tree_heads):
+            if torch.equal(module.tree_maps.cpu(), maps.cpu()):
+                return
+            raise KDBenchError("tdd: the state's partitions differ from the ones prepare() derived "
+                               "(is it from another teacher or training split?)")
+        module._build_heads(sizes)
+
+    # -- hooks ------------------------------------------------------------------------
+    def prepare(self, ctx: TrainContext) -> None:
+        names = getattr(ctx.dataset, "class_names", None)
+        self.class_names = list(names) if names is not None else None
+        if bool(self.prepared):  # restored from a checkpoint: nothing to derive
+            return
+        h = self.hparams
+        loader = ctx.make_loader(ctx.train_split, ctx.batch_size, train=False)
+        feats, labels = stage_features(self.teacher, loader, len(ctx.train_split))
+        parts, self.purities = partitions_from_features(feats, labels, self.num_classes,
+                                                        int(h["purity_k"]), float(h["purity_threshold"]))
+        self.set_partitions(parts)
+
+    def extra_modules(self):
+        return [self.tree_heads]
+
+    def artifacts(self) -> Dict[str, Any]:
+        if not bool(self.prepared):
+            return {}
+        names = self.class_names or [str(k) for k in range(self.num_classes)]
+        out = []
+        for slot, part in enumerate(self.partitions):
+            entry = {"teacher_stage": self.tree_stages[slot], "student_stage": self.head_stages[slot],
+                     "num_superclasses": len(part), "class_ids": part,
+                     "superclasses": [[names[c] for c in group] for group in part]}
+            if self.purities is not None:
+                entry["purity"] = [round(float(p), 6) for p in self.purities[slot]]
+            out.append(entry)
+        return {"partitions": out, "purity_k": int(self.hparams["purity_k"]),
+                "purity_threshold": float(self.hparams["purity_threshold"])}
+
+    # -- loss ---------------------------------------------------------------------------
+    def tree_loss(self, stage_outputs: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """L_tree = Σ_l CE_w(h_l(F_s), π_l(y)), weights 1/|j| (unweighted by tree_weight)."""
+        total = 0.0
+        for slot, head in enumerate(self.tree_heads):
+            mapping = self.tree_maps[slot]
+            logits = head(stage_outputs[self.head_stages[slot]])
+            weight = superclass_weights(mapping).to(logits.dtype)
+            total = total + F.cross_entropy(logits, mapping[labels], weight=weight)
+        return total
+
+    def loss(self, batch):
+        if not bool(self.prepared):
+            raise KDBenchError("tdd: prepare(ctx) must run before training (it derives the teacher's tree)")
+        x, y = batch["image"], batch["label"]
+        fs = self.student.forward_features(x)
+        terms = self.logit_terms(fs.logits, self.teacher_logits(batch), y)
+        terms["tree"] = self.hparams["tree_weight"] * self.tree_loss(fs.stages, y)
+        return terms

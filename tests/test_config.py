@@ -1,0 +1,80 @@
+"""Params profiles: validation errors name the bad key/value and the valid choices."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from kdbench.config import (ParamsError, apply_overrides, method_hparams, student_config, teacher_config,
+                            validate_profile, with_defaults)
+from kdbench.errors import KDBenchError, UnknownChoiceError
+from tests.tiny import TINY_PROFILE
+
+
+def _bad(**changes):
+    prof = copy.deepcopy(TINY_PROFILE)
+    prof.update(changes)
+    return prof
+
+
+def test_tiny_profile_is_valid_and_gets_defaults():
+    full = validate_profile(copy.deepcopy(TINY_PROFILE))
+    assert full["student_train"]["momentum"] == 0.9 and full["evaluation"]["n_samples"] == 256
+
+
+@pytest.mark.parametrize("changes,pattern", [
+    ({"methods": ["vanilla", "kdd"]}, r"unknown method 'kdd' \(did you mean 'kd'\?\); valid choices: .*dkd.*vanilla"),
+    ({"pairs": [{"teacher": "resnet56", "student": "resnet21"}]}, r"unknown arch 'resnet21' \(did you mean 'resnet20'\?\)"),
+    ({"datasets": {"shapez": {}}}, r"unknown dataset 'shapez' \(did you mean 'shapes'\?\); valid choices: .*cifar10"),
+    ({"datasets": {"shapes": {"n_trian": 5}}}, r"unknown option of dataset 'shapes' 'n_trian' \(did you mean 'n_train'\?\)"),
+    ({"seeds": "0"}, r"bad value at seeds: '0' is not of type 'array'"),
+    ({"threads": 0}, r"bad value at threads"),
+    ({"method_params": {"kd": {"temprature": 2}}}, r"'temprature' \(did you mean 'temperature'\?\)"),
+])
+def test_bad_values_are_named(changes, pattern):
+    with pytest.raises(KDBenchError, match=pattern):
+        validate_profile(_bad(**changes))
+
+
+def test_misspelt_top_level_key():
+    prof = copy.deepcopy(TINY_PROFILE)
+    prof["metods"] = prof.pop("methods")
+    with pytest.raises(KDBenchError) as err:
+        validate_profile(prof)
+    msg = str(err.value)
+    assert "metods" in msg and "did you mean 'methods'" in msg and "student_train" in msg
+
+
+def test_misspelt_recipe_key():
+    prof = copy.deepcopy(TINY_PROFILE)
+    prof["student_train"] = {"epochs": 2, "learning_rate": 0.1}
+    with pytest.raises(UnknownChoiceError, match=r"student_train.*'learning_rate'.*valid choices: .*lr"):
+        validate_profile(prof)
+
+
+def test_method_hparams_merge_pair_overrides_and_profile():
+    base = method_hparams("kd", "resnet56", "resnet20")
+    assert base == {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
+    over = method_hparams("kd", "resnet56", "resnet20", {"kd": {"temperature": 2.0}})
+    assert over["temperature"] == 2.0
+
+
+def test_overrides_and_config_hash():
+    prof = with_defaults(apply_overrides(copy.deepcopy(TINY_PROFILE), ["student_train.epochs=7", "student_train.arch_lr={resnet8: 0.01}"]))
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "kd", 1)
+    assert cfg.recipe["epochs"] == 7 and cfg.lr == 0.01 and cfg.teacher == "resnet14" and cfg.teacher_seed == 0
+    same = student_config(prof, "shapes", "resnet14", "resnet8", "kd", 1)
+    assert cfg.config_hash == same.config_hash
+    other = student_config(prof, "shapes", "resnet14", "resnet8", "kd", 2)
+    assert other.config_hash != cfg.config_hash
+    van = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 1)
+    assert van.teacher is None and van.hparams == {}
+    t = teacher_config(prof, "shapes", "resnet14", 0)
+    assert t.kind == "teacher" and t.method == "vanilla" and t.recipe["student_shots"] is None
+    with pytest.raises(ParamsError, match="key.sub=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_teacher_seed_null_follows_student_seed():
+    prof = with_defaults(_bad(teacher_seed=None))
+    assert student_config(prof, "shapes", "resnet14", "resnet8", "kd", 2).teacher_seed == 2

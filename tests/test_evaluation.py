@@ -1,0 +1,335 @@
+"""Evaluation: constructed cases with known answers (agreement, Grad-CAM similarity, EPG,
+FSS, RS, UniCAM, decision consistency, hierarchy ARI, FLOPs, claims), then
+``evaluate_run`` and ``kdbench evaluate`` end to end on tiny trained models."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
+from kdbench.evaluation import accuracy as acc
+from kdbench.explain import gradcam_maps, unicam_map, unicam_maps
+from kdbench.models import create_model
+
+
+def _model(arch="resnet8", k=8, seed=0):
+    torch.manual_seed(seed)
+    return create_model(arch, k).eval()
+
+
+# ----------------------------------------------------------------- identical models
+def test_identical_models_agree_explain_and_match_features():
+    m = _model()
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        f = m.forward_features(x)
+    cls = f.logits.argmax(1)
+    cam_a, logits = gradcam_maps(m, x)  # default class: own top-1
+    cam_b, _ = gradcam_maps(m, last_stage=f.stages[-1], classes=cls, size=(16, 16))
+    assert cam_a.shape == (16, 16, 16)
+    assert torch.allclose(logits, f.logits, atol=1e-5)
+    torch.testing.assert_close(cam_a, cam_b)
+    assert acc.agreement(cls, logits.argmax(1)) == 1.0
+    nonzero = cam_a.flatten(1).amax(1) > 0
+    assert nonzero.any()
+    assert explanations.expl_sim(cam_a[nonzero], cam_b[nonzero]) == pytest.approx(1.0, abs=1e-6)
+    fss = similarity.fss_stages(f.stages, f.stages)
+    assert len(fss) == m.num_stages
+    assert fss == pytest.approx([1.0] * m.num_stages, abs=1e-9)
+
+
+def test_gradcam_works_for_a_frozen_teacher():
+    m = _model()
+    m.requires_grad_(False)
+    cams, _ = gradcam_maps(m, torch.randn(4, 3, 16, 16), classes=[0, 1, 2, 3])
+    assert cams.shape == (4, 16, 16) and torch.isfinite(cams).all() and (cams >= 0).all()
+
+
+def test_fss_pairs_stages_at_the_same_relative_depth():
+    torch.manual_seed(0)
+    t = [torch.randn(32, 4, 2, 2) for _ in range(6)]
+    s = [t[1].clone(), t[3].clone(), t[5].clone()]  # stage_pairs(3, 6) = (0,1), (1,3), (2,5)
+    assert similarity.fss_stages(s, t) == pytest.approx([1.0, 1.0, 1.0], abs=1e-9)
+
+
+# ----------------------------------------------------------------- EPG
+def test_epg_is_one_inside_the_mask_and_null_without_masks():
+    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    mask[:, 2:6, 2:6] = True
+    cam = torch.rand(3, 8, 8) * mask
+    assert explanations.epg(cam, mask) == pytest.approx(1.0)
+    assert explanations.epg(torch.rand(3, 8, 8) * ~mask, mask) == pytest.approx(0.0)
+    assert explanations.epg(cam, None) is None
+
+
+# ----------------------------------------------------------------- RS
+def test_rs_is_near_zero_for_random_labels_and_high_for_label_features():
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    x = torch.randn(n, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 20, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    assert abs(similarity.relevance(x, y, labels, 4)) < 0.05
+    onehot = torch.nn.functional.one_hot(labels, 4).double()
+    informative = torch.cat([x[:, :2] * 0.1, onehot], 1)
+    assert similarity.relevance(informative, y, labels, 4) > 0.5
+    # what the base already has is removed: x against itself leaves nothing
+    assert abs(similarity.relevance(informative, informative, labels, 4)) < 1e-6
+
+
+# ----------------------------------------------------------------- UniCAM
+def test_unicam_maps_shape_finite_and_swap():
+    torch.manual_seed(0)
+    s = torch.randn(16, 8, 4, 4)
+    b = torch.randn(16, 8, 4, 4)
+    labels = torch.arange(16) % 4
+    d, r = unicam_maps(s, b, labels, num_classes=4, size=(16, 16))
+    assert d.shape == r.shape == (16, 16, 16)
+    assert torch.isfinite(d).all() and torch.isfinite(r).all() and (d >= 0).all()
+    assert d.abs().sum() > 0 and r.abs().sum() > 0
+    torch.testing.assert_close(d, unicam_map(s, b, labels, num_classes=4, size=(16, 16)))
+    torch.testing.assert_close(r, unicam_map(b, s, labels, num_classes=4, size=(16, 16)))
+    d2, r2 = unicam_maps(b, s, labels, num_classes=4, size=(16, 16))
+    torch.testing.assert_close(d2, r)
+    torch.testing.assert_close(r2, d)
+    assert not torch.allclose(d, r)
+    with pytest.raises(ValueError, match="at least 8"):
+        unicam_map(s[:4], b[:4], labels[:4])
+
+
+# ----------------------------------------------------------------- decision process
+def _separable(n, partitions, num_classes, seed):
+    """Pooled 'stage features' whose stage-l block encodes the super-class π_l(y)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    feats = []
+    for part in partitions:
+        g = hierarchy.class_to_group(part, num_classes)[y]
+        centers = np.eye(len(part)) * 10.0
+        feats.append(centers[g] + rng.normal(0, 0.5, (n, len(part))))
+    feats.append(rng.normal(size=(n, 3)))  # the last stage: ignored
+    return feats, y
+
+
+def test_decision_consistency_one_on_separable_features_and_ari():
+    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]]]
+    tr, ytr = _separable(400, truth, 8, 0)
+    te, yte = _separable(200, truth, 8, 1)
+    dc, per_stage = hierarchy.decision_consistency(tr, ytr, te, yte, truth, 8)
+    assert dc == pytest.approx(1.0) and per_stage == pytest.approx([1.0, 1.0])
+    # noise features predict the partition at chance, well below 1
+    noise = [np.random.default_rng(2).normal(size=f.shape) for f in tr]
+    low, _ = hierarchy.decision_consistency(noise, ytr, [np.random.default_rng(3).normal(size=f.shape) for f in te],
+                                            yte, truth, 8)
+    assert low < 0.75
+    # a single-super-class stage carries no decision: skipped
+    dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1]], 8)
+    assert per1[0] is None and dc1 == pytest.approx(1.0)
+
+    assert hierarchy.hierarchy_ari(truth, truth, 8) == pytest.approx(1.0)
+    relabelled = [[[4, 5, 6, 7], [0, 1, 2, 3]], [[k] for k in range(8)]]
+    assert hierarchy.hierarchy_ari(relabelled, truth, 8) == pytest.approx(1.0)
+    assert hierarchy.hierarchy_ari([[[k] for k in range(8)]] * 2, truth, 8) == pytest.approx(0.0)
+    assert hierarchy.hierarchy_ari(truth, None, 8) is None
+
+
+def test_flops_of_a_linear_layer():
+    lin = torch.nn.Linear(10, 4)
+    assert efficiency.flops_per_image(lin, torch.randn(1, 10)) == 2 * 10 * 4
+    assert efficiency.count_params(lin) == 44
+
+
+# ----------------------------------------------------------------- claims
+def _runs():
+    import pandas as pd
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        base = {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "seed": seed}
+        noise = rng.normal(0, 0.01, 8)
+        rows.append({**base, "method": "kd", "top1": 0.70 + noise[0], "agreement": 0.80 + noise[1],
+                     "decision_consistency": 0.6 + noise[2], "expl_sim": 0.5 + noise[6],
+                     "unicam_epg_distilled": 0.6 + noise[3], "unicam_epg_residual": 0.4 + noise[4], "top1_ood": None})
+        rows.append({**base, "method": "fcfd", "top1": 0.75 + noise[5], "agreement": 0.8, "decision_consistency": 0.6,
+                     "expl_sim": 0.5, "unicam_epg_distilled": 0.5, "unicam_epg_residual": 0.5, "top1_ood": None})
+        rows.append({**base, "method": "vanilla", "top1": 0.6, "agreement": 0.7, "decision_consistency": 0.5,
+                     "expl_sim": 0.4, "unicam_epg_distilled": None, "unicam_epg_residual": None, "top1_ood": None})
+    # e2kd on other seeds only: Welch
+    for seed in range(10, 14):
+        rows.append({"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "seed": seed, "method": "e2kd",
+                     "top1": 0.7, "agreement": 0.9 + 0.01 * (seed % 3), "decision_consistency": 0.6,
+                     "expl_sim": 0.45 + 0.01 * (seed % 2), "unicam_epg_distilled": 0.5, "unicam_epg_residual": 0.5,
+                     "top1_ood": None})
+    return pd.DataFrame(rows)
+
+
+def test_claims_table_against_scipy_and_missing_rows():
+    from scipy import stats
+
+    from kdbench.claims import claims_table
+
+    runs = _runs()
+    table = claims_table(runs)
+    for col in ["claim", "paper", "method", "baseline", "metric", "dataset", "teacher", "student", "n",
+                "method_mean", "baseline_mean", "delta", "p_value", "holds"]:
+        assert col in table.columns
+    idx = table.set_index(["claim", "method"])
+
+    kd = runs[runs.method == "kd"].sort_values("seed")
+    fc = runs[runs.method == "fcfd"].sort_values("seed")
+    row = idx.loc[("fcfd_top1", "fcfd")]
+    assert row["n"] == 5 and row["test"] == "paired_t"
+    assert row["delta"] == pytest.approx(fc.top1.mean() - kd.top1.mean())
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(fc.top1.to_numpy(), kd.top1.to_numpy()).pvalue)
+    assert row["holds"] is True
+
+    e2 = runs[runs.method == "e2kd"]
+    row = idx.loc[("e2kd_agreement", "e2kd")]
+    assert row["test"] == "welch_t" and row["n_method"] == 4 and row["n_baseline"] == 5
+    assert row["p_value"] == pytest.approx(stats.ttest_ind(e2.agreement, kd.agreement, equal_var=False).pvalue)
+    assert row["holds"] is True
+    row = idx.loc[("e2kd_expl_sim", "e2kd")]
+    assert row["delta"] < 0 and row["holds"] is False  # reported honestly
+
+    row = idx.loc[("unicam_epg", "kd")]
+    assert row["metric"] == "unicam_epg_distilled" and row["baseline_metric"] == "unicam_epg_residual"
+    assert row["test"] == "paired_t" and row["n"] == 5
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(kd.unicam_epg_distilled.to_numpy(dtype=float),
+                                                            kd.unicam_epg_residual.to_numpy(dtype=float)).pvalue)
+    assert row["holds"] is True
+    assert ("unicam_epg", "fcfd") in idx.index and ("unicam_epg", "vanilla") not in idx.index
+
+    for claim, method in [("tdd_decision", "tdd"), ("cid_ood", "cid")]:  # no tdd / cid runs; top1_ood all null
+        row = idx.loc[(claim, method)]
+        assert row["n"] == 0 and math.isnan(row["delta"]) and math.isnan(row["p_value"]) and row["holds"] is None
+
+    empty = claims_table(runs.iloc[0:0])
+    assert len(empty) == 6 and (empty["n"] == 0).all()
+
+
+# ----------------------------------------------------------------- end to end
+PROFILE = {
+    "results_dir": "results",
+    "datasets": {"shapes": {"image_size": 16, "n_train": 192, "n_val": 32, "n_test": 48, "n_test_ood": 32, "seed": 0}},
+    "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+    "methods": ["vanilla", "kd"],
+    "seeds": [0],
+    "teacher_seed": 0,
+    "teacher_train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
+    "student_train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
+    "evaluation": {"n_samples": 32, "probe_train_samples": 64, "figures": True, "figure_images": 3},
+    "threads": 1,
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from kdbench.config import run_paths, student_config, teacher_config, validate_profile
+    from kdbench.engine import trainer
+
+    tmp = tmp_path_factory.mktemp("evaluation")
+    prof = validate_profile({**PROFILE, "results_dir": str(tmp / "results")})
+    results = Path(prof["results_dir"])
+    tdir = run_paths(results, "teacher", "shapes", "resnet8", 0)
+    trainer.run(teacher_config(prof, "shapes", "resnet8", 0), tdir, results_dir=results)
+    dirs = {}
+    for method in ("vanilla", "kd"):
+        d = run_paths(results, "student", "shapes", "resnet8", 0, teacher="resnet8", method=method)
+        trainer.run(student_config(prof, "shapes", "resnet8", "resnet8", method, 0), d, results_dir=results,
+                    teacher_path=tdir / "model.pt")
+        dirs[method] = d
+    return tmp, prof, results, tdir, dirs
+
+
+def _dataset(prof, results):
+    from kdbench.data.cache import load_dataset
+
+    return load_dataset("shapes", prof["datasets"]["shapes"], results)
+
+
+def test_evaluate_run_end_to_end_deterministic(trained):
+    from kdbench.evaluation.run import PARTITIONS_FILE, RECORD_KEYS, evaluate_run
+
+    tmp, prof, results, tdir, dirs = trained
+    ds = _dataset(prof, results)
+    ev = prof["evaluation"]
+    recs, pngs = [], []
+    for i in range(2):
+        out, fig = tmp / f"kd{i}.json", tmp / f"kd{i}.png"
+        recs.append(evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, out_path=out,
+                                 figure_path=fig))
+        assert json.loads(out.read_text()) == recs[-1]
+        pngs.append(fig.read_bytes())
+    rec = recs[0]
+    assert set(rec) == set(RECORD_KEYS)
+    assert pngs[0] == pngs[1] and pngs[0][:8] == b"\x89PNG\r\n\x1a\n"
+    a, b = ((tmp / f"kd{i}.json").read_text() for i in range(2))
+    strip = lambda s: {k: v for k, v in json.loads(s).items() if k != "eval_s"}
+    assert strip(a) == strip(b)
+    assert (tdir / PARTITIONS_FILE).is_file()
+
+    metrics = json.loads((dirs["kd"] / "metrics.json").read_text())
+    assert rec["top1"] == metrics["top1"] and rec["params"] == metrics["params"]
+    assert (rec["dataset"], rec["teacher"], rec["student"], rec["method"], rec["seed"], rec["teacher_seed"]) == \
+        ("shapes", "resnet8", "resnet8", "kd", 0, 0)
+    assert rec["n_eval"] == 32 and len(rec["fss_stages"]) == 3
+    for key in ("agreement", "agreement_ood", "expl_sim", "epg", "fss", "rs", "rs_residual",
+                "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "hierarchy_ari"):
+        assert isinstance(rec[key], float) and math.isfinite(rec[key]), key
+    assert 0 <= rec["agreement"] <= 1 and 0 <= rec["epg"] <= 1 and rec["flops"] > 0
+
+    # the vanilla run: no base, so RS / UniCAM are null (not 0); the rest is computed
+    van = evaluate_run(dirs["vanilla"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, out_path=tmp / "v.json",
+                       figure_path=tmp / "v.png")
+    for key in ("rs", "rs_residual", "unicam_epg_distilled", "unicam_epg_residual"):
+        assert van[key] is None and json.loads((tmp / "v.json").read_text())[key] is None
+    assert van["teacher"] == "resnet8" and van["teacher_seed"] == 0
+    assert isinstance(van["decision_consistency"], float) and isinstance(van["agreement"], float)
+    assert (tmp / "v.png").is_file()
+
+    # base run missing: RS / UniCAM null too
+    nob = evaluate_run(dirs["kd"], tdir, tmp / "nowhere", dataset=ds, evaluation={**ev, "figures": False},
+                       figure_path=tmp / "nofig.png")
+    assert nob["rs"] is None and nob["unicam_epg_distilled"] is None and not (tmp / "nofig.png").exists()
+    assert nob["expl_sim"] == rec["expl_sim"]
+
+    # a dataset without masks or hierarchy: EPG-type metrics and ARI null, the rest computed
+    bare = dataclasses.replace(ds, hierarchy=None, splits={k: dataclasses.replace(v, masks=None)
+                                                           for k, v in ds.splits.items()})
+    nm = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=bare, evaluation=ev)
+    for key in ("epg", "unicam_epg_distilled", "unicam_epg_residual", "hierarchy_ari"):
+        assert nm[key] is None
+    assert nm["rs"] == rec["rs"] and nm["expl_sim"] == rec["expl_sim"]
+
+
+def test_cli_evaluate_writes_standard_paths(trained):
+    import yaml
+
+    from kdbench.cli import main
+
+    tmp, prof, results, tdir, dirs = trained
+    params = tmp / "eval.yaml"
+    params.write_text(yaml.safe_dump({**PROFILE, "results_dir": str(results)}))
+    assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
+                 "--student", "resnet8", "--method", "kd", "--seed", "0", "--set", "evaluation.figure_images=2"]) == 0
+    out = results / "evals/shapes/resnet8__resnet8/kd/s0.json"
+    fig = results / "figures/shapes/resnet8__resnet8/kd/s0_unicam.png"
+    rec = json.loads(out.read_text())
+    assert fig.is_file() and rec["method"] == "kd" and rec["rs"] is not None
+    # the vanilla run finds its teacher through the profile's teacher_seed
+    assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
+                 "--student", "resnet8", "--method", "vanilla", "--seed", "0", "--out", str(tmp / "van.json"),
+                 "--figures", str(tmp / "figs")]) == 0
+    assert json.loads((tmp / "van.json").read_text())["rs"] is None and (tmp / "figs/s0_unicam.png").is_file()
+    # a run that was never trained: a clear error, exit code 2
+    assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
+                 "--student", "resnet8", "--method", "kd", "--seed", "7"]) == 2
