@@ -16,6 +16,8 @@ claim × dataset × teacher/student pair:
 Test: a paired t-test over the seeds both sides have (scipy.stats.ttest_rel; the UniCAM
 claim compares two metrics of the same runs, so it is always paired) when at least two
 seeds pair up, else Welch's t-test (ttest_ind, equal_var=False) over all available seeds.
+``n`` is the number of paired seeds (paired test) or the smaller group's size (Welch);
+``n_method`` / ``n_baseline`` count the seeds with a value on each side.
 ``p_value`` is two-sided; ``holds`` = the delta (method − baseline) has the claimed sign
 and p < 0.05. With fewer than two values on a side there is no test: p_value is NaN and
 holds is False. A row whose method or baseline has no data at all is still reported, with
@@ -29,7 +31,7 @@ its own row too, so that the claim can be read per method.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 ALPHA = 0.05
 

@@ -100,6 +100,10 @@ def test_unicam_maps_shape_finite_and_swap():
     torch.testing.assert_close(d2, r)
     torch.testing.assert_close(r2, d)
     assert not torch.allclose(d, r)
+    # the maps explain exactly the reported rs / rs_residual
+    *_, rs, rs_res = unicam_maps(s, b, labels, num_classes=4, return_scores=True)
+    assert rs == pytest.approx(similarity.relevance(s, b, labels, 4), abs=1e-12)
+    assert rs_res == pytest.approx(similarity.relevance(b, s, labels, 4), abs=1e-12)
     with pytest.raises(ValueError, match="at least 8"):
         unicam_map(s[:4], b[:4], labels[:4])
 
@@ -257,7 +261,7 @@ def _dataset(prof, results):
 
 
 def test_evaluate_run_end_to_end_deterministic(trained):
-    from kdbench.evaluation.run import PARTITIONS_FILE, RECORD_KEYS, evaluate_run
+    from kdbench.evaluation.run import PARTITIONS_FILE, PREDICTIONS_FILE, RECORD_KEYS, evaluate_run
 
     tmp, prof, results, tdir, dirs = trained
     ds = _dataset(prof, results)
@@ -275,7 +279,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     a, b = ((tmp / f"kd{i}.json").read_text() for i in range(2))
     strip = lambda s: {k: v for k, v in json.loads(s).items() if k != "eval_s"}
     assert strip(a) == strip(b)
-    assert (tdir / PARTITIONS_FILE).is_file()
+    assert (tdir / PARTITIONS_FILE).is_file() and (tdir / PREDICTIONS_FILE).is_file()
 
     metrics = json.loads((dirs["kd"] / "metrics.json").read_text())
     assert rec["top1"] == metrics["top1"] and rec["params"] == metrics["params"]
@@ -301,6 +305,16 @@ def test_evaluate_run_end_to_end_deterministic(trained):
                        figure_path=tmp / "nofig.png")
     assert nob["rs"] is None and nob["unicam_epg_distilled"] is None and not (tmp / "nofig.png").exists()
     assert nob["expl_sim"] == rec["expl_sim"]
+
+    # the cached partitions are reused (same key): plant the true hierarchy -> ARI 1
+    blob = json.loads((tdir / PARTITIONS_FILE).read_text())
+    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy[:2]}))
+    planted = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+    assert planted["hierarchy_ari"] == pytest.approx(1.0)
+    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "key": {"stale": True}}))  # another key: recomputed
+    assert evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)["hierarchy_ari"] == \
+        rec["hierarchy_ari"]
+    assert json.loads((tdir / PARTITIONS_FILE).read_text()) == blob
 
     # a dataset without masks or hierarchy: EPG-type metrics and ARI null, the rest computed
     bare = dataclasses.replace(ds, hierarchy=None, splits={k: dataclasses.replace(v, masks=None)

@@ -1,16 +1,26 @@
 """The explanation grid of one run: rows = images, columns = image | teacher Grad-CAM |
 student Grad-CAM | UniCAM distilled | UniCAM residual (UniCAM columns only when the run
-has a base model, i.e. not for ``vanilla``). Maps are overlaid on the image, each
-normalised by its own maximum. The PNG bytes are deterministic (no timestamp/software
-metadata; matplotlib's Agg canvas, no pyplot global state)."""
+has a base model, i.e. not for ``vanilla``).
+
+Each map is normalised by its own maximum, coloured with a jet colour map and blended
+over the image. The grid is composed with numpy and written by Pillow (already a
+matplotlib dependency): an order of magnitude faster than a 40-axes matplotlib figure,
+and the PNG bytes are deterministic (no timestamp or software metadata).
+"""
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
+
+CELL = 112  # pixels per grid cell
+PAD = 4
+HEADER = 18
+TITLE = 18
+ALPHA = 0.5
 
 
 def to_display(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -23,34 +33,61 @@ def to_display(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def render_grid(images: np.ndarray, columns: Dict[str, torch.Tensor], title: str = "", dpi: int = 100) -> bytes:
+def jet(x: np.ndarray) -> np.ndarray:
+    """The jet colour map (piecewise linear), values in [0, 1] -> RGB in [0, 1]."""
+    x = np.clip(x, 0.0, 1.0)[..., None]
+    return np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+
+
+def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """H×W or H×W×3 float array in [0, 1] -> size×size (bilinear for maps, nearest for
+    images, so that small inputs stay crisp)."""
+    t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
+    if nearest:
+        out = torch.nn.functional.interpolate(t, size=(size, size), mode="nearest")
+    else:
+        out = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    out = out[0].permute(1, 2, 0).numpy()
+    return out[..., 0] if a.ndim == 2 else out
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """Blend a map (normalised by its maximum) in jet colours over an RGB image."""
+    top = float(cam.max())
+    cam = cam / top if top > 0 else np.zeros_like(cam)
+    return (1 - ALPHA) * image + ALPHA * jet(cam)
+
+
+def render_grid(images: np.ndarray, columns: Dict[str, torch.Tensor], title: str = "") -> bytes:
     """PNG bytes of the grid. ``images``: B×H×W×3 in [0, 1]; ``columns``: name -> B×H×W maps."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw, ImageFont
 
     n = images.shape[0]
     names = ["image", *columns]
-    fig = Figure(figsize=(1.6 * len(names), 1.6 * n + (0.4 if title else 0.1)), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(n, len(names), squeeze=False)
+    top = (TITLE if title else 0) + HEADER
+    width = len(names) * (CELL + PAD) + PAD
+    height = top + n * (CELL + PAD) + PAD
+    canvas = np.ones((height, width, 3), dtype=np.float64)
     for r in range(n):
+        img = _resize(images[r], CELL, nearest=True)
         for c, name in enumerate(names):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(images[r], interpolation="nearest")
-            if name != "image":
-                cam = columns[name][r].detach().double().cpu().numpy()
-                top = cam.max()
-                cam = cam / top if top > 0 else cam
-                ax.imshow(cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, interpolation="bilinear")
-            if r == 0:
-                ax.set_title(name, fontsize=8)
+            if name == "image":
+                cell = img
+            else:
+                cam = _resize(columns[name][r].detach().double().cpu().numpy(), CELL, nearest=False)
+                cell = overlay(img, cam)
+            y0, x0 = top + r * (CELL + PAD), PAD + c * (CELL + PAD)
+            canvas[y0:y0 + CELL, x0:x0 + CELL] = cell
+    pic = Image.fromarray(np.round(canvas * 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(pic)
+    font = ImageFont.load_default(size=10)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        draw.text((PAD, 3), title, fill=(0, 0, 0), font=font)
+    for c, name in enumerate(names):
+        draw.text((PAD + c * (CELL + PAD) + 2, top - HEADER + 3), name, fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    pic.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
 
 

@@ -3,8 +3,10 @@
 Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per model
 (teacher, student, base) over the fixed evaluation subset; Grad-CAM re-enters the head
 only (``forward_from``); one pass of the student over a train subset for the probes; the
-deployed model and the teacher over the full test / test_ood splits for accuracy and
-agreement; the teacher's TDD partitions once per teacher (cached in its run dir).
+deployed model over the full test / test_ood splits for accuracy and agreement. What
+depends on the teacher alone is computed once per teacher and cached (atomically) in its
+run dir: its TDD partitions (``partitions.json``) and its test / test_ood predictions
+(``teacher_predictions.json``).
 
 Conventions (see ``specs/evaluation.md``):
 - The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
@@ -24,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -36,6 +38,7 @@ SUBSET_SEED = 0
 #: training images the teacher's TDD partitions are derived on (a fixed-seed subset)
 PARTITION_SAMPLES = 4096
 PARTITIONS_FILE = "partitions.json"
+PREDICTIONS_FILE = "teacher_predictions.json"
 TDD_DEFAULTS = {"purity_k": 20, "purity_threshold": 0.2}
 BATCH_SIZE = 256
 
@@ -63,26 +66,32 @@ def eval_subset(dataset, n_samples: int):
 # --------------------------------------------------------------------------- passes
 @torch.no_grad()
 def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BATCH_SIZE,
-            pooled_only: bool = False) -> Dict[str, Any]:
+            pooled_only: bool = False, last_only: Sequence[str] = (), keep_images: int = 0) -> Dict[str, Any]:
     """One batched pass of ``forward_features`` per model over ``split`` (in order):
-    ``out[name]`` = {"stages": [N×C×h×w per stage] (or pooled N×C with ``pooled_only``),
-    "logits": N×K}, plus "labels", "masks" (or None) and "images" (normalised)."""
+    ``out[name]`` = {"stages": [N×C×h×w per stage] (or pooled N×C with ``pooled_only``;
+    only the last stage for the models named in ``last_only``), "logits": N×K}, plus
+    "labels", "masks" (or None), "size" (H, W) and "images": the first ``keep_images``
+    normalised images."""
     from kdbench.data.loader import make_loader
 
     acc: Dict[str, Dict[str, List]] = {k: {"stages": [], "logits": []} for k in models}
     labels, masks, images = [], [], []
+    size = None
     for batch in make_loader(dataset, split, batch_size, train=False, device=device):
         x = batch["image"]
+        size = tuple(x.shape[-2:])
         for name, model in models.items():
             f = model.forward_features(x)
-            st = [s.float().mean(dim=(2, 3)) if pooled_only else s.float() for s in f.stages]
+            stages = f.stages[-1:] if name in last_only else f.stages
+            st = [s.float().mean(dim=(2, 3)) if pooled_only else s.float() for s in stages]
             acc[name]["stages"].append([s.cpu() for s in st])
             acc[name]["logits"].append(f.logits.float().cpu())
         labels.append(batch["label"].cpu())
         m = batch.get("mask")
         masks.append(None if m is None else m.bool().cpu())
-        if not pooled_only:
-            images.append(x.float().cpu())
+        have = sum(len(i) for i in images)
+        if have < keep_images:
+            images.append(x[: keep_images - have].float().cpu())
     out: Dict[str, Any] = {}
     for name, a in acc.items():
         n_stages = len(a["stages"][0])
@@ -91,6 +100,7 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     out["labels"] = torch.cat(labels)
     out["masks"] = None if any(m is None for m in masks) else torch.cat(masks)
     out["images"] = torch.cat(images) if images else None
+    out["size"] = size
     return out
 
 
@@ -109,7 +119,6 @@ def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *, td
     ``teacher_dir/partitions.json``. The cache is keyed by the teacher file's hash, the
     dataset fingerprint, the subset size and the TDD hyperparameters; it is written
     atomically, so parallel jobs of the same teacher at worst write identical content."""
-    from kdbench.engine import io as kio
     from kdbench.methods.tdd import teacher_partitions
 
     hp = {**TDD_DEFAULTS, **{k: v for k, v in (tdd_hparams or {}).items() if k in TDD_DEFAULTS}}
@@ -118,20 +127,48 @@ def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *, td
     key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
            "n_images": int(len(idx)), "subset_seed": SUBSET_SEED, "purity_k": int(hp["purity_k"]),
            "purity_threshold": float(hp["purity_threshold"])}
-    path = Path(teacher_dir) / PARTITIONS_FILE
+
+    def compute():
+        parts = teacher_partitions(teacher, dataset, train.subset(idx), purity_k=int(hp["purity_k"]),
+                                   purity_threshold=float(hp["purity_threshold"]), batch_size=BATCH_SIZE,
+                                   device=device)
+        parts = [[sorted(int(c) for c in g) for g in p] for p in parts]
+        return {"partitions": parts, "num_superclasses": [len(p) for p in parts]}
+
+    return _cached_json(Path(teacher_dir) / PARTITIONS_FILE, key, compute)["partitions"]
+
+
+def _cached_json(path: Path, key: dict, compute) -> dict:
+    """``compute()`` (a JSON-able dict), cached in ``path`` under ``key``: recomputed when
+    the file is missing, unreadable or holds another key; written atomically."""
+    from kdbench.engine import io as kio
+
     if path.is_file():
         try:
             blob = json.loads(path.read_text())
             if blob.get("key") == key:
-                return blob["partitions"]
-        except (ValueError, KeyError):
+                return blob
+        except ValueError:
             pass
-    parts = teacher_partitions(teacher, dataset, train.subset(idx), purity_k=int(hp["purity_k"]),
-                               purity_threshold=float(hp["purity_threshold"]), batch_size=BATCH_SIZE,
-                               device=device)
-    parts = [[sorted(int(c) for c in g) for g in p] for p in parts]
-    kio.write_json({"key": key, "partitions": parts, "num_superclasses": [len(p) for p in parts]}, path)
-    return parts
+    blob = {"key": key, **compute()}
+    kio.write_json(blob, path)
+    return blob
+
+
+def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> Dict[str, torch.Tensor]:
+    """The teacher's top-1 classes on ``test`` (and ``test_ood``), cached in
+    ``teacher_dir/teacher_predictions.json`` (keyed by the teacher file's hash and the
+    dataset fingerprint): every student of the teacher needs them for ``agreement``."""
+    from kdbench.evaluation.accuracy import split_predictions
+
+    key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint}
+    splits = [s for s in ("test", "test_ood") if s in dataset.splits]
+
+    def compute():
+        return {"predictions": {s: split_predictions(teacher, dataset, s, device).tolist() for s in splits}}
+
+    blob = _cached_json(Path(teacher_dir) / PREDICTIONS_FILE, key, compute)
+    return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
 
 
 # --------------------------------------------------------------------------- the record
@@ -151,7 +188,6 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     ``dataset``: the loaded :class:`~kdbench.data.base.Dataset`; ``evaluation``: the
     profile's ``evaluation`` mapping. Writes the record atomically to ``out_path`` and the
     grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true)."""
-    from kdbench import functional as KF
     from kdbench.engine import io as kio
     from kdbench.engine.runtime import set_deterministic
     from kdbench.engine.trainer import load_deployed, load_model
@@ -200,8 +236,9 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     # ---- accuracy / agreement over the whole test splits (deployed model)
     with torch.no_grad():
         test = ds.splits["test"]
+        t_preds = cached_teacher_predictions(teacher, teacher_dir, ds, device)
         s_pred = acc.split_predictions(deployed.predict, ds, "test", device)
-        t_pred = acc.split_predictions(teacher, ds, "test", device)
+        t_pred = t_preds["test"]
         top1 = acc.top1(s_pred, test.labels)
         if rec["top1"] is not None and abs(top1 - rec["top1"]) > 1.0 / max(len(test), 1) + 1e-9:
             raise KDBenchError(f"evaluate: the deployed model of {student_dir} scores top1={top1:.4f} on test, "
@@ -211,15 +248,16 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         rec["agreement"] = acc.agreement(s_pred, t_pred)
         if "test_ood" in ds.splits:
             rec["agreement_ood"] = acc.agreement(acc.split_predictions(deployed.predict, ds, "test_ood", device),
-                                                 acc.split_predictions(teacher, ds, "test_ood", device))
+                                                 t_preds["test_ood"])
 
     # ---- one pass per model over the fixed evaluation subset
     subset = eval_subset(ds, int(ev["n_samples"]))
     models = {"teacher": teacher, "student": student, **({"base": base} if base is not None else {})}
-    data = collect(models, ds, subset, device, batch_size)
+    data = collect(models, ds, subset, device, batch_size, last_only=("base",),
+                   keep_images=max(1, int(ev["figure_images"])))
     labels, masks = data["labels"], data["masks"]
     rec["n_eval"] = int(len(labels))
-    size = tuple(data["images"].shape[-2:])
+    size = data["size"]
     T, S = data["teacher"], data["student"]
 
     # Grad-CAM: teacher and student for the teacher's class; student for the true class
@@ -233,14 +271,16 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
 
     # FSS (per stage pair) and, against the base, RS and the UniCAM maps
-    rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"])
-    rec["fss"] = _mean(rec["fss_stages"])
+    n_eval = rec["n_eval"]
+    if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
+        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"])
+        rec["fss"] = _mean(rec["fss_stages"])
     uni_d = uni_r = None
-    if base is not None:
+    if base is not None and n_eval >= 8:
         B = data["base"]
-        rec["rs"] = similarity.relevance(S["stages"][-1], B["stages"][-1], labels, num_classes)
-        rec["rs_residual"] = similarity.relevance(B["stages"][-1], S["stages"][-1], labels, num_classes)
-        uni_d, uni_r = unicam_maps(S["stages"][-1], B["stages"][-1], labels, num_classes=num_classes, size=size)
+        # rs / rs_residual are the targets of the two UniCAM maps: computed once, with them
+        uni_d, uni_r, rec["rs"], rec["rs_residual"] = unicam_maps(
+            S["stages"][-1], B["stages"][-1], labels, num_classes=num_classes, size=size, return_scores=True)
         if masks is not None:
             rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)

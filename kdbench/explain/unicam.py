@@ -29,11 +29,12 @@ MIN_BATCH = 8
 
 
 def unicam_map(stage_x: Tensor, feat_y: Tensor, labels: Tensor, *, num_classes: Optional[int] = None,
-               size: Optional[Sequence[int]] = None) -> Tensor:
+               size: Optional[Sequence[int]] = None, return_score: bool = False):
     """UniCAM maps (B×h×w, or B×H×W with ``size``) of model X's last-stage activations
     ``stage_x`` (B×C×h×w) against model Y's features ``feat_y`` (B×..., flattened), for
     integer ``labels`` (B,). Detached; no model is needed (the target only depends on
-    the activations)."""
+    the activations). With ``return_score=True`` returns (maps, the relevance score as
+    a float) — the score the maps explain."""
     n = stage_x.shape[0]
     if n < MIN_BATCH:
         raise ValueError(f"UniCAM needs a batch of at least {MIN_BATCH} images, got {n}")
@@ -44,16 +45,22 @@ def unicam_map(stage_x: Tensor, feat_y: Tensor, labels: Tensor, *, num_classes: 
         score = KF.relevance_score(a.double().reshape(n, -1), feat_y.detach().double().reshape(n, -1),
                                    torch.as_tensor(labels).long(), num_classes=num_classes)
         (grads,) = torch.autograd.grad(score, a)
-    return KF.cam_from_gradients(a.detach(), grads.to(a.dtype), size)
+    cams = KF.cam_from_gradients(a.detach(), grads.to(a.dtype), size)
+    return (cams, float(score.detach())) if return_score else cams
 
 
 def unicam_maps(student_stage: Tensor, base_stage: Tensor, labels: Tensor, *, num_classes: Optional[int] = None,
-                size: Optional[Sequence[int]] = None) -> Tuple[Tensor, Tensor]:
+                size: Optional[Sequence[int]] = None, return_scores: bool = False):
     """(distilled, residual) UniCAM maps from the last-stage activations of the distilled
-    student and of its base (vanilla) model on the same images."""
-    distilled = unicam_map(student_stage, base_stage, labels, num_classes=num_classes, size=size)
-    residual = unicam_map(base_stage, student_stage, labels, num_classes=num_classes, size=size)
-    return distilled, residual
+    student and of its base (vanilla) model on the same images. With
+    ``return_scores=True``: (distilled, residual, rs, rs_residual), where rs =
+    relevance_score(student, base) and rs_residual = relevance_score(base, student) are
+    the targets the two maps explain."""
+    distilled, rs = unicam_map(student_stage, base_stage, labels, num_classes=num_classes, size=size,
+                               return_score=True)
+    residual, rs_res = unicam_map(base_stage, student_stage, labels, num_classes=num_classes, size=size,
+                                  return_score=True)
+    return (distilled, residual, rs, rs_res) if return_scores else (distilled, residual)
 
 
 def unicam_from_models(student, base, images: Tensor, labels: Tensor, *, num_classes: Optional[int] = None

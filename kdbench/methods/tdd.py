@@ -13,7 +13,8 @@ later stages the classes themselves. TDD reads that "decision tree" off the teac
    from the root (left child first) makes a leaf, or a node whose purity is below
    ``purity_threshold``, one super-class and descends into the children of every other
    node. Super-classes are numbered in walk order. One partition per teacher stage
-   0..n_t-2: coarse early, fine late. :func:`teacher_partitions` is the whole derivation
+   0..n_t-2: coarse early, fine late (the rule of the authors' reference code, KamalEngine
+   ``merge_tree``). :func:`teacher_partitions` is the whole derivation
    for a teacher and a dataset split (the evaluation's ``decision_consistency`` reuses it).
 3. The student gets, for each partitioned teacher stage l, an auxiliary head h_l (GAP +
    linear to |P_l| super-classes) on the student stage at the same relative depth
@@ -33,6 +34,7 @@ does nothing when the loaded state says it already ran.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -215,10 +217,11 @@ class TDD(KD):
         self.tree_stages = list(range(n_t - 1))
         self.head_stages = [s for _, s in stage_pairs(n_t, n_s)[: n_t - 1]]
         self.register_buffer("tree_maps", torch.full((n_t - 1, num_classes), -1, dtype=torch.long))
+        #: node purity of every super-class (row l, column j), NaN beyond |P_l|: for artifacts
+        self.register_buffer("tree_purity", torch.full((n_t - 1, num_classes), math.nan, dtype=torch.float64))
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
         self.tree_heads = nn.ModuleList()
         self.class_names: Optional[List[str]] = None
-        self.purities: Optional[List[List[float]]] = None
         self.register_load_state_dict_pre_hook(TDD._restore_heads)
 
     # -- partitions -------------------------------------------------------------------
@@ -228,12 +231,17 @@ class TDD(KD):
             return []
         return [map_to_partition(m) for m in self.tree_maps]
 
-    def set_partitions(self, partitions: Sequence[Partition]) -> None:
-        """Install partitions (one per teacher stage 0..n_t-2) and build the heads."""
+    def set_partitions(self, partitions: Sequence[Partition],
+                       purities: Optional[Sequence[Sequence[float]]] = None) -> None:
+        """Install partitions (one per teacher stage 0..n_t-2, optionally with their
+        super-classes' purities) and build the heads."""
         if len(partitions) != len(self.tree_stages):
             raise KDBenchError(f"tdd: expected {len(self.tree_stages)} partitions, got {len(partitions)}")
         maps = torch.stack([partition_to_map(p, self.num_classes) for p in partitions])
         self.tree_maps.copy_(maps.to(self.tree_maps.device))
+        self.tree_purity.fill_(math.nan)
+        for slot, row in enumerate(purities or []):
+            self.tree_purity[slot, :len(row)] = torch.tensor(list(row), dtype=torch.float64)
         self._build_heads([len(p) for p in partitions])
         self.prepared.fill_(True)
 
@@ -243,9 +251,6 @@ class TDD(KD):
         self.tree_heads = nn.ModuleList([
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[s], n))
             for s, n in zip(self.head_stages, sizes)]).to(device)
-
-    def _head_sizes(self) -> List[int]:
-        return [m[-1].out_features for m in self.tree_heads]
 
     @staticmethod
     def _restore_heads(module, state_dict, prefix, *args) -> None:
@@ -271,9 +276,9 @@ class TDD(KD):
         h = self.hparams
         loader = ctx.make_loader(ctx.train_split, ctx.batch_size, train=False)
         feats, labels = stage_features(self.teacher, loader, len(ctx.train_split))
-        parts, self.purities = partitions_from_features(feats, labels, self.num_classes,
-                                                        int(h["purity_k"]), float(h["purity_threshold"]))
-        self.set_partitions(parts)
+        parts, purities = partitions_from_features(feats, labels, self.num_classes,
+                                                   int(h["purity_k"]), float(h["purity_threshold"]))
+        self.set_partitions(parts, purities)
 
     def extra_modules(self):
         return [self.tree_heads]
@@ -287,8 +292,9 @@ class TDD(KD):
             entry = {"teacher_stage": self.tree_stages[slot], "student_stage": self.head_stages[slot],
                      "num_superclasses": len(part), "class_ids": part,
                      "superclasses": [[names[c] for c in group] for group in part]}
-            if self.purities is not None:
-                entry["purity"] = [round(float(p), 6) for p in self.purities[slot]]
+            purity = self.tree_purity[slot, :len(part)].tolist()
+            if not any(math.isnan(p) for p in purity):
+                entry["purity"] = [round(p, 6) for p in purity]
             out.append(entry)
         return {"partitions": out, "purity_k": int(self.hparams["purity_k"]),
                 "purity_threshold": float(self.hparams["purity_threshold"])}
