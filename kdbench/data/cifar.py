@@ -1,1 +1,163 @@
-"""placeholder"""
+"""``cifar10`` / ``cifar100`` from torchvision's on-disk format.
+
+Files are looked up under ``<root>/cifar-10-batches-py/`` (``data_batch_1..5``,
+``test_batch``, ``batches.meta``) or ``<root>/cifar-100-python/`` (``train``, ``test``,
+``meta``), where ``root`` is the ``data_root`` option, else the ``KDBENCH_DATA``
+environment variable, else ``./data``; ``data_root`` may also point straight at the
+pickle folder. ``download=True`` lets torchvision fetch the archive into ``root`` first
+(needs internet). The pickles are read directly with ``pickle`` + numpy (the Python-2
+pickles decode with ``encoding="latin1"``).
+
+A stratified validation split of ``val_size`` images (default 5000) is held out of the
+50k training images by ``seed``; ``test`` is the official test set. CIFAR-100's 20
+superclasses (the ``coarse_labels`` of the pickle) are its hierarchy:
+``[[fine ids of superclass 0], ..., [fine ids of superclass 19]], [[0], ..., [99]]``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from kdbench.data.base import DATASETS, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
+
+_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_FILES = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
+    "cifar100": (["train"], ["test"], "meta"),
+}
+MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+SETTING = "the `data_root` param or the KDBENCH_DATA environment variable"
+
+
+def _str(x) -> str:
+    return x.decode("latin1") if isinstance(x, bytes) else str(x)
+
+
+def load_pickle(path: str) -> dict:
+    """A CIFAR pickle as a dict with ``str`` keys (Python-2 pickles: latin1 strings)."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    return {_str(k): v for k, v in d.items()}
+
+
+def _read_batches(folder: str, files, label_key: str):
+    xs, ys, coarse = [], [], []
+    for fn in files:
+        d = load_pickle(os.path.join(folder, fn))
+        data = np.asarray(d["data"], dtype=np.uint8)
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[label_key], dtype=np.int64))
+        if "coarse_labels" in d:
+            coarse.append(np.asarray(d["coarse_labels"], dtype=np.int64))
+    return (np.concatenate(xs), np.concatenate(ys), np.concatenate(coarse) if coarse else None)
+
+
+def stratified_holdout(labels: np.ndarray, n_holdout: int, seed: int):
+    """(keep, holdout) sorted index arrays: ``n_holdout`` indices held out, allocated over
+    classes in proportion to their counts (largest remainder), drawn per class by ``seed``."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n = len(labels)
+    quota = n_holdout * counts / n
+    k = np.floor(quota).astype(np.int64)
+    rest = n_holdout - int(k.sum())
+    order = np.lexsort((classes, -(quota - k)))  # largest fractional part first, ties by class
+    k[order[:rest]] += 1
+    k = np.minimum(k, counts - 1)
+    rng = np.random.default_rng([seed, 5000])
+    hold = []
+    for c, kc in zip(classes, k):
+        idx = np.nonzero(labels == c)[0]
+        hold.append(rng.permutation(idx)[:kc])
+    hold = np.sort(np.concatenate(hold))
+    mask = np.ones(n, bool)
+    mask[hold] = False
+    return np.nonzero(mask)[0], hold
+
+
+def _find(name: str, data_root) -> tuple[str, str]:
+    root = resolve_data_root(data_root)
+    folder = os.path.join(root, _FOLDERS[name])
+    train_files, test_files, meta_file = _FILES[name]
+    needed = train_files + test_files + [meta_file]
+    for cand in (folder, root):
+        if all(os.path.isfile(os.path.join(cand, f)) for f in needed):
+            return root, cand
+    return root, folder
+
+
+def _build(name: str, data_root, download: bool, val_size: int, seed: int) -> Dataset:
+    root, folder = _find(name, data_root)
+    train_files, test_files, meta_file = _FILES[name]
+    needed = train_files + test_files + [meta_file]
+    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing and download:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        cls(root, train=True, download=True)
+        root, folder = _find(name, data_root)
+        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise not_found(name, f"{os.path.abspath(folder)} (missing {', '.join(missing)})", SETTING,
+                        hint="Or set `download: true` in params where the machine has internet")
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    xtr, ytr, ctr = _read_batches(folder, train_files, label_key)
+    xte, yte, _ = _read_batches(folder, test_files, label_key)
+    meta = load_pickle(os.path.join(folder, meta_file))
+    if name == "cifar10":
+        class_names = [_str(s) for s in meta["label_names"]]
+    else:
+        class_names = [_str(s) for s in meta["fine_label_names"]]
+    num_classes = len(class_names)
+    val_size, seed = int(val_size), int(seed)
+    if not 0 < val_size < len(ytr):
+        raise ValueError(f"{name}: val_size must be in [1, {len(ytr) - 1}], got {val_size}")
+    keep, hold = stratified_holdout(ytr, val_size, seed)
+
+    def split(x, y, idx=None):
+        if idx is not None:
+            x, y = x[idx], y[idx]
+        return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+
+    splits = {"train": split(xtr, ytr, keep), "val": split(xtr, ytr, hold), "test": split(xte, yte)}
+    hierarchy = None
+    dmeta: dict = {}
+    if name == "cifar100" and ctr is not None:
+        coarse_names = [_str(s) for s in meta.get("coarse_label_names", [])]
+        fine_to_coarse = {}
+        for f, c in zip(ytr.tolist(), ctr.tolist()):
+            fine_to_coarse.setdefault(f, c)
+        groups = sorted({c for c in fine_to_coarse.values()})
+        hierarchy = [[sorted(f for f, c in fine_to_coarse.items() if c == g) for g in groups],
+                     [[k] for k in range(num_classes)]]
+        dmeta = {"coarse_names": [coarse_names[g] if g < len(coarse_names) else str(g) for g in groups],
+                 "fine_to_coarse": [fine_to_coarse.get(k, -1) for k in range(num_classes)]}
+    parts = [name, class_names, hierarchy]
+    for sname, sp in splits.items():
+        parts += [sname, sp.images, sp.labels]
+    mean, std = MEAN_STD[name]
+    return Dataset(
+        name=name, splits=splits, num_classes=num_classes, class_names=class_names,
+        fingerprint=fingerprint_tensors(*parts), hierarchy=hierarchy, mean=mean, std=std,
+        augment={"crop_pad": 4, "flip": True}, image_size=32, ood_metric="accuracy",
+        options=dict(data_root=data_root, download=bool(download), val_size=val_size, seed=seed),
+        meta={"path": os.path.abspath(folder), **dmeta},
+    )
+
+
+@DATASETS.register("cifar10")
+def cifar10(data_root: str | None = None, download: bool = False, val_size: int = 5000, seed: int = 0) -> Dataset:
+    """CIFAR-10 (see the module docstring)."""
+    return _build("cifar10", data_root, download, val_size, seed)
+
+
+@DATASETS.register("cifar100")
+def cifar100(data_root: str | None = None, download: bool = False, val_size: int = 5000, seed: int = 0) -> Dataset:
+    """CIFAR-100 with its 20 superclasses as hierarchy (see the module docstring)."""
+    return _build("cifar100", data_root, download, val_size, seed)

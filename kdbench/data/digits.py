@@ -5,7 +5,7 @@ Real data that ships with an installed package (no download). The 8×8 intensity
 (``torch.nn.functional.interpolate``, ``align_corners=False``; ``interpolation="nearest"``
 gives blocky pixels instead), replicated to 3 channels, and split per class (stratified)
 into train/val/test by ``seed`` (default 60/15/25 %). Masks: the ink pixels, i.e.
-upsampled intensity > ``ink_threshold`` (0.25 of full ink).
+upsampled intensity > ``ink_threshold`` (default 0.5 of full ink).
 
 Default look: white ink on black. With ``colour_bias=True`` the ink stays white and the
 background gets a mid-saturation, mid-value colour: the colour paired with the class (hue
@@ -50,7 +50,7 @@ def background_colours(k: int) -> np.ndarray:
 @DATASETS.register("digits")
 def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.25,
            colour_bias: bool = False, bias: float = 0.9, interpolation: str = "bilinear",
-           ink_threshold: float = 0.25) -> Dataset:
+           ink_threshold: float = 0.5) -> Dataset:
     """Build the ``digits`` dataset (see the module docstring)."""
     from sklearn.datasets import load_digits
 
