@@ -68,7 +68,12 @@ def stratified_holdout(labels: np.ndarray, n_holdout: int, seed: int):
     rest = n_holdout - int(k.sum())
     order = np.lexsort((classes, -(quota - k)))  # largest fractional part first, ties by class
     k[order[:rest]] += 1
-    k = np.minimum(k, counts - 1)
+    k = np.minimum(k, counts - 1)  # never take a whole class
+    while k.sum() < n_holdout:  # give the shortfall to classes that can spare an image
+        spare = np.nonzero(k < counts - 1)[0]
+        if len(spare) == 0:
+            break
+        k[spare[np.argmax((quota - k)[spare])]] += 1
     rng = np.random.default_rng([seed, 5000])
     hold = []
     for c, kc in zip(classes, k):

@@ -10,8 +10,10 @@ upsampled intensity > ``ink_threshold`` (default 0.5 of full ink).
 Default look: white ink on black. With ``colour_bias=True`` the ink stays white and the
 background gets a mid-saturation, mid-value colour: the colour paired with the class (hue
 k/10) with probability ``bias``, else a uniformly drawn other class's colour; ``test_ood``
-(only with ``colour_bias``) always carries an unpaired colour. Per-image colour ids are in
-``dataset.meta["context"][split]``. No horizontal flips (digits are not mirror-symmetric).
+(only with ``colour_bias``; the test digits re-coloured) always carries an unpaired colour.
+Per-image colour ids are in ``dataset.meta["context"][split]``; the rows of sklearn's
+array each split holds in ``dataset.meta["source_index"][split]``. No horizontal flips
+(digits are not mirror-symmetric).
 """
 from __future__ import annotations
 
@@ -99,9 +101,9 @@ def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test
     options = dict(image_size=image_size, seed=seed, val_fraction=float(val_fraction),
                    test_fraction=float(test_fraction), colour_bias=bool(colour_bias), bias=float(bias),
                    interpolation=interpolation, ink_threshold=float(ink_threshold))
-    meta = {}
+    meta = {"source_index": {k: torch.from_numpy(v.astype(np.int64)) for k, v in index.items()}}
     if colour_bias:
-        meta = {"context": contexts, "paired_context": list(range(10)),
+        meta |= {"context": contexts, "paired_context": list(range(10)),
                 "context_colours": colours.tolist()}
     return Dataset(
         name="digits", splits=splits, num_classes=10, class_names=[str(k) for k in range(10)],

@@ -1,0 +1,364 @@
+"""The Snakemake pipeline end to end, run as a user runs it: `snakemake` in a subprocess in
+a temporary copy of the repository (Snakefile, workflow/, params/; the kdbench package is
+the one installed in the venv), with the MLflow store in the temporary directory.
+
+- bad params fail before any job, with one clear error, and write nothing to results/;
+- every paper-scale profile and the SLURM profile dry-run;
+- the smoke profile runs end to end (one run shared by the tests below) and its board has
+  every column and all ten methods;
+- a method from another package (an entry point on PYTHONPATH, nothing installed) added to
+  a copy of the smoke profile: an interrupted run re-runs and completes, and only the new
+  method's jobs (and the board) run;
+- DVC in a fresh git repository: `dvc repro`, `dvc metrics show`, `dvc metrics diff`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+TEN_METHODS = ["vanilla", "kd", "fitnet", "at", "dkd", "tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
+DESIGN_COLUMNS = ["dataset", "teacher", "student", "method", "n_seeds", "top1_mean", "top1_std", "top1_sel_mean",
+                  "top1_ood_mean", "agreement_mean", "expl_sim_mean", "epg_mean", "fss_mean", "rs_mean",
+                  "delta_vs_kd", "delta_vs_vanilla", "params", "train_s_mean"]
+BOARD_FILES = ["runs.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.html",
+               "metrics.json", "claims.csv", "claims.md", "accuracy.png", "accuracy_vs_agreement.png", "ood_vs_id.png"]
+
+
+# ----------------------------------------------------------------------------- helpers
+def copy_repo(dst: Path, extra=()) -> Path:
+    """The files a user's checkout has that the pipeline reads (symlinks resolved)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "Snakefile", dst / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("workflow", "params", *extra):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dst / name)
+    os.symlink("workflow/profiles", dst / "profiles")   # as in the repository
+    return dst
+
+
+def env_for(tmp: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KDBENCH_", "SNAKEMAKE_"))}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+               OMP_NUM_THREADS="1", DVC_NO_ANALYTICS="1", PYTHONWARNINGS="ignore")
+    env.update(extra)
+    return env
+
+
+def snakemake(cwd: Path, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=cwd, env=env or env_for(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict:
+    """The first 'Job stats' table of a Snakemake output: rule -> count."""
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\n\n", output, re.S)
+    assert m, output[-3000:]
+    counts = {}
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def write_params(repo: Path, name: str, **changes) -> str:
+    prof = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            prof.pop(key, None)
+        else:
+            prof[key] = value
+    (repo / "params" / name).write_text(yaml.safe_dump(prof, sort_keys=False))
+    return f"params/{name}"
+
+
+def profile_counts(path: Path) -> dict:
+    """The job counts a profile must give: one data job per dataset, one teacher per dataset
+    x teacher arch (x student seed when teacher_seed is null), one distill and evaluate job per run."""
+    p = yaml.safe_load(path.read_text())
+    n_d, n_seeds = len(p["datasets"]), len(p["seeds"])
+    teachers = {x["teacher"] for x in p["pairs"]}
+    t_seeds = n_seeds if p.get("teacher_seed", 0) is None else 1
+    runs = n_d * len(p["pairs"]) * len(p["methods"]) * n_seeds
+    return {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs, "evaluate": runs,
+            "leaderboard": 1, "all": 1}
+
+
+# ----------------------------------------------------------------------------- bad params
+@pytest.fixture(scope="module")
+def bad_repo(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("bad") / "repo")
+
+
+BAD = {
+    "unknown_method": ({"methods": ["vanilla", "kdd"]}, ["unknown method 'kdd'", "did you mean 'kd'", "valid choices"]),
+    "misspelt_key": ({"seed": [0, 1], "seeds": None}, ["'seed'", "did you mean 'seeds'", "valid choices"]),
+    "wrong_type": ({"student_train": {"epochs": "two", "batch_size": 64}}, ["student_train.epochs", "'two'", "integer"]),
+    "unknown_arch": ({"pairs": [{"teacher": "resnet14", "student": "resnet9"}]},
+                     ["unknown arch 'resnet9'", "valid choices", "resnet8"]),
+    "unknown_dataset": ({"datasets": {"shapez": {"image_size": 16}}},
+                        ["unknown dataset 'shapez'", "did you mean 'shapes'", "valid choices"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_params_fail_before_any_job(bad_repo, case):
+    changes, expected = BAD[case]
+    params = write_params(bad_repo, f"bad_{case}.yaml", **changes)
+    proc = snakemake(bad_repo, "--configfile", params)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in out, (text, out[-2000:])
+    assert out.count("invalid params") == 1, out[-2000:]           # one error, not a cascade
+    assert "Traceback" not in out
+    assert params in out                                            # names the file
+    assert not (bad_repo / "results").exists()                      # nothing written
+    assert "Job stats" not in out
+
+
+def test_two_configfiles_refused(bad_repo):
+    proc = snakemake(bad_repo, "-n", "--configfile", "params/smoke.yaml", "params/default.yaml")
+    assert proc.returncode != 0 and "give one params profile" in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- dry runs
+@pytest.mark.parametrize("profile", ["default", "cifar100", "cifar10", "imagenet", "waterbirds"])
+def test_profile_dry_run(bad_repo, profile):
+    proc = snakemake(bad_repo, "-n", "--configfile", f"params/{profile}.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert job_counts(proc.stdout) == profile_counts(bad_repo / "params" / f"{profile}.yaml")
+    assert not (bad_repo / "results").exists()
+
+
+def test_cifar100_recipe(bad_repo):
+    """The paper recipe reaches the jobs (validated, defaults filled in)."""
+    from kdbench.config import load_profile, student_config
+
+    os.chdir(bad_repo)
+    try:
+        prof = load_profile(bad_repo / "params" / "cifar100.yaml")
+    finally:
+        os.chdir(ROOT)
+    pairs = {(p["teacher"], p["student"]) for p in prof["pairs"]}
+    assert len(pairs) == 10 and ("resnet32x4", "shufflenetv2") in pairs and ("resnet50", "mobilenetv2") in pairs
+    r = prof["student_train"]
+    assert (r["epochs"], r["lr"], r["batch_size"], r["milestones"], r["gamma"], r["weight_decay"]) == \
+        (240, 0.05, 64, [150, 180, 210], 0.1, 5e-4)
+    cfg = student_config(prof, "cifar100", "vgg13", "mobilenetv2", "kd", 0)
+    assert cfg.lr == 0.01
+    assert student_config(prof, "cifar100", "resnet56", "resnet20", "kd", 0).lr == 0.05
+
+
+def test_slurm_profile_dry_run(bad_repo):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = snakemake(bad_repo, "-n", "--workflow-profile", "workflow/profiles/slurm",
+                     "--configfile", "params/cifar100.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "workflow/profiles/slurm" in out
+    distill = out[out.index("rule distill:"):]
+    resources = re.search(r"resources: (.*)", distill).group(1)
+    assert "gpu=1" in resources and "slurm_partition=" in resources and "runtime=" in resources
+    assert job_counts(proc.stdout)["distill"] == 300
+
+
+# ----------------------------------------------------------------------------- smoke run
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke-profile run shared by the tests below."""
+    repo = copy_repo(tmp_path_factory.mktemp("smoke") / "repo", extra=("dvc.yaml", ".dvcignore", ".gitignore"))
+    t0 = time.time()
+    proc = snakemake(repo, "--configfile", "params/smoke.yaml")
+    elapsed = time.time() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    print(f"\nsmoke pipeline: {elapsed:.1f} s wall", file=sys.stderr)
+    (repo / "smoke_time.txt").write_text(f"{elapsed:.1f}\n")
+    return repo, out
+
+
+def test_smoke_board_has_every_column(smoke):
+    import pandas as pd
+
+    repo, out = smoke
+    assert job_counts(out) == profile_counts(repo / "params" / "smoke.yaml")
+    board_dir = repo / "results" / "leaderboard"
+    for name in BOARD_FILES:
+        assert (board_dir / name).is_file() and (board_dir / name).stat().st_size > 0, name
+    board = pd.read_csv(board_dir / "leaderboard.csv")
+    for col in DESIGN_COLUMNS:
+        assert col in board.columns, col
+    assert sorted(board["method"]) == sorted(TEN_METHODS)
+    assert (board["n_seeds"] == 2).all()
+    for col in ("top1_mean", "top1_std", "top1_sel_mean", "top1_ood_mean", "agreement_mean", "expl_sim_mean",
+                "epg_mean", "fss_mean", "params", "train_s_mean", "delta_vs_kd", "delta_vs_vanilla"):
+        assert board[col].notna().all(), col                  # shapes has OOD, masks: everything applies
+    assert board.loc[board["method"] != "vanilla", "rs_mean"].notna().all()
+    assert board.loc[board["method"] == "kd", "delta_vs_kd"].iloc[0] == 0
+    runs = pd.read_csv(board_dir / "runs.csv")
+    assert len(runs) == 20 and set(runs["seed"]) == {0, 1}
+    metrics = json.loads((board_dir / "metrics.json").read_text())
+    assert set(metrics["shapes"]["resnet14__resnet8"]) == set(TEN_METHODS)
+    page = (board_dir / "leaderboard.html").read_text()
+    assert "Claims" in page and "sortable" in page and "data:image/png;base64," in page
+
+
+def test_smoke_tracking_and_logs(smoke):
+    repo, _ = smoke
+    db = repo.parent / "mlflow.db"
+    assert db.is_file(), "MLflow store not in the test's directory"
+    con = sqlite3.connect(db)
+    try:
+        n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        boards = con.execute("SELECT count(*) FROM tags WHERE key='kind' AND value='leaderboard'").fetchone()[0]
+    finally:
+        con.close()
+    assert n_runs >= 1 + 20 + 1           # teacher, students, board
+    assert boards == 1
+    logs = repo / "results" / "logs"
+    assert (logs / "leaderboard.log").is_file() and len(list((logs / "students").rglob("*.log"))) == 20
+    # a second run has nothing to do
+    proc = snakemake(repo, "-n", "--configfile", "params/smoke.yaml")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+PLUGIN = '''
+"""A distillation method in another package: soft-label KD at temperature 2."""
+import torch
+import torch.nn.functional as F
+
+from kdbench.methods import Distiller
+
+
+class HalfKD(Distiller):
+    def loss(self, batch):
+        x, y = batch["image"], batch["label"]
+        logits = self.student(x)
+        with torch.no_grad():
+            t = self.teacher(x)
+        kl = F.kl_div(F.log_softmax(logits / 2, 1), F.softmax(t / 2, 1), reduction="batchmean") * 4
+        return {"ce": 0.5 * F.cross_entropy(logits, y), "kd": 0.5 * kl}
+'''
+
+
+def make_plugin(where: Path) -> Path:
+    """A package with a `kdbench.methods` entry point, importable from PYTHONPATH: the
+    same discovery as a pip-installed plugin, without installing anything."""
+    (where / "kdbench_halfkd").mkdir(parents=True)
+    (where / "kdbench_halfkd" / "__init__.py").write_text(PLUGIN)
+    info = where / "kdbench_halfkd-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kdbench-halfkd\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[kdbench.methods]\nhalf_kd = kdbench_halfkd:HalfKD\n")
+    return where
+
+
+def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
+    import pandas as pd
+
+    repo, _ = smoke
+    env = env_for(repo, PYTHONPATH=str(make_plugin(tmp_path / "plugins")))
+    prof = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
+    params = write_params(repo, "smoke_plugin.yaml", methods=prof["methods"] + ["half_kd"])
+
+    dry = snakemake(repo, "-n", "--configfile", params, env=env)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
+    assert job_counts(dry.stdout) == {"distill": 2, "evaluate": 2, "leaderboard": 1, "all": 1}
+
+    # interrupt the run while the new method trains, then re-run: it just works
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", params], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(log.glob("*.log")) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+
+    again = snakemake(repo, "--configfile", params, env=env)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    ran = job_counts(again.stdout)
+    assert set(ran) <= {"distill", "evaluate", "leaderboard", "all"} and ran["leaderboard"] == 1
+    assert "rule teacher" not in out and "rule data" not in out
+    board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
+    assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd"])
+    row = board[board["method"] == "half_kd"].iloc[0]
+    assert row["n_seeds"] == 2 and 0 <= row["top1_mean"] <= 1 and not pd.isna(row["delta_vs_kd"])
+
+    # compare: the new method against the board
+    cmp = subprocess.run([str(BIN / "kdbench"), "compare", "half_kd", "--params", params, "--format", "csv"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0, cmp.stderr
+    table = pd.read_csv(__import__("io").StringIO(cmp.stdout))
+    assert sorted(table["other"]) == sorted(TEN_METHODS) and table["p_value"].notna().any()
+
+
+# ----------------------------------------------------------------------------- DVC
+def run(cmd, cwd, env, timeout=600):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (cmd, proc.stdout[-3000:], proc.stderr[-3000:])
+    return proc.stdout
+
+
+def test_dvc_repro_metrics_show_and_diff(smoke, tmp_path):
+    """A fresh git + DVC repository: `KDBENCH_PROFILE=smoke dvc repro` (the smoke run's
+    results are copied in with their Snakemake metadata, so no job re-runs), `dvc metrics
+    show` shows the board, a changed board shows up in `dvc metrics diff`."""
+    import pandas as pd
+
+    src, _ = smoke
+    repo = copy_repo(tmp_path / "repo", extra=("dvc.yaml", ".dvcignore", ".gitignore", "kdbench"))
+    shutil.copytree(src / "results", repo / "results", symlinks=True)
+    shutil.copytree(src / ".snakemake", repo / ".snakemake", symlinks=True,
+                    ignore=shutil.ignore_patterns("log", "locks", "incomplete"))
+    env = env_for(tmp_path, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+                  GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    dvc = str(BIN / "dvc")
+    run(["git", "init", "-q"], repo, env)
+    run([dvc, "init", "-q"], repo, env)
+    run([dvc, "config", "core.analytics", "false"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "kdbench"], repo, env)
+
+    run([dvc, "repro"], repo, dict(env, KDBENCH_PROFILE="smoke"))
+    shown = json.loads(run([dvc, "metrics", "show", "--json"], repo, env))
+    board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
+    kd = board[board["method"] == "kd"].iloc[0]
+    flat = json.dumps(shown)
+    assert "results/leaderboard/metrics.json" in flat
+    metrics = next(iter(shown.values()))["data"]["results/leaderboard/metrics.json"]["data"]
+    assert metrics["shapes"]["resnet14__resnet8"]["kd"]["top1_mean"] == pytest.approx(kd["top1_mean"], abs=1e-6)
+    assert "half_kd" not in metrics["shapes"]["resnet14__resnet8"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "board v1"], repo, env)
+
+    # a new version of the board: the smoke runs of seed 0 only (only the board job runs)
+    write_params(repo, "smoke1.yaml", seeds=[0])
+    run([dvc, "repro"], repo, dict(env, KDBENCH_PROFILE="smoke1"))
+    diff = json.loads(run([dvc, "metrics", "diff", "--json"], repo, env))
+    changes = diff["results/leaderboard/metrics.json"]
+    assert changes["shapes.resnet14__resnet8.kd.n_seeds"] == {"old": 2, "new": 1, "diff": -1}
+    assert "shapes.resnet14__resnet8.kd.top1_mean" in changes or \
+        any(k.endswith(".top1_mean") for k in changes)
