@@ -640,8 +640,15 @@ def metrics_tree(board) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write(path: Path, text: str) -> None:
-    """Atomic text write (temp file + rename)."""
+    """Atomic text write (temp file + rename), with the usual permissions (mkstemp's 0600
+    would make the board unreadable to others)."""
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -649,6 +656,7 @@ def _write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

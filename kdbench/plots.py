@@ -36,6 +36,9 @@ def _save(fig, path: os.PathLike) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

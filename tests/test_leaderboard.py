@@ -138,6 +138,7 @@ def test_files_written(runs, tmp_path):
                                                     "datasets": {"shapes": {}, "plain": {}}}, figures=True)
     for key, path in paths.items():
         assert path.is_file() and path.stat().st_size > 0, key
+        assert path.stat().st_mode & 0o044 == 0o044, key      # readable by others (not mkstemp's 0600)
     md = paths["md"].read_text()
     assert "## shapes" in md and "## plain" in md and "### resnet14 → resnet8" in md
     assert "**80.00 ± 5.00**" in md and "+8.00" in md and "| – |" in md

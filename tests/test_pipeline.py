@@ -65,7 +65,8 @@ def env_for(tmp: Path, **extra) -> dict:
 
 
 def snakemake(cwd: Path, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=cwd, env=env or env_for(cwd),
+    """`snakemake --cores 2 ARGS` in ``cwd``; the MLflow store beside it."""
+    return subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=cwd, env=env or env_for(cwd.parent),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -147,7 +148,7 @@ def test_two_configfiles_refused(bad_repo):
 def test_profile_dry_run(bad_repo, profile):
     proc = snakemake(bad_repo, "-n", "--configfile", f"params/{profile}.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert job_counts(proc.stdout) == profile_counts(bad_repo / "params" / f"{profile}.yaml")
+    assert job_counts(proc.stdout + proc.stderr) == profile_counts(bad_repo / "params" / f"{profile}.yaml")
     assert not (bad_repo / "results").exists()
 
 
@@ -180,7 +181,7 @@ def test_slurm_profile_dry_run(bad_repo):
     distill = out[out.index("rule distill:"):]
     resources = re.search(r"resources: (.*)", distill).group(1)
     assert "gpu=1" in resources and "slurm_partition=" in resources and "runtime=" in resources
-    assert job_counts(proc.stdout)["distill"] == 300
+    assert job_counts(out)["distill"] == 300
 
 
 # ----------------------------------------------------------------------------- smoke run
@@ -278,30 +279,41 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     import pandas as pd
 
     repo, _ = smoke
-    env = env_for(repo, PYTHONPATH=str(make_plugin(tmp_path / "plugins")))
+    env = env_for(repo.parent, PYTHONPATH=str(make_plugin(tmp_path / "plugins")))
     prof = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
     params = write_params(repo, "smoke_plugin.yaml", methods=prof["methods"] + ["half_kd"])
 
     dry = snakemake(repo, "-n", "--configfile", params, env=env)
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
-    assert job_counts(dry.stdout) == {"distill": 2, "evaluate": 2, "leaderboard": 1, "all": 1}
+    assert job_counts(dry.stdout + dry.stderr) == {"distill": 2, "evaluate": 2, "leaderboard": 1, "all": 1}
 
-    # interrupt the run while the new method trains, then re-run: it just works
+    # interrupt the run (Ctrl-C) while the new method trains, then run the same command
+    # again: it just works (a training job killed after an epoch resumes from its checkpoint)
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", params], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(log.glob("*.log")) and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
+    runs_dir = repo / "results" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
+    logs = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not list(logs.glob("*.log")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=120)
+    assert not list((repo / ".snakemake" / "locks").glob("*")), "a stale lock would stop the next run"
+    interrupted = [p.parent.name for p in runs_dir.glob("s*/checkpoint.pt")]
 
     again = snakemake(repo, "--configfile", params, env=env)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
-    ran = job_counts(again.stdout)
+    ran = job_counts(out)
     assert set(ran) <= {"distill", "evaluate", "leaderboard", "all"} and ran["leaderboard"] == 1
     assert "rule teacher" not in out and "rule data" not in out
+    for seed_dir in interrupted:
+        assert "resuming after epoch" in (logs / f"{seed_dir}.log").read_text()
+    assert not list(runs_dir.glob("s*/checkpoint.pt"))
     board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
     assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd"])
     row = board[board["method"] == "half_kd"].iloc[0]
