@@ -27,7 +27,10 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
                    help="override a profile value, e.g. student_train.epochs=3 (repeatable)")
     if run:
         p.add_argument("--out", type=Path, help="output directory (default: the standard results path)")
-        p.add_argument("--no-tracking", action="store_true", help="do not log this run to MLflow")
+        p.add_argument("--tracking", choices=["live", "deferred", "off"], default="live",
+                       help="MLflow: log while training (live, default), write the run record to "
+                            "mlflow_run.json for `kdbench sync-tracking` (deferred: what the pipeline "
+                            "does), or not at all (off)")
         p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
 
 
@@ -38,11 +41,12 @@ def _profile(args):
     return validate_profile(raw, source=args.params)
 
 
-def _tracker(profile, args):
-    from kdbench.tracking import Tracker
+def _tracker(profile, args, out: Path):
+    from kdbench.tracking import SPOOL_NAME, Tracker
 
-    enabled = profile["tracking"]["enabled"] and not getattr(args, "no_tracking", False)
-    return Tracker(enabled=enabled, experiment=profile["tracking"]["experiment"])
+    enabled = profile["tracking"]["enabled"] and args.tracking != "off"
+    spool = out / SPOOL_NAME if args.tracking == "deferred" else None
+    return Tracker(enabled=enabled, experiment=profile["tracking"]["experiment"], spool=spool)
 
 
 def _finished(out: Path, cfg) -> bool:
@@ -63,11 +67,11 @@ def _train(args, cfg, out: Path, teacher_path, profile) -> int:
     if not args.force and _finished(out, cfg):
         print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
         return 0
-    tracker = _tracker(profile, args)
+    tracker = _tracker(profile, args, out)
     try:
         metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker)
     except BaseException:
-        tracker.finish("FAILED" if tracker.run_id else "FINISHED")
+        tracker.finish("FAILED")
         raise
     print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
     return 0
@@ -210,6 +214,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sync_tracking(args) -> int:
+    from kdbench.tracking import sync_spools
+
+    counts = sync_spools(args.results)
+    print(f"MLflow: {counts['synced']} run(s) synced, {counts['already']} already, {counts['failed']} failed",
+          file=sys.stderr)
+    return 0 if counts["failed"] == 0 else 1
+
+
 def cmd_init_tracking(args) -> int:
     from kdbench.tracking import init_store
 
@@ -298,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level marked with *; default: %(default)s")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sync-tracking", help="log deferred run records (mlflow_run.json) to MLflow")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where to look (default: %(default)s)")
+    p.set_defaults(func=cmd_sync_tracking)
 
     p = sub.add_parser("init-tracking", help="create the MLflow store once (the pipeline does this first)")
     p.add_argument("--experiment", default="kdbench")

@@ -705,6 +705,11 @@ def log_to_mlflow(paths: Dict[str, Path], board, profile: dict, params_path: str
     tracking = profile.get("tracking", {})
     if not tracking.get("enabled", True):
         return
+    from kdbench.tracking import sync_spools
+
+    counts = sync_spools(profile["results_dir"])  # the jobs' deferred run records, then the board
+    if counts["synced"] or counts["failed"]:
+        print(f"MLflow: {counts['synced']} job run(s) synced, {counts['failed']} failed", file=sys.stderr)
     tracker = Tracker(enabled=True, experiment=tracking.get("experiment", "kdbench"))
     tracker.start("leaderboard", params={"params": params_path, "datasets": ",".join(profile["datasets"]),
                                          "pairs": ",".join(f"{p['teacher']}->{p['student']}" for p in profile["pairs"]),

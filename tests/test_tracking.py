@@ -69,3 +69,32 @@ def test_flatten_params():
     from kdbench.tracking import flatten
 
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+
+
+def test_deferred_records_sync_once_as_runs(tmp_path):
+    from kdbench.tracking import SPOOL_NAME, Tracker, sync_spools
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for i in range(3):
+        out = tmp_path / "results" / f"run{i}"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text("{}")
+        t = Tracker(experiment="deferred", spool=out / SPOOL_NAME)
+        t.start(f"job-{i}", {"config": {"seed": i}}, tags={"kind": "student"})
+        for epoch in (1, 2):
+            t.log_metrics({"loss": 1.0 / epoch}, step=epoch)
+        t.log_metrics({"top1": 0.5})
+        t.log_artifacts([out / "metrics.json"])
+        t.finish()
+        assert t.client is None  # nothing was sent while the job ran
+    assert sync_spools(tmp_path / "results", uri) == {"synced": 3, "already": 0, "failed": 0}
+    assert sync_spools(tmp_path / "results", uri) == {"synced": 0, "already": 3, "failed": 0}
+    runs = _runs(uri, "deferred")
+    assert sorted(r.info.run_name for r in runs) == ["job-0", "job-1", "job-2"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.metrics["top1"] == 0.5 and r.data.params["config.seed"] in "012"
+    from mlflow.tracking import MlflowClient
+
+    hist = MlflowClient(tracking_uri=uri).get_metric_history(runs[0].info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in hist) == [(1, 1.0), (2, 0.5)]
+    assert [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(runs[0].info.run_id)] == ["metrics.json"]

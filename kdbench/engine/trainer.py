@@ -253,6 +253,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         tracker.start(name, {"config": cfg.to_dict(), "config_hash": cfg.config_hash,
                              "dataset_fingerprint": ds.fingerprint, "git_commit": git_commit()},
                       tags={"kind": cfg.kind, "method": cfg.method, "dataset": cfg.dataset})
+        for row in history:  # epochs restored from a checkpoint belong to this run too
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
                 else nullcontext())

@@ -27,4 +27,4 @@ rule distill:
         runtime=24 * 60,
     shell:
         "kdbench distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
-        "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed}{SET} > {log:q} 2>&1"
+        "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"

@@ -18,4 +18,4 @@ rule teacher:
         runtime=24 * 60,
     shell:
         "kdbench train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
-        "--arch {wildcards.arch:q} --seed {wildcards.seed}{SET} > {log:q} 2>&1"
+        "--arch {wildcards.arch:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"
