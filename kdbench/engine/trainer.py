@@ -2,7 +2,9 @@
 
 One call of :func:`run` is one job: it resumes from ``checkpoint.pt`` when one exists for
 the same config, checkpoints atomically at the end of every epoch, selects the best epoch
-on the validation split only, and writes ``model.pt``, ``history.csv``, ``artifacts.json``
+on the validation split only (the test split is scored twice, at the end: the last
+epoch's model and the best-validation epoch's model, kept in memory and in the
+checkpoint), and writes ``model.pt``, ``history.csv``, ``artifacts.json``
 and, last, ``metrics.json`` — each atomically, so a killed job leaves no half result.
 """
 from __future__ import annotations
@@ -135,7 +137,7 @@ class Progress:
             self.bar.close()
         terms = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss"))
         print(f"[{self.name}] epoch {epoch + 1}/{self.total} {terms} val_top1={row['val_top1']:.4f} "
-              f"test_top1={row['test_top1']:.4f} lr={row['lr']:.4g} ({row['epoch_s']:.1f}s)", file=sys.stderr, flush=True)
+              f"lr={row['lr']:.4g} ({row['epoch_s']:.1f}s)", file=sys.stderr, flush=True)
 
 
 def _optimizer(distiller, cfg: RunConfig):
@@ -237,6 +239,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     history: List[dict] = []
     start_epoch = 0
     train_time = 0.0
+    best_state, best_epoch, best_val = None, -1, -1.0
     state = _load_checkpoint(ckpt_path, cfg)
     if state is not None:
         distiller.load_trainable_state(state["distiller"])
@@ -245,6 +248,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         set_rng_state(state["rng"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         start_epoch, train_time = int(state["epoch"]) + 1, float(state["train_s"])
+        best_state, best_epoch = state["best_state"], int(state["best_epoch"])
+        best_val = history[best_epoch]["val_top1"]
         print(f"[{name}] resuming after epoch {start_epoch}", file=sys.stderr, flush=True)
 
     if tracker is not None:
@@ -291,13 +296,16 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         train_time += epoch_train_s
         distiller.eval()
         val_top1 = accuracy(predict_split(predict, ds, "val", device, r["eval_batch_size"]), ds.splits["val"].labels)
-        test_top1 = accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
         row = {"epoch": epoch + 1, **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
-               "loss": float(sum(sums.values())) / steps, "val_top1": val_top1, "test_top1": test_top1,
+               "loss": float(sum(sums.values())) / steps, "val_top1": val_top1,
                "lr": lr, "epoch_s": time.time() - t0}
         history.append(row)
+        if val_top1 > best_val:  # model selection on the validation split only; ties: earliest
+            best_val, best_epoch = val_top1, epoch
+            best_state = {k: v.detach().clone() for k, v in distiller.trainable_state().items()}
         keys = list(row)
         kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash, "distiller": distiller.trainable_state(),
+                        "best_state": best_state, "best_epoch": best_epoch,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rng_state(), "train_s": train_time, "history_keys": keys,
                         "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
@@ -312,12 +320,23 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     # ---- final outputs
     distiller.eval()
     last = history[-1]
-    best = max(range(len(history)), key=lambda i: (history[i]["val_top1"], -i))
+
+    def test_accuracy() -> float:
+        return accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
+
+    top1 = test_accuracy()
+    if best_epoch == len(history) - 1:
+        top1_sel = top1
+    else:
+        last_state = {k: v.detach().clone() for k, v in distiller.trainable_state().items()}
+        distiller.load_trainable_state(best_state)
+        top1_sel = test_accuracy()
+        distiller.load_trainable_state(last_state)
     metrics = {
         "kind": cfg.kind, "dataset": cfg.dataset, "arch": cfg.arch, "student": cfg.arch,
         "teacher": cfg.teacher, "method": cfg.method, "seed": cfg.seed, "teacher_seed": cfg.teacher_seed,
-        "epochs": r["epochs"], "top1": last["test_top1"], "top1_sel": history[best]["test_top1"],
-        "best_epoch": best + 1, "val_top1": last["val_top1"], "top1_ood": None,
+        "epochs": r["epochs"], "top1": top1, "top1_sel": top1_sel,
+        "best_epoch": best_epoch + 1, "val_top1": last["val_top1"], "top1_ood": None,
         "train_s": train_time, "wall_s": time.time() - t_start,
         "train_img_s": (n_images / train_time) if start_epoch == 0 and train_time > 0 else None,
         "params": sum(p.numel() for p in distiller.student.parameters()),
