@@ -1,7 +1,6 @@
 """at (Zagoruyko & Komodakis 2017): CE + at_weight · Σ_k at_loss(F_s^k, F_t^k)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from kdbench import functional as KF
@@ -15,9 +14,7 @@ class AT(Distiller):
 
     def loss(self, batch):
         x = batch["image"]
-        fs = self.student.forward_features(x)
-        with torch.no_grad():
-            ft = self.teacher.forward_features(x)
+        fs, ft = self.features(x)
         pairs = stage_pairs(len(fs.stages), len(ft.stages))
         at = sum(KF.at_loss(fs.stages[i], ft.stages[j], p=self.hparams["p"]) for i, j in pairs)
         return {

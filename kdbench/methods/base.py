@@ -137,6 +137,13 @@ class Distiller(nn.Module):
             params += list(m.parameters())
         return [{"params": [p for p in params if p.requires_grad], "weight_decay": weight_decay}]
 
+    def features(self, x: torch.Tensor):
+        """Student features (in the graph) and the frozen teacher's (no graph) of a batch."""
+        fs = self.student.forward_features(x)
+        with torch.no_grad():
+            ft = self.teacher.forward_features(x)
+        return fs, ft
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the deployed model (the plain student unless a method says otherwise)."""
         return self.student(x)

@@ -101,9 +101,7 @@ class CID(Distiller):
     def loss(self, batch):
         x, y = batch["image"], batch["label"]
         h = self.hparams
-        fs = self.student.forward_features(x)
-        with torch.no_grad():
-            ft = self.teacher.forward_features(x)
+        fs, ft = self.features(x)
         if self.training:
             self.accumulate(fs.embedding, ft.logits, y)
         terms = {}

@@ -131,9 +131,7 @@ class FCFD(Distiller):
     def loss(self, batch):
         x, y = batch["image"], batch["label"]
         h = self.hparams
-        fs = self.student.forward_features(x)
-        with torch.no_grad():
-            ft = self.teacher.forward_features(x)
+        fs, ft = self.features(x)
         z_t = ft.logits
         bridged = [b(f) for b, f in zip(self.s2t, fs.stages)]
         app = sum(F.mse_loss(b, t) for b, t in zip(bridged, ft.stages))

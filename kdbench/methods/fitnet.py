@@ -1,7 +1,6 @@
 """fitnet (Romero et al. 2015): CE + hint_weight · MSE(R(F_s^k), F_t^k) at the middle stage."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from kdbench.methods.adapters import conv_bridge, stage_pairs
@@ -25,9 +24,7 @@ class FitNet(Distiller):
 
     def loss(self, batch):
         x = batch["image"]
-        fs = self.student.forward_features(x)
-        with torch.no_grad():
-            ft = self.teacher.forward_features(x)
+        fs, ft = self.features(x)
         hint = self.regressor(fs.stages[self.hint_student])
         return {
             "ce": self.hparams["ce_weight"] * F.cross_entropy(fs.logits, batch["label"]),
