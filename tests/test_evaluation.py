@@ -347,3 +347,99 @@ def test_cli_evaluate_writes_standard_paths(trained):
     # a run that was never trained: a clear error, exit code 2
     assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
                  "--student", "resnet8", "--method", "kd", "--seed", "7"]) == 2
+
+
+# ----------------------------------------------------------------- torch probe / ARI vs sklearn
+def _probe_problem(n, d, k, sep, seed):
+    """Gaussian classes (spread ``sep``) with uneven feature scales and offsets, plus a
+    constant feature (StandardScaler keeps its scale at 1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = rng.normal(size=(k, d))[y] * sep + rng.normal(size=(n, d)) * rng.uniform(0.1, 3.0, d) + rng.normal(size=d) * 5
+    x[:, 0] = 3.0
+    return x, y
+
+
+@pytest.mark.parametrize("n,d,k,sep", [(300, 12, 2, 0.3), (300, 24, 5, 0.5), (300, 32, 8, 3.0),
+                                       (200, 8, 2, 20.0), (96, 40, 4, 0.2)])
+def test_probe_matches_sklearn_logistic_regression(n, d, k, sep):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _probe_problem(n + 200, d, k, sep, seed=n + d + k)
+    xtr, ytr, xte, yte = x[:n], y[:n] + 3, x[n:], y[n:] + 3  # labels need not start at 0
+    probe = hierarchy.fit_probe(xtr, ytr)
+    scaler = StandardScaler().fit(xtr)
+    sk = LogisticRegression(max_iter=2000).fit(scaler.transform(xtr), ytr)  # what evaluate used to run
+    ours, theirs = probe.score(xte, yte), sk.score(scaler.transform(xte), yte)
+    assert abs(ours - theirs) <= 1.0 / len(yte) + 1e-12
+    assert hierarchy.probe_accuracy(xtr, ytr, xte, yte) == ours
+    np.testing.assert_allclose(probe.mean.numpy(), scaler.mean_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(probe.scale.numpy(), scaler.scale_, rtol=1e-12)
+    # the same optimum as sklearn solved tightly (sklearn's default tol stops earlier)
+    tight = LogisticRegression(max_iter=10000, tol=1e-10).fit(scaler.transform(xtr), ytr)
+    assert probe.coef.shape == tight.coef_.shape
+    np.testing.assert_allclose(probe.coef.numpy(), tight.coef_, atol=1e-4 * max(1.0, np.abs(tight.coef_).max()))
+    np.testing.assert_allclose(probe.intercept.numpy(), tight.intercept_,
+                               atol=1e-4 * max(1.0, np.abs(tight.intercept_).max()))
+    np.testing.assert_array_equal(probe.predict(xte), tight.predict(scaler.transform(xte)))
+
+
+def test_probe_is_deterministic_and_is_torch_lbfgs_step_for_step():
+    x, y = _probe_problem(200, 10, 3, 0.5, seed=0)
+    a, b = hierarchy.fit_probe(x, y), hierarchy.fit_probe(x, y)
+    assert torch.equal(a.coef, b.coef) and torch.equal(a.intercept, b.intercept) and a.n_iter > 0
+    # lbfgs_minimize is one torch.optim.LBFGS(strong_wolfe) step without the Optimizer object
+    z = torch.as_tensor((x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0))
+    for k in (2, 3):
+        fun, cols = hierarchy.probe_objective(z, torch.as_tensor(y % k), k)
+        x0 = torch.zeros(cols * z.shape[1] + cols, dtype=torch.float64)
+        ours, n_ours = hierarchy.lbfgs_minimize(fun, x0)
+        ref, n_ref = hierarchy._lbfgs_with_optimizer(
+            fun, x0, max_iter=hierarchy.PROBE_MAX_ITER, max_eval=None, tolerance_grad=hierarchy.PROBE_TOL_GRAD,
+            tolerance_change=hierarchy.PROBE_TOL_CHANGE, history_size=hierarchy.PROBE_HISTORY)
+        assert n_ours == n_ref and torch.equal(ours, ref)
+    # the analytic gradient is the gradient of the objective
+    fun, cols = hierarchy.probe_objective(z, torch.as_tensor(y), 3)
+    theta = torch.randn(cols * z.shape[1] + cols, dtype=torch.float64, requires_grad=True)
+    w, b0 = theta[: cols * z.shape[1]].view(cols, -1), theta[cols * z.shape[1]:]
+    loss = torch.nn.functional.cross_entropy(z @ w.T + b0, torch.as_tensor(y), reduction="sum") + 0.5 * (w * w).sum()
+    (g,) = torch.autograd.grad(loss, theta)
+    value, grad = fun(theta.detach())
+    assert value == pytest.approx(float(loss.detach()), rel=1e-12) and torch.allclose(grad, g, rtol=1e-10, atol=1e-10)
+
+
+def test_adjusted_rand_index_equals_sklearn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(2, 300))
+        a = rng.integers(0, rng.integers(1, 15), n)
+        b = rng.integers(0, rng.integers(1, 15), n) if rng.random() < 0.7 else (a * 7 + 1) % 5
+        assert hierarchy.adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    for a, b in [([0, 0, 0, 0], [0, 1, 2, 3]), ([0, 0, 1, 1], [0, 1, 0, 1]), ([0, 1, 2], [0, 1, 2]),
+                 ([1, 1, 1], [2, 2, 2]), ([0], [5]), ([], []), ([0, 0, 1, 1], ["x", "x", "y", "y"])]:
+        assert hierarchy.adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+
+
+def test_evaluation_hot_path_imports_no_sklearn_scipy_or_dynamo():
+    """The per-run evaluation must not pay for sklearn / scipy / torch._dynamo imports
+    (torch.optim.Optimizer, TorchDispatchMode and use_deterministic_algorithms pull dynamo in)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from kdbench.evaluation import hierarchy, efficiency\n"
+        "from kdbench.evaluation.run import _set_deterministic\n"
+        "_set_deterministic()\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "x = np.random.default_rng(0).normal(size=(64, 4)); y = (x[:, 0] > 0).astype(int)\n"
+        "assert hierarchy.probe_accuracy(x, y, x, y) > 0.9\n"
+        "assert hierarchy.hierarchy_ari([[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]], 4) == 1.0\n"
+        "assert efficiency.flops_per_image(torch.nn.Linear(10, 4), torch.randn(1, 10)) == 80\n"
+        "bad = [m for m in ('sklearn', 'scipy', 'torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

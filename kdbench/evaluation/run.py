@@ -104,6 +104,23 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     return out
 
 
+def _set_deterministic() -> None:
+    """``kdbench.engine.runtime.set_deterministic`` without its hidden cost:
+    ``torch.use_deterministic_algorithms`` imports ``torch._inductor.config`` (and with it
+    ``torch._dynamo``, over a second) only to set the flag for ``torch.compile``, which
+    evaluation does not use. The same flags otherwise (the public call when inductor is
+    already loaded, or when this torch lacks the internal setter)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def _file_sha(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -189,14 +206,13 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     profile's ``evaluation`` mapping. Writes the record atomically to ``out_path`` and the
     grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true)."""
     from kdbench.engine import io as kio
-    from kdbench.engine.runtime import set_deterministic
     from kdbench.engine.trainer import load_deployed, load_model
     from kdbench.evaluation import accuracy as acc
     from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
     from kdbench.explain import gradcam_maps, unicam_maps
 
     t0 = time.time()
-    set_deterministic()
+    _set_deterministic()
     device = torch.device(device)
     ev = {**EVAL_DEFAULTS, **(evaluation or {})}
     student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
