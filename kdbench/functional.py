@@ -253,9 +253,12 @@ def u_centered_distances(x: Tensor) -> Tensor:
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     x = x.reshape(n, -1)
-    a = torch.cdist(x, x, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    # exact differences (not the |x|²+|y|²-2xy matrix-product shortcut, which leaves
+    # float32 noise on the diagonal); the condensed upper triangle, mirrored
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    a = x.new_zeros(n, n).index_put((iu[0], iu[1]), torch.pdist(x, p=2.0))
+    a = a + a.T
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    a = a.masked_fill(eye, 0)
     row = a.sum(dim=1, keepdim=True)
     col = a.sum(dim=0, keepdim=True)
     tot = a.sum()
