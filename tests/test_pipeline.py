@@ -294,9 +294,11 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     runs_dir = repo / "results" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
     logs = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not list(logs.glob("*.log")):
-        time.sleep(0.05)
-    time.sleep(1.0)
+    # interrupt right after the new method's first epoch checkpoint: mid-training, with its
+    # evaluation and the board still to come (so the second run has work left whatever the speed)
+    while time.time() < deadline and proc.poll() is None and not list(runs_dir.glob("s*/checkpoint.pt")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     try:
         os.killpg(proc.pid, signal.SIGINT)
     except ProcessLookupError:
