@@ -542,7 +542,8 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
         parts.append('<p class="note">No claim could be tested on these runs.</p>')
     else:
         parts.append('<p class="note">Each seed paper\'s claim, tested on these runs: the method against its '
-                     "baseline on the same cell (mean over seeds, Welch's t-test p-value).</p>")
+                     "baseline on the same cell (mean over seeds; p-value of a paired t-test over seeds, Welch's "
+                     "when the seeds do not pair: the <code>test</code> column says which).</p>")
         parts.append(_claims_html(claims))
 
     parts.append('<h2 id="figures">Figures</h2>')
@@ -588,7 +589,8 @@ def _claims_html(claims) -> str:
 
 def render_claims_markdown(claims) -> str:
     lines = ["# Claims", "", "Each seed paper's claim tested on these runs (method vs baseline on the same "
-             "cell: mean over seeds, Welch's t-test p-value).", ""]
+             "cell: mean over seeds; p-value of a paired t-test over seeds, Welch's when the seeds do not pair — "
+             "the `test` column says which).", ""]
     if claims is None or len(claims) == 0:
         return "\n".join(lines + ["No claim could be tested on these runs.", ""])
     cols = list(claims.columns)
