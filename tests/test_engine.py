@@ -99,6 +99,105 @@ def test_unknown_hparam_and_missing_hparam():
         get_method("kd").check_hparams({"ce_weight": 0.1, "kd_weight": 0.9})
 
 
+# ----------------------------------------------------------------- optimizer and schedules
+def _sgd_pair(nesterov, weight_decays, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5))
+    twin = torch.nn.Sequential(*[type(m)(*a) for m, a in zip(model, [(3, 4, 3), (4,), (), (144, 5)])])
+    twin.load_state_dict(model.state_dict())
+
+    def groups(m):
+        return [{"params": list(m[0].parameters()) + list(m[1].parameters()), "weight_decay": weight_decays[0]},
+                {"params": list(m[3].parameters()), "weight_decay": weight_decays[1]}]
+    return model, twin, groups
+
+
+@pytest.mark.parametrize("nesterov,foreach", [(False, False), (True, False), (True, True), (False, True)])
+def test_sgd_is_bit_identical_to_torch_sgd(nesterov, foreach):
+    from kdbench.engine.optim import SGD
+
+    ours_model, torch_model, groups = _sgd_pair(nesterov, (5e-4, 0.0))
+    ours = SGD(groups(ours_model), lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
+    ref = torch.optim.SGD(groups(torch_model), lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=5e-4,
+                          foreach=foreach)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        lr = 0.1 * 0.5 ** (step // 2)  # the lr changes between steps, as it does per epoch
+        ours.set_lr(lr)
+        for g in ref.param_groups:
+            g["lr"] = lr
+        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+        for model, opt in ((ours_model, ours), (torch_model, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        for a, b in zip(ours_model.parameters(), torch_model.parameters()):
+            assert torch.equal(a, b), f"step {step}: parameters differ from torch.optim.SGD"
+
+
+def test_sgd_state_round_trip_continues_identically(tmp_path):
+    from kdbench.engine.optim import SGD
+
+    a_model, b_model, groups = _sgd_pair(True, (1e-3, 1e-3))
+    a = SGD(groups(a_model), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+
+    def step(model, opt):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    step(a_model, a)
+    step(b_model, SGD(groups(b_model), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3))
+    torch.save(a.state_dict(), tmp_path / "opt.pt")
+    b = SGD(groups(b_model), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    b.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for _ in range(3):
+        step(a_model, a)
+        step(b_model, b)
+    assert all(torch.equal(p, q) for p, q in zip(a_model.parameters(), b_model.parameters()))
+    with pytest.raises(ValueError, match="groups of sizes"):
+        SGD([{"params": list(b_model.parameters())}], lr=0.1, momentum=0.9).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "constant"])
+def test_learning_rate_matches_torch_schedulers(schedule):
+    from kdbench.engine.optim import learning_rate
+
+    epochs, milestones = 24, [10, 15, 20]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    sched = {"step": lambda: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1),
+             "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+             "constant": lambda: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)}[schedule]()
+    for epoch in range(epochs):
+        ours = learning_rate(epoch, base_lr=0.05, schedule=schedule, epochs=epochs, milestones=milestones, gamma=0.1)
+        assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), epoch
+        opt.step()
+        sched.step()
+    assert learning_rate(0, base_lr=0.05, schedule="cosine", epochs=10) == 0.05
+    assert learning_rate(15, base_lr=1.0, schedule="step", epochs=30, milestones=[15], gamma=0.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="'linear'.*step, cosine, constant"):
+        learning_rate(0, base_lr=0.1, schedule="linear", epochs=3)
+
+
+def test_training_job_does_not_import_dynamo(tiny):
+    """torch.optim and torch.use_deterministic_algorithms import torch._dynamo (about 1.7 s
+    per process): a training job uses neither, so its fixed cost stays low."""
+    _, prof, results, _ = tiny
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from kdbench.config import teacher_config\n"
+        "from kdbench.engine import trainer\n"
+        f"prof = json.loads({json.dumps(json.dumps(prof))})\n"
+        "cfg = teacher_config(prof, 'shapes', 'resnet8', 0)\n"
+        f"trainer.run(cfg, Path({str(results / 'nodynamo')!r}), results_dir=Path(prof['results_dir']), max_epochs=1)\n"
+        "bad = [m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=_env())
+
+
 # ----------------------------------------------------------------- outputs, determinism, resume
 def test_outputs_and_determinism(tiny, tmp_path):
     _, prof, results, tpath = tiny

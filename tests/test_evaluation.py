@@ -432,8 +432,8 @@ def test_evaluation_hot_path_imports_no_sklearn_scipy_or_dynamo():
     code = (
         "import sys, numpy as np, torch\n"
         "from kdbench.evaluation import hierarchy, efficiency\n"
-        "from kdbench.evaluation.run import _set_deterministic\n"
-        "_set_deterministic()\n"
+        "from kdbench.engine.runtime import set_deterministic\n"
+        "set_deterministic()\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "x = np.random.default_rng(0).normal(size=(64, 4)); y = (x[:, 0] > 0).astype(int)\n"
         "assert hierarchy.probe_accuracy(x, y, x, y) > 0.9\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -15,9 +16,19 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic() -> None:
-    """Same params + seed -> bit-identical numbers on CPU (and as close as CUDA allows)."""
+    """Same params + seed -> bit-identical numbers on CPU (and as close as CUDA allows).
+
+    The flag is set through torch's internal setter: the public
+    ``torch.use_deterministic_algorithms`` also imports ``torch._inductor.config`` (and with
+    it ``torch._dynamo``, about 1.9 s per process here) only to set the same flag for
+    ``torch.compile``, which kdbench does not use. The public call is made instead when
+    inductor is already loaded or when this torch lacks the setter."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
 
 

@@ -22,6 +22,7 @@ import torch
 
 from kdbench.config import RunConfig
 from kdbench.engine import io as kio
+from kdbench.engine.optim import SGD, learning_rate
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
                                     set_rng_state, set_threads)
 from kdbench.errors import KDBenchError
@@ -140,20 +141,16 @@ class Progress:
               f"lr={row['lr']:.4g} ({row['epoch_s']:.1f}s)", file=sys.stderr, flush=True)
 
 
-def _optimizer(distiller, cfg: RunConfig):
+def _optimizer(distiller, cfg: RunConfig) -> SGD:
     r = cfg.recipe
-    groups = distiller.param_groups(r["weight_decay"])
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=r["momentum"], nesterov=r["nesterov"],
-                           weight_decay=r["weight_decay"])
+    return SGD(distiller.param_groups(r["weight_decay"]), lr=cfg.lr, momentum=r["momentum"],
+               nesterov=r["nesterov"], weight_decay=r["weight_decay"])
 
 
-def _scheduler(optimizer, cfg: RunConfig):
+def _epoch_lr(epoch: int, cfg: RunConfig) -> float:
     r = cfg.recipe
-    if r["schedule"] == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(r["milestones"]), gamma=r["gamma"])
-    if r["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r["epochs"])
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    return learning_rate(epoch, base_lr=cfg.lr, schedule=r["schedule"], epochs=r["epochs"],
+                         milestones=r.get("milestones", ()), gamma=r.get("gamma", 0.1))
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig) -> Optional[dict]:
@@ -233,7 +230,6 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     if len(train_loader) == 0:
         raise KDBenchError(f"batch_size {r['batch_size']} is larger than the {len(train_split)} training images")
     optimizer = _optimizer(distiller, cfg)
-    scheduler = _scheduler(optimizer, cfg)
 
     ckpt_path = out_dir / CHECKPOINT
     history: List[dict] = []
@@ -244,7 +240,6 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     if state is not None:
         distiller.load_trainable_state(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
         start_epoch, train_time = int(state["epoch"]) + 1, float(state["train_s"])
@@ -269,6 +264,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     end_epoch = r["epochs"] if max_epochs is None else min(r["epochs"], start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
+        lr = _epoch_lr(epoch, cfg)
+        optimizer.set_lr(lr)
         distiller.train()
         distiller.on_epoch_start(epoch)
         train_loader.set_epoch(epoch)
@@ -281,7 +278,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
             total = sum(terms.values())
             if not bool(torch.isfinite(total)):
                 raise NonFiniteLossError(epoch, step, {k: float(v) for k, v in terms.items()})
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             total.backward()
             optimizer.step()
             for k, v in terms.items():
@@ -290,8 +287,6 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
             n_images += batch["label"].shape[0]
             progress.step()
         distiller.on_epoch_end(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
         epoch_train_s = time.time() - t0
         train_time += epoch_train_s
         distiller.eval()
@@ -306,7 +301,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         keys = list(row)
         kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash, "distiller": distiller.trainable_state(),
                         "best_state": best_state, "best_epoch": best_epoch,
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "optimizer": optimizer.state_dict(),
                         "rng": rng_state(), "train_s": train_time, "history_keys": keys,
                         "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
                                                 dtype=torch.float64)}, ckpt_path)

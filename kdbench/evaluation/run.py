@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
 
 EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8}
@@ -102,23 +103,6 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     out["images"] = torch.cat(images) if images else None
     out["size"] = size
     return out
-
-
-def _set_deterministic() -> None:
-    """``kdbench.engine.runtime.set_deterministic`` without its hidden cost:
-    ``torch.use_deterministic_algorithms`` imports ``torch._inductor.config`` (and with it
-    ``torch._dynamo``, over a second) only to set the flag for ``torch.compile``, which
-    evaluation does not use. The same flags otherwise (the public call when inductor is
-    already loaded, or when this torch lacks the internal setter)."""
-    import os
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if setter is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        setter(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
 
 
 def _file_sha(path: Path) -> str:
@@ -212,7 +196,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     from kdbench.explain import gradcam_maps, unicam_maps
 
     t0 = time.time()
-    _set_deterministic()
+    set_deterministic()
     device = torch.device(device)
     ev = {**EVAL_DEFAULTS, **(evaluation or {})}
     student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
