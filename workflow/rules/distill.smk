@@ -22,6 +22,8 @@ rule distill:
     log:
         r("logs/students/{dataset}/{teacher}__{student}/{method}/s{seed}.log"),
     threads: THREADS
+    # before the short evaluate jobs, which then fill the cores at the end of the run
+    priority: 10
     resources:
         mem_mb=8000,
         runtime=24 * 60,

@@ -13,6 +13,9 @@ rule teacher:
     log:
         r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
     threads: THREADS
+    # teachers first: each one unblocks every student of its dataset and pair (without
+    # this, a teacher scheduled late leaves the other cores idle at the end of the run)
+    priority: 20
     resources:
         mem_mb=8000,
         runtime=24 * 60,
