@@ -72,9 +72,9 @@ class SGD:
                 p.add_(grad, alpha=-lr)
 
     def state_dict(self) -> Dict[str, object]:
-        """Momentum buffers (tensors or None), loadable with ``weights_only=True``."""
-        return {"momentum_buffers": [list(b) for b in self.momentum_buffers],
-                "lr": [g["lr"] for g in self.param_groups]}
+        """Momentum buffers (tensors or None), loadable with ``weights_only=True``. The lr is
+        not state: the trainer sets it from the schedule at every epoch start."""
+        return {"momentum_buffers": [list(b) for b in self.momentum_buffers]}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         buffers = state["momentum_buffers"]
@@ -89,8 +89,6 @@ class SGD:
                                      f"of shape {tuple(p.shape)}")
         self.momentum_buffers = [[None if b is None else b.to(p.device) for p, b in zip(g["params"], saved)]
                                  for g, saved in zip(self.param_groups, buffers)]
-        for group, lr in zip(self.param_groups, state.get("lr", [])):
-            group["lr"] = float(lr)
 
 
 def learning_rate(epoch: int, *, base_lr: float, schedule: str, epochs: int,

@@ -150,7 +150,7 @@ def _optimizer(distiller, cfg: RunConfig) -> SGD:
 def _epoch_lr(epoch: int, cfg: RunConfig) -> float:
     r = cfg.recipe
     return learning_rate(epoch, base_lr=cfg.lr, schedule=r["schedule"], epochs=r["epochs"],
-                         milestones=r.get("milestones", ()), gamma=r.get("gamma", 0.1))
+                         milestones=r["milestones"], gamma=r["gamma"])
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig) -> Optional[dict]:
