@@ -56,6 +56,13 @@ class TrainContext:
     info: Dict[str, Any] = field(default_factory=dict)
 
 
+class PairError(KDBenchError, ValueError):
+    """A method cannot run on a teacher/student pair: says method, pair and reason."""
+
+    def __init__(self, method: str, teacher: str, student: str, reason: str):
+        super().__init__(f"method {method!r} cannot run on pair {teacher}->{student}: {reason}")
+
+
 class Distiller(nn.Module):
     """Base class of every method.
 
@@ -101,6 +108,15 @@ class Distiller(nn.Module):
         if missing:
             raise KDBenchError(f"method {cls.name!r} is missing hyperparameters {missing} "
                                f"(set them in params/methods/{cls.name}.yaml)")
+
+    @classmethod
+    def check_pair(cls, teacher: nn.Module, student: nn.Module, hparams: dict) -> None:
+        """Reject, before any job runs, a teacher/student pair this method cannot run.
+
+        ``teacher`` and ``student`` are the StagedNets of the pair (built on the ``meta``
+        device by validation: shapes and ``stage_channels`` are real, values are not;
+        ``teacher`` is None for methods that need none). Raise :class:`PairError`
+        naming the method, the pair and the reason. The default accepts every pair."""
 
     def scaled_epochs(self, reference: float) -> float:
         """An epoch count given for the 240-epoch recipe, scaled to this run's length."""
