@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,12 +68,44 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+class YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads the scientific notation people write (``1e-3``,
+    ``5E4``, ``-2e+3``) as floats: YAML 1.1 (PyYAML) needs a dot (``1.0e-3``) and reads
+    ``1e-3`` as the string '1e-3'."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text, source: str = "YAML") -> Any:
+    """Parse YAML text or a stream with :class:`YamlLoader` (safe: plain values only).
+    Errors are one-line ``ParamsError`` naming ``source``, the line and the problem."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        tag = re.search(r"tag '([^']*)'", str(err.problem or ""))
+        what = f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r}" if tag else str(err.problem)
+        raise ParamsError(f"{where}: {what} is not allowed: params hold plain values only "
+                          f"(numbers, strings, booleans, lists, mappings); remove the tag") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{where}: not valid YAML ({problem}); check the brackets, quotes and "
+                          f"indentation there") from None
+
+
 def load_yaml(path: os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"params file {str(p)!r} does not exist")
     with open(p) as fh:
-        data = yaml.safe_load(fh) or {}
+        data = yaml_load(fh, source=str(p)) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"params file {str(p)!r} must hold a mapping, got {type(data).__name__}")
     return data
@@ -81,7 +114,7 @@ def load_yaml(path: os.PathLike) -> dict:
 @lru_cache(maxsize=1)
 def _schema() -> dict:
     with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+        return yaml_load(fh, source=str(SCHEMA_PATH))
 
 
 def _path_of(err) -> str:
@@ -174,14 +207,18 @@ def with_defaults(profile: dict) -> dict:
 
 
 def validate_profile(profile: dict, source: str = "params") -> dict:
-    """Validate a profile (structure, then names, then method hyperparameters); returns
-    it with defaults filled in. Raises a KDBenchError naming the problem."""
+    """Validate a profile (structure, then names, then method hyperparameters, then every
+    pair x method with the method's ``check_pair``, then ``student_shots`` against the
+    datasets' class sizes); returns it with defaults filled in. Raises a KDBenchError
+    naming the problem."""
     validate_structure(profile, source)
     validate_names(profile, source)
     full = with_defaults(profile)
     for pair in full["pairs"]:
         for method in full["methods"]:
-            method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
+            hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
+            check_method_pair(method, pair["teacher"], pair["student"], hp)
+    _check_student_shots(full, source)
     return full
 
 
@@ -189,31 +226,151 @@ def load_profile(path: os.PathLike) -> dict:
     return validate_profile(load_yaml(path), source=str(path))
 
 
+def load_profile_with_overrides(path: os.PathLike, overrides: Optional[List[str]] = None) -> dict:
+    """``path`` with ``--set KEY=VALUE`` overrides applied, validated. An error that the
+    file alone does not have is blamed on the command line's ``--set``, not on the file."""
+    raw_file = load_yaml(path)
+    raw = apply_overrides(raw_file, overrides or [])
+    try:
+        return validate_profile(raw, source=str(path))
+    except KDBenchError:
+        if not overrides:
+            raise
+        try:
+            validate_profile(copy.deepcopy(raw_file), source=str(path))
+        except KDBenchError:
+            pass
+        else:  # the file alone is valid: the overrides broke it
+            sets = " ".join(f"--set {o}" for o in overrides)
+            validate_profile(raw, source=f"the command line ({sets})")
+        raise
+
+
+# --------------------------------------------------------------------------- pairs
+_META_MODELS: Dict[str, Any] = {}
+
+
+def meta_model(arch: str):
+    """``arch`` built on the ``meta`` device (real shapes, no memory, no values), cached
+    per arch: what ``Distiller.check_pair`` gets at validation."""
+    if arch not in _META_MODELS:
+        import torch
+
+        from kdbench.models import create_model
+        from kdbench.models.staged import skip_init
+
+        with torch.device("meta"), skip_init():
+            _META_MODELS[arch] = create_model(arch, 10)
+    return _META_MODELS[arch]
+
+
+def check_method_pair(method: str, teacher: str, student: str, hparams: dict) -> None:
+    """``get_method(method).check_pair`` on meta-device models of the pair (a
+    ``PairError`` naming method, pair and reason when the method cannot run it)."""
+    from kdbench.methods import get_method
+
+    cls = get_method(method)
+    if _inherits_default_check(cls):
+        return  # the default accepts every pair: build nothing
+    t = meta_model(teacher) if cls.needs_teacher else None
+    cls.check_pair(t, meta_model(student), hparams)
+
+
+def _inherits_default_check(cls) -> bool:
+    from kdbench.methods.base import Distiller
+
+    return getattr(cls.check_pair, "__func__", None) is Distiller.check_pair.__func__
+
+
+# --------------------------------------------------------------------------- student_shots
+def _check_student_shots(full: dict, source: str) -> None:
+    shots = full["student_train"].get("student_shots")
+    if not shots:
+        return
+    from kdbench.data.base import min_train_class_count
+
+    for name, options in full["datasets"].items():
+        smallest = min_train_class_count(name, options)
+        if smallest is not None and shots > smallest:
+            raise ParamsError(
+                f"{source}: student_train.student_shots = {shots} images per class, but the smallest class of "
+                f"dataset {name!r} has {smallest} training images with these options; use at most {smallest}")
+
+
 # --------------------------------------------------------------------------- methods
+METHOD_FILE_KEYS = ("defaults", "types", "search", "pairs")
+
+
+@lru_cache(maxsize=None)
+def _method_file(path: str, mtime_ns: int) -> dict:
+    """A method's params file, read once (per mtime): its keys and pair names checked."""
+    spec = load_yaml(path)
+    for key in spec:
+        if key not in METHOD_FILE_KEYS:
+            raise UnknownChoiceError(f"key in {path}", key, METHOD_FILE_KEYS)
+    for pair in spec.get("pairs") or {}:
+        _check_pair_key(pair, f"pair override in {path}")
+    return spec
+
+
+def _check_pair_key(pair: str, where: str) -> None:
+    """``"teacher->student"`` with two valid arch names (a pair the profile does not use is fine)."""
+    from kdbench.models import check_model_name
+
+    parts = str(pair).split("->")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ParamsError(f"{where}: {pair!r} must look like 'teacher->student', e.g. 'resnet56->resnet20'")
+    for arch in parts:
+        try:
+            check_model_name(arch.strip())
+        except UnknownChoiceError as err:
+            hint = f" (did you mean {pair.replace(arch, err.suggestion)!r}?)" if err.suggestion else ""
+            raise ParamsError(f"{where}: {pair!r} names an unknown arch {arch.strip()!r}{hint}; "
+                              f"`kdbench list archs` lists the valid ones") from None
+
+
+def check_hparam_types(method: str, hparams: dict, types: Optional[dict], where: str) -> None:
+    """JSON-schema check of every hyperparameter against the method's ``types:`` block;
+    a one-line error naming method, key, value and the expected type/range."""
+    if not types:
+        return
+    import jsonschema
+
+    for key, value in hparams.items():
+        schema = types.get(key)
+        if schema is None:
+            continue
+        err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if err is not None:
+            expected = ", ".join(f"{k} {v}" for k, v in schema.items() if k != "description")
+            raise ParamsError(f"method {method!r}: hyperparameter {key} = {value!r} is invalid ({err.message}); "
+                              f"expected {expected} (types: in {where})")
+
+
 def method_hparams(method: str, teacher: Optional[str], student: str,
                    overrides: Optional[dict] = None, params_dir: Optional[Path] = None) -> dict:
     """A method's hyperparameters: params/methods/<method>.yaml ``defaults``, then its
     ``pairs["teacher->student"]`` entry, then the profile's ``method_params[method]``.
-    Validated against the method's declared names."""
+    Validated against the method's declared names and the file's ``types:``."""
     from kdbench.methods import get_method
 
     cls = get_method(method)
     path = (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+    types = None
     if path.is_file():
-        spec = load_yaml(path)
-        for key in spec:
-            if key not in ("defaults", "pairs"):
-                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs"])
+        spec = _method_file(str(path), path.stat().st_mtime_ns)
         hp = dict(spec.get("defaults") or {})
         hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
+        types = spec.get("types")
     elif cls.default_hparams is not None:
         hp = dict(cls.default_hparams)
     elif not cls.hparam_names:
         hp = {}
     else:
         raise ParamsError(f"method {method!r} has no hyperparameter file {path}")
-    hp.update((overrides or {}).get(method, {}) or {})
+    hp.update(copy.deepcopy((overrides or {}).get(method, {}) or {}))
     cls.check_hparams(hp)
+    check_hparam_types(method, hp, types, str(path))
     return hp
 
 
@@ -243,7 +400,9 @@ class RunConfig:
     @property
     def config_hash(self) -> str:
         """Hash of everything that determines the numbers (not where they are written)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in ("device", "threads")}
+        # threads count: CPU kernels (conv backward, reductions) split their sums by thread,
+        # so another thread count gives other low bits, i.e. other numbers
+        payload = {k: v for k, v in self.to_dict().items() if k != "device"}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -288,15 +447,21 @@ def apply_overrides(profile: dict, assignments: List[str]) -> dict:
     out = copy.deepcopy(profile)
     for item in assignments or []:
         if "=" not in item:
-            raise ParamsError(f"override {item!r} must look like key.sub=value")
+            raise ParamsError(f"command line --set {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        if not key or any(not p for p in key.split(".")):
+            raise ParamsError(f"command line --set {item!r}: the key must look like key.sub=value")
+        try:
+            value = yaml_load(raw, source=f"--set {key}")
+        except ParamsError as err:
+            raise ParamsError(f"command line --set {item!r}: the value {raw!r} is not valid YAML ({err}); "
+                              f"quote it or fix it, e.g. --set {key}=[1,2]") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ParamsError(f"override {item!r}: {part!r} is not a mapping")
+                raise ParamsError(f"command line --set {item!r}: {part!r} is not a mapping")
         node[parts[-1]] = value
     return out
 

@@ -130,3 +130,13 @@ def not_found(name: str, searched: str, setting: str, hint: str = ""):
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+#: dataset name -> f(options) -> the smallest class's number of training images, computed
+#: from the options alone (nothing built or read); datasets whose class sizes are only
+#: known from their files (folders) have none and are checked when the job starts
+TRAIN_CLASS_MIN: Dict[str, Callable[[dict], Optional[int]]] = {}
+
+
+def min_train_class_count(name: str, options: Optional[dict] = None) -> Optional[int]:
+    fn = TRAIN_CLASS_MIN.get(name)
+    return None if fn is None else fn(dict(options or {}))

@@ -21,7 +21,7 @@ import pickle
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
+from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
 
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _FILES = {
@@ -166,3 +166,12 @@ def cifar10(data_root: str | None = None, download: bool = False, val_size: int 
 def cifar100(data_root: str | None = None, download: bool = False, val_size: int = 5000, seed: int = 0) -> Dataset:
     """CIFAR-100 with its 20 superclasses as hierarchy (see the module docstring)."""
     return _build("cifar100", data_root, download, val_size, seed)
+
+
+def _min_train_per_class(per_class: int, num_classes: int):
+    # 50k balanced training images; stratified_holdout takes ceil(val_size / K) at most per class
+    return lambda o: per_class - -(-int(o.get("val_size", 5000)) // num_classes)
+
+
+TRAIN_CLASS_MIN["cifar10"] = _min_train_per_class(5000, 10)
+TRAIN_CLASS_MIN["cifar100"] = _min_train_per_class(500, 100)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, Dataset, Split, fingerprint_tensors
+from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors
 from kdbench.errors import UnknownChoiceError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
@@ -111,3 +111,11 @@ def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test
         augment={"crop_pad": max(1, image_size // 8), "flip": False}, image_size=image_size,
         ood_metric="accuracy", options=options, meta=meta,
     )
+
+
+#: images per class of sklearn's digits (load_digits().target, fixed data)
+CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+# stratified_split cuts each class's permutation at round(train_fraction * n_c)
+TRAIN_CLASS_MIN["digits"] = lambda o: min(
+    int(round((1 - float(o.get("val_fraction", 0.15)) - float(o.get("test_fraction", 0.25))) * n))
+    for n in CLASS_COUNTS)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, Dataset, Split, fingerprint_tensors
+from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors
 
 CLASS_NAMES = ["circle", "ellipse", "ring", "crescent", "triangle", "square", "cross", "hourglass"]
 COARSE_NAMES = ["curved", "straight"]
@@ -209,3 +209,7 @@ def shapes(image_size: int = 32, n_train: int = 5000, n_val: int = 1000, n_test:
         meta={"context": contexts, "paired_context": list(range(8)), "context_names": list(CONTEXT_NAMES),
               "hierarchy_names": [list(COARSE_NAMES), list(FAMILY_NAMES), list(CLASS_NAMES)]},
     )
+
+
+# labels are a permutation of arange(n) % 8: the smallest class has n // 8 images
+TRAIN_CLASS_MIN["shapes"] = lambda o: int(o.get("n_train", 5000)) // 8

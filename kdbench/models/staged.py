@@ -6,11 +6,28 @@ method written once works for every architecture.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Sequence
 
 import torch
 from torch import nn
+
+
+@contextmanager
+def skip_init():
+    """``torch.nn.init``'s in-place initialisers as no-ops: for models built only for their
+    shapes (validation's ``meta`` models: their random init would run through torch's
+    slow Python decompositions, and import torch._dynamo)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
 
 
 @dataclass
@@ -104,10 +121,18 @@ class StagedNet(nn.Module):
     def infer_stage_shapes(self, input_size: int, in_chans: int = 3) -> List[tuple]:
         """(C, H, W) of every stage output for a square input: used to check that a
         teacher/student pair can be bridged before any training starts."""
+        dev = next(self.parameters()).device
+        if dev.type == "meta" and getattr(self, "arch", None):
+            # meta kernels of conv/BN are Python decompositions (slow, and they import
+            # torch._dynamo): probe an uninitialised CPU twin instead (same shapes)
+            from kdbench.models import create_model
+
+            with torch.device("cpu"), skip_init():
+                twin = create_model(self.arch, self.num_classes)
+            return twin.infer_stage_shapes(input_size, in_chans)
         was = self.training
         self.eval()
         try:
-            dev = next(self.parameters()).device
             f = self.forward_features(torch.zeros(1, in_chans, input_size, input_size, device=dev))
         finally:
             self.train(was)
