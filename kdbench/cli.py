@@ -6,6 +6,8 @@ Heavy libraries (torch, mlflow, plotting) are imported inside the commands that 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -34,11 +36,35 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
         p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
 
 
-def _profile(args):
-    from kdbench.config import apply_overrides, load_yaml, validate_profile
+def _seed(text: str) -> int:
+    """argparse type of --seed: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed >= 0, e.g. --seed 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a seed >= 0, e.g. --seed 0")
+    return value
 
-    raw = apply_overrides(load_yaml(args.params), args.overrides)
-    return validate_profile(raw, source=args.params)
+
+def _profile(args):
+    from kdbench.config import load_profile_with_overrides
+
+    return load_profile_with_overrides(args.params, args.overrides)
+
+
+def command_line(args, command: str, **options) -> str:
+    """A complete ``kdbench COMMAND`` line for the same profile and --set overrides (so that
+    the params, the seed and the dataset options are the ones this command used)."""
+    parts = ["kdbench", command, "--params", args.params]
+    for key, value in options.items():
+        if value is True:
+            parts.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    for item in getattr(args, "overrides", None) or []:
+        parts += ["--set", item]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _tracker(profile, args, out: Path):
@@ -50,18 +76,32 @@ def _tracker(profile, args, out: Path):
 
 
 def _finished(out: Path, cfg) -> bool:
+    """Both final outputs exist, and both say they belong to this config (the same test
+    a student applies to its teacher's model.pt)."""
     import json
 
+    from kdbench.engine.trainer import model_config_hash
+
     m = out / "metrics.json"
-    if not m.is_file():
+    if not m.is_file() or not (out / "model.pt").is_file():
         return False
     try:
-        return json.loads(m.read_text()).get("config_hash") == cfg.config_hash
+        if json.loads(m.read_text()).get("config_hash") != cfg.config_hash:
+            return False
     except ValueError:
         return False
+    return model_config_hash(out / "model.pt") == cfg.config_hash
 
 
-def _train(args, cfg, out: Path, teacher_path, profile) -> int:
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, Snakemake stopping its jobs), raised in the main thread."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted()
+
+
+def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
     from kdbench.engine.trainer import run
 
     if not args.force and _finished(out, cfg):
@@ -69,7 +109,11 @@ def _train(args, cfg, out: Path, teacher_path, profile) -> int:
         return 0
     tracker = _tracker(profile, args, out)
     try:
-        metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker)
+        metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker,
+                      **expect)
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -88,18 +132,25 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from kdbench.config import check_in_profile, run_paths, student_config
+    from kdbench.config import check_in_profile, run_paths, student_config, teacher_config
 
     profile = _profile(args)
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
     cfg = student_config(profile, args.dataset, args.teacher, args.student, args.method, args.seed)
     out = args.out or run_paths(profile["results_dir"], "student", args.dataset, args.student, args.seed,
                                 teacher=args.teacher, method=args.method)
-    teacher_path = None
+    teacher_path, expect = None, {}
     if cfg.teacher is not None:
         teacher_path = args.teacher_model or (run_paths(profile["results_dir"], "teacher", args.dataset,
                                                         args.teacher, cfg.teacher_seed) / "model.pt")
-    return _train(args, cfg, Path(out), teacher_path, profile)
+        # the teacher this profile implies: a model.pt trained with another recipe (another
+        # profile, an edited teacher_train) is refused, never used silently
+        expect = {"teacher_hash": teacher_config(profile, args.dataset, args.teacher, cfg.teacher_seed).config_hash,
+                  "teacher_command": command_line(args, "train-teacher", dataset=args.dataset, arch=args.teacher,
+                                                  seed=cfg.teacher_seed)}
+        if args.teacher_model:  # a teacher given by hand: the user vouches for it
+            expect["teacher_hash"] = None
+    return _train(args, cfg, Path(out), teacher_path, profile, **expect)
 
 
 def cmd_prepare_data(args) -> int:
@@ -109,7 +160,7 @@ def cmd_prepare_data(args) -> int:
     from kdbench.config import check_in_profile
 
     check_in_profile(profile, args.dataset, None, None, None)
-    ds = load_dataset(args.dataset, profile["datasets"][args.dataset], profile["results_dir"])
+    ds = load_dataset(args.dataset, profile["datasets"][args.dataset], profile["results_dir"], rebuild=True)
     print(f"{args.dataset}: {', '.join(f'{k}={len(v)}' for k, v in ds.splits.items())} "
           f"fingerprint={ds.fingerprint} -> {prepared_path(profile['results_dir'], args.dataset)}", file=sys.stderr)
     return 0
@@ -256,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--arch", required=True, help="architecture (kdbench list archs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="train a student with a distillation method",
@@ -268,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--method", required=True, help="method name (kdbench list methods)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
     p.set_defaults(func=cmd_distill)
 
@@ -281,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--method", required=True, help="method name (kdbench list methods)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="output JSON file (default: results/evals/D/T__S/M/sN.json)")
     p.add_argument("--figures", type=Path, metavar="DIR",
                    help="directory for the sN_unicam.png grid (default: results/figures/D/T__S/M/)")
@@ -322,15 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fix(args, err) -> str:
+    """The complete command that fixes ``err``, for errors that have one."""
+    from kdbench.data.cache import DataCacheError
+
+    if isinstance(err, DataCacheError) and hasattr(args, "params"):
+        return (f"; rebuild it: {command_line(args, 'prepare-data', dataset=err.dataset)} "
+                f"(the pipeline does this itself)")
+    return ""
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from kdbench.errors import KDBenchError
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except KDBenchError as err:
-        print(f"kdbench: error: {err}", file=sys.stderr)
+        print(f"kdbench: error: {str(err).strip()}{_fix(args, err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # quiet: no traceback. A training job resumes from its last epoch checkpoint.
+        what = "terminated" if isinstance(err, Interrupted) else "interrupted"
+        print(f"kdbench: {what}; run the same command again to continue (a training job resumes from "
+              f"its last epoch's checkpoint)", file=sys.stderr, flush=True)
+        return 143 if isinstance(err, Interrupted) else 130
 
 
 if __name__ == "__main__":

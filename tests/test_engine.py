@@ -250,10 +250,13 @@ def test_sigkill_then_rerun_matches_uninterrupted(tiny, tmp_path):
     tmp, prof, results, tpath = tiny
     raw = tiny_profile(tmp, student_train={"epochs": 5})
     raw["datasets"]["shapes"]["n_train"] = 1024
-    raw["results_dir"] = str(results)
+    # its own results_dir: other data options than the shared one's (a job never rebuilds
+    # another profile's data); the shared teacher is given by hand (--teacher-model)
+    raw["results_dir"] = str(tmp_path / "results")
     params = write_profile(tmp_path, raw)
     args = KDBENCH + ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
-                      "--student", "resnet8", "--method", "kd", "--seed", "0", "--set", "datasets.shapes.n_train=1024"]
+                      "--student", "resnet8", "--method", "kd", "--seed", "0", "--set", "datasets.shapes.n_train=1024",
+                      "--teacher-model", str(tpath)]
     ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], env=_env(), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
@@ -291,7 +294,7 @@ def test_nan_guard_names_epoch_step_and_term(tiny, tmp_path):
     _, prof, results, _ = tiny
     cfg = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)
     cfg.method = "_test_nan_after_two_steps"
-    with pytest.raises(trainer.NonFiniteLossError, match=r"epoch 0, step 2: .*exploding=nan"):
+    with pytest.raises(trainer.NonFiniteLossError, match=r"epoch 1, step 3: .*exploding=nan"):
         trainer.run(cfg, tmp_path / "nan", results_dir=results)
     assert not (tmp_path / "nan/metrics.json").exists()
 

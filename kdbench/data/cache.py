@@ -2,17 +2,25 @@
 
 The data rule builds a dataset once and stores its tensors; every job then loads them in
 a fraction of a second instead of regenerating them. The file records the options it was
-built with; a job whose options differ rebuilds (atomically) instead of using stale data.
+built with, and ``meta.json`` its size and SHA-256 (:func:`check_prepared`, which the
+Snakefile runs before building the DAG, so that a truncated or corrupt file is rebuilt by
+the data job). A job finds the file built with other options (another profile with the
+same results_dir) or unreadable: it stops with a ``DataCacheError`` naming the file,
+it never silently rebuilds or uses it; ``kdbench prepare-data`` (the data rule) rebuilds.
+A job that finds no file builds it (a job run by hand needs no data step).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 from kdbench.data.base import Dataset, FileSplit, Split
+from kdbench.errors import KDBenchError
 
 FORMAT = 1
 
@@ -73,6 +81,51 @@ def _restore(x):
     return x
 
 
+class DataCacheError(KDBenchError):
+    """A prepared data file that a job must not use: unreadable, or built with other
+    options. ``path`` and ``dataset`` let the command line say how to rebuild it."""
+
+    def __init__(self, path: Path, dataset: str, problem: str):
+        self.path, self.dataset = Path(path), dataset
+        super().__init__(f"prepared data {self.path} {problem}")
+
+
+def file_sha256(path: os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_prepared(path: os.PathLike) -> Optional[str]:
+    """None when ``path`` (a prepared data.pt) is whole, else what is wrong with it: its
+    size and SHA-256 against those ``meta.json`` recorded (files written before they were
+    recorded: the zip archive's directory must be readable, which catches truncation)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        return "is missing"
+    try:
+        meta = json.loads(path.with_name("meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    size = path.stat().st_size
+    if "data_bytes" in meta:
+        if size != meta["data_bytes"]:
+            return f"has {size} bytes, meta.json recorded {meta['data_bytes']} (truncated or overwritten)"
+        if file_sha256(path) != meta.get("data_sha256"):
+            return "does not match the SHA-256 meta.json recorded (corrupt)"
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.namelist()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"is not a readable torch file ({err})"
+    return None
+
+
 def prepared_path(results_dir: os.PathLike, name: str) -> Path:
     return Path(results_dir) / "data" / name / "data.pt"
 
@@ -82,25 +135,41 @@ def save_dataset(ds: Dataset, path: os.PathLike) -> Path:
 
     path = Path(path)
     save_torch(dataset_to_dict(ds), path)
-    write_json({"name": ds.name, "fingerprint": ds.fingerprint, "options": _plain(ds.options),
+    write_json({"data_bytes": path.stat().st_size, "data_sha256": file_sha256(path), "name": ds.name, "fingerprint": ds.fingerprint, "options": _plain(ds.options),
                 "num_classes": ds.num_classes, "class_names": ds.class_names,
                 "splits": {k: len(v) for k, v in ds.splits.items()},
                 "has_masks": ds.has_masks, "hierarchy": ds.hierarchy}, path.with_name("meta.json"))
     return path
 
 
-def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optional[os.PathLike] = None) -> Dataset:
-    """The dataset ``name`` with ``options``: from the prepared file when it exists and was
-    built with the same options, else built now (and stored when ``results_dir`` is set)."""
+def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optional[os.PathLike] = None,
+                 rebuild: bool = False) -> Dataset:
+    """The dataset ``name`` with ``options``: from the prepared file when it exists, else
+    built now (and stored when ``results_dir`` is set). A prepared file that is unreadable
+    or was built with other options raises :class:`DataCacheError`, unless ``rebuild``
+    (``kdbench prepare-data``): then it is rebuilt (atomically)."""
     from kdbench.data import build_dataset
     from kdbench.engine.io import load_torch
 
     options = dict(options or {})
     path = prepared_path(results_dir, name) if results_dir is not None else None
     if path is not None and path.is_file():
-        ds = dataset_from_dict(load_torch(path))
-        if _plain(ds.options) == _plain(options):
-            return ds
+        try:
+            ds = dataset_from_dict(load_torch(path))
+        except Exception as err:  # truncated, corrupt, not a torch file
+            problem = f"is unreadable (truncated or corrupt: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            if not rebuild:
+                raise DataCacheError(path, name, problem) from None
+            print(f"[kdbench] {path} {problem}: rebuilding it", file=sys.stderr, flush=True)
+        else:
+            if _plain(ds.options) == _plain(options):
+                return ds
+            if not rebuild:
+                stored, wanted = _plain(ds.options), _plain(options)
+                diff = ", ".join(f"{k}={stored.get(k)!r} in the file vs {wanted.get(k)!r} here"
+                                 for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
+                raise DataCacheError(path, name, f"was built with other dataset options ({diff}): another profile "
+                                                 f"with the same results_dir?")
     ds = build_dataset(name, **options)
     ds.options = dict(options)
     if path is not None:

@@ -33,9 +33,12 @@ SHOTS_SEED = 0
 
 
 class NonFiniteLossError(KDBenchError, FloatingPointError):
+    """``epoch`` and ``step`` count from 1, as the logs do."""
+
     def __init__(self, epoch: int, step: int, terms: Dict[str, float]):
         bad = ", ".join(f"{k}={v}" for k, v in terms.items())
-        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {bad}")
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {bad} (lower the lr or the loss "
+                         f"weights in params/, or check the method's hyperparameters)")
         self.epoch, self.step, self.terms = epoch, step, terms
 
 
@@ -45,6 +48,14 @@ def save_model(path: Path, distiller, cfg: RunConfig, num_classes: int, extra: O
             "seed": cfg.seed, "teacher": cfg.teacher, "hparams": cfg.hparams, "epochs": cfg.recipe["epochs"],
             "config_hash": cfg.config_hash, **(extra or {})}
     kio.save_torch({"state_dict": distiller.trainable_state(), "meta": meta}, path)
+
+
+def model_config_hash(path: Path) -> Optional[str]:
+    """The config hash a ``model.pt`` was trained with (None if unreadable)."""
+    try:
+        return kio.load_torch(path)["meta"].get("config_hash")
+    except Exception:
+        return None
 
 
 def load_model(path: Path, device="cpu"):
@@ -182,9 +193,12 @@ def _history_csv(rows: List[dict]) -> str:
 
 
 def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optional[Path] = None,
-        tracker=None, name: Optional[str] = None, max_epochs: Optional[int] = None) -> dict:
+        tracker=None, name: Optional[str] = None, max_epochs: Optional[int] = None,
+        teacher_hash: Optional[str] = None, teacher_command: Optional[str] = None) -> dict:
     """Train one model. ``max_epochs`` stops early after that many epochs of this call
-    (used by tests to simulate an interrupted job)."""
+    (used by tests to simulate an interrupted job). ``teacher_hash``: the config hash the
+    teacher's ``model.pt`` must carry (the one the student's profile implies); another one
+    is refused. ``teacher_command``: the complete command that trains that teacher."""
     from kdbench.data.cache import load_dataset
     from kdbench.data.loader import make_loader
     from kdbench.data.sampling import few_shot
@@ -206,13 +220,23 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
 
     teacher = None
     if cfg.teacher is not None:
+        train_it = teacher_command or (f"kdbench train-teacher --params PARAMS --dataset {cfg.dataset} "
+                                       f"--arch {cfg.teacher} --seed {cfg.teacher_seed}")
         if teacher_path is None or not Path(teacher_path).is_file():
-            raise KDBenchError(f"teacher model {teacher_path} not found: train it first "
-                               f"(kdbench train-teacher --dataset {cfg.dataset} --arch {cfg.teacher})")
-        teacher, tmeta = load_model(Path(teacher_path), device)
+            raise KDBenchError(f"teacher model {teacher_path} not found: train it first: {train_it}")
+        try:
+            teacher, tmeta = load_model(Path(teacher_path), device)
+        except Exception as err:
+            raise KDBenchError(f"teacher model {teacher_path} is unreadable ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:200]}): train it again: {train_it} --force") from None
         if tmeta["arch"] != cfg.teacher or tmeta["num_classes"] != ds.num_classes:
             raise KDBenchError(f"{teacher_path} holds a {tmeta['arch']} for {tmeta['num_classes']} classes, "
-                               f"expected {cfg.teacher} for {ds.num_classes}")
+                               f"expected {cfg.teacher} for {ds.num_classes}: train it again: {train_it} --force")
+        if teacher_hash is not None and tmeta.get("config_hash") != teacher_hash:
+            raise KDBenchError(
+                f"teacher model {teacher_path} was trained with another config (hash {tmeta.get('config_hash')}, "
+                f"this profile's teacher is {teacher_hash}: another profile or an edited teacher_train?); "
+                f"train this profile's teacher: {train_it}")
 
     seed_everything(cfg.seed)
     distiller = build_distiller(cfg, ds.num_classes, ds.image_size, teacher).to(device)
@@ -233,6 +257,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
 
     ckpt_path = out_dir / CHECKPOINT
     history: List[dict] = []
+    n_images = 0  # training images seen over all epochs, this call's and restored ones
     start_epoch = 0
     train_time = 0.0
     best_state, best_epoch, best_val = None, -1, -1.0
@@ -242,7 +267,10 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+        for row in history:  # stored as float64 rows: the epoch number is an integer again
+            row["epoch"] = int(row["epoch"])
         start_epoch, train_time = int(state["epoch"]) + 1, float(state["train_s"])
+        n_images = int(state.get("n_images", -1))
         best_state, best_epoch = state["best_state"], int(state["best_epoch"])
         best_val = history[best_epoch]["val_top1"]
         print(f"[{name}] resuming after epoch {start_epoch}", file=sys.stderr, flush=True)
@@ -260,7 +288,6 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
                 else nullcontext())
     progress = Progress(r["epochs"], len(train_loader), name)
     predict = distiller.predict
-    n_images = 0
     end_epoch = r["epochs"] if max_epochs is None else min(r["epochs"], start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -277,14 +304,15 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
                 terms = distiller.loss(batch)
             total = sum(terms.values())
             if not bool(torch.isfinite(total)):
-                raise NonFiniteLossError(epoch, step, {k: float(v) for k, v in terms.items()})
+                raise NonFiniteLossError(epoch + 1, step + 1, {k: float(v) for k, v in terms.items()})
             optimizer.zero_grad()
             total.backward()
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             steps += 1
-            n_images += batch["label"].shape[0]
+            if n_images >= 0:
+                n_images += batch["label"].shape[0]
             progress.step()
         distiller.on_epoch_end(epoch)
         epoch_train_s = time.time() - t0
@@ -302,7 +330,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash, "distiller": distiller.trainable_state(),
                         "best_state": best_state, "best_epoch": best_epoch,
                         "optimizer": optimizer.state_dict(),
-                        "rng": rng_state(), "train_s": train_time, "history_keys": keys,
+                        "rng": rng_state(), "train_s": train_time, "n_images": n_images, "history_keys": keys,
                         "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
                                                 dtype=torch.float64)}, ckpt_path)
         progress.epoch_end(epoch, row)
@@ -333,7 +361,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         "epochs": r["epochs"], "top1": top1, "top1_sel": top1_sel,
         "best_epoch": best_epoch + 1, "val_top1": last["val_top1"], "top1_ood": None,
         "train_s": train_time, "wall_s": time.time() - t_start,
-        "train_img_s": (n_images / train_time) if start_epoch == 0 and train_time > 0 else None,
+        # checkpoints of older versions did not count images: no rate then
+        "train_img_s": (n_images / train_time) if n_images >= 0 and train_time > 0 else None,
         "params": sum(p.numel() for p in distiller.student.parameters()),
         "n_train": len(train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
         "device": str(device), "hparams": cfg.hparams,
