@@ -7,6 +7,12 @@ the pipeline before any job) and, when a job finds no store, under a file lock.
 MLflow is imported only when something is logged, and a logging failure never stops a
 training job: it is reported on stderr and tracking is switched off for that job.
 
+One MLflow run per (job, config hash): a run carries the tag ``kdbench.run_key``; a
+resumed or re-run job (live) and a re-synced record (deferred) find that run and update
+it (status, the metrics it does not have yet) instead of creating another one. A job
+stopped by SIGTERM or Ctrl-C ends its run as KILLED, a failed one as FAILED; the next
+attempt of the same job turns the same run into FINISHED.
+
 Two modes. *live* (a job run by hand): the job logs to MLflow as it trains. *deferred*
 (the pipeline): the job writes its complete run record — params, tags, per-epoch and final
 metrics, artifacts, start/end times — to ``mlflow_run.json`` beside its outputs, and
@@ -17,6 +23,7 @@ jobs then never import MLflow (about 3 s each here) nor write to SQLite concurre
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -106,6 +113,12 @@ def flatten(d: dict, prefix: str = "") -> Dict[str, str]:
 
 
 SPOOL_NAME = "mlflow_run.json"
+RUN_KEY_TAG = "kdbench.run_key"
+
+
+def run_key(run_name: str, config_hash: Optional[str]) -> str:
+    """The identity of a job's MLflow run: its name and its config hash."""
+    return hashlib.sha256(f"{run_name}\0{config_hash or ''}".encode()).hexdigest()[:20]
 
 
 class Tracker:
@@ -123,6 +136,8 @@ class Tracker:
         self.run_id: Optional[str] = None
         self.spool = Path(spool) if spool is not None else None
         self.record: Optional[dict] = None
+        #: (metric, step) -> value already in the MLflow run (a reused run)
+        self.logged: Dict[tuple, float] = {}
 
     def _fail(self, what: str, err: Exception) -> None:
         print(f"[kdbench] MLflow {what} failed, tracking off for this job: {type(err).__name__}: {err}",
@@ -136,15 +151,18 @@ class Tracker:
     def start(self, run_name: str, params: dict, tags: Optional[dict] = None) -> None:
         if not self.enabled:
             return
+        tags = dict(tags or {})
+        if params.get("config_hash"):  # a job: one run per (job, config hash)
+            tags[RUN_KEY_TAG] = run_key(run_name, params["config_hash"])
         if self.spool is not None:
             self.record = {"experiment": self.experiment, "run_name": run_name, "params": flatten(params),
-                           "tags": dict(tags or {}), "start_ms": _now_ms(), "metrics": [], "artifacts": [],
+                           "tags": tags, "start_ms": _now_ms(), "metrics": [], "artifacts": [],
                            "status": "RUNNING", "end_ms": None, "synced_run_id": None}
             return
         try:
             self.uri = self.uri or tracking_uri()
-            self.client, self.run_id = _open_run(self.uri, self.experiment, run_name, flatten(params),
-                                                 dict(tags or {}), None)
+            self.client, self.run_id, self.logged = _open_run(self.uri, self.experiment, run_name, flatten(params),
+                                                              tags, None)
         except Exception as err:
             self._fail("start", err)
 
@@ -158,7 +176,7 @@ class Tracker:
             self.record["metrics"] += [list(r) for r in rows]
             return
         try:
-            _log_rows(self.client, self.run_id, rows)
+            _log_rows(self.client, self.run_id, _new_rows(rows, self.logged))
         except Exception as err:
             self._fail("log", err)
 
@@ -198,7 +216,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _new_rows(rows, logged: Dict[tuple, float]):
+    """The rows (key, value, ts, step) the run does not already hold with that value."""
+    return [r for r in rows if logged.get((r[0], int(r[3]))) != float(r[1])]
+
+
 def _open_run(uri: str, experiment: str, run_name: str, params: Dict[str, str], tags: dict, start_ms):
+    """(client, run_id, logged): the experiment's run with this ``kdbench.run_key`` tag,
+    set RUNNING again, with the (metric, step) -> value it already holds; else a new run."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -209,12 +234,33 @@ def _open_run(uri: str, experiment: str, run_name: str, params: Dict[str, str], 
         if exp is None:
             _retry(client.create_experiment, experiment, artifact_location=_artifact_root(uri))
             exp = _retry(client.get_experiment_by_name, experiment)
-    run = _retry(client.create_run, exp.experiment_id, start_time=start_ms, run_name=run_name,
-                 tags={"mlflow.runName": run_name, **tags})
-    items = [Param(k, v) for k, v in params.items()]
+        key = tags.get(RUN_KEY_TAG)
+        found = []
+        if key:
+            found = _retry(client.search_runs, [exp.experiment_id],
+                           filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=10,
+                           order_by=["attributes.start_time ASC"])
+        if found:
+            run = found[0]
+            _retry(client.update_run, run.info.run_id, status="RUNNING")
+        else:
+            run = _retry(client.create_run, exp.experiment_id, start_time=start_ms, run_name=run_name,
+                         tags={"mlflow.runName": run_name, **tags})
+    run_id = run.info.run_id
+    logged: Dict[tuple, float] = {}
+    have = dict(run.data.params) if found else {}
+    if found:
+        for metric in run.data.metrics:
+            for m in _retry(client.get_metric_history, run_id, metric):
+                logged[(m.key, int(m.step))] = float(m.value)
+        for k, v in tags.items():
+            if run.data.tags.get(k) != v:
+                _retry(client.set_tag, run_id, k, v)
+    # a param already logged keeps its first value (MLflow refuses to change one)
+    items = [Param(k, v) for k, v in params.items() if k not in have]
     for i in range(0, len(items), 100):
-        _retry(client.log_batch, run.info.run_id, params=items[i:i + 100])
-    return client, run.info.run_id
+        _retry(client.log_batch, run_id, params=items[i:i + 100])
+    return client, run_id, logged
 
 
 def _log_rows(client, run_id: str, rows) -> None:
@@ -243,9 +289,12 @@ def sync_spools(root: os.PathLike, uri: Optional[str] = None) -> Dict[str, int]:
             counts["already"] += 1
             continue
         try:
-            client, run_id = _open_run(uri, rec["experiment"], rec["run_name"], rec["params"], rec["tags"],
-                                       rec["start_ms"])
-            _log_rows(client, run_id, [tuple(r) for r in rec["metrics"]])
+            tags = dict(rec["tags"])
+            if rec["params"].get("config_hash"):
+                tags.setdefault(RUN_KEY_TAG, run_key(rec["run_name"], rec["params"]["config_hash"]))
+            client, run_id, logged = _open_run(uri, rec["experiment"], rec["run_name"], rec["params"], tags,
+                                               rec["start_ms"])
+            _log_rows(client, run_id, _new_rows([tuple(r) for r in rec["metrics"]], logged))
             for rel in rec["artifacts"]:
                 path = spool.parent / rel
                 if path.exists():

@@ -21,6 +21,7 @@ import pickle
 import numpy as np
 import torch
 
+from kdbench.errors import KDBenchError
 from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
 
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -39,22 +40,75 @@ def _str(x) -> str:
     return x.decode("latin1") if isinstance(x, bytes) else str(x)
 
 
+class CifarFileError(KDBenchError, ValueError):
+    """A CIFAR batch file that is not what torchvision's archive holds."""
+
+
+#: what a CIFAR pickle may build: numpy's array reconstruction and nothing else (plain
+#: dicts, lists, str, bytes and ints need no global)
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
+    ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, str, numbers and numpy arrays only: a crafted file
+    that names any other global (``os.system``, ``builtins.eval``...) is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds")
+
+
+EXPECTED = ("a pickled dict with 'data' (uint8, N×3072 = N×3×32×32) and one label per row, "
+            "as in torchvision's cifar-10-python.tar.gz / cifar-100-python.tar.gz")
+
+
 def load_pickle(path: str) -> dict:
-    """A CIFAR pickle as a dict with ``str`` keys (Python-2 pickles: latin1 strings)."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    """A CIFAR pickle as a dict with ``str`` keys (Python-2 pickles: latin1 strings),
+    read with a restricted unpickler (no code runs from the file)."""
+    try:
+        with open(path, "rb") as f:
+            d = _RestrictedUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise CifarFileError(f"{path} is not a valid CIFAR batch ({type(err).__name__}: {err}); expected "
+                             f"{EXPECTED}: download the archive again") from None
+    if not isinstance(d, dict):
+        raise CifarFileError(f"{path} holds a {type(d).__name__}, not a dict; expected {EXPECTED}")
     return {_str(k): v for k, v in d.items()}
+
+
+def _read_batch(path: str, label_key: str):
+    d = load_pickle(path)
+    if "data" not in d or label_key not in d:
+        raise CifarFileError(f"{path} has keys {sorted(d)[:8]}, missing {'data' if 'data' not in d else label_key!r}; "
+                             f"expected {EXPECTED}")
+    try:
+        data = np.asarray(d["data"])
+        labels = np.asarray(d[label_key], dtype=np.int64)
+        coarse = np.asarray(d["coarse_labels"], dtype=np.int64) if "coarse_labels" in d else None
+    except (TypeError, ValueError) as err:
+        raise CifarFileError(f"{path}: 'data' or the labels are not arrays ({err}); expected {EXPECTED}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),) \
+            or (coarse is not None and coarse.shape != labels.shape):
+        raise CifarFileError(f"{path}: 'data' is {data.dtype} of shape {data.shape} with {labels.shape} labels; "
+                             f"expected {EXPECTED}")
+    return data.reshape(-1, 3, 32, 32), labels, coarse
 
 
 def _read_batches(folder: str, files, label_key: str):
     xs, ys, coarse = [], [], []
     for fn in files:
-        d = load_pickle(os.path.join(folder, fn))
-        data = np.asarray(d["data"], dtype=np.uint8)
-        xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[label_key], dtype=np.int64))
-        if "coarse_labels" in d:
-            coarse.append(np.asarray(d["coarse_labels"], dtype=np.int64))
+        x, y, c = _read_batch(os.path.join(folder, fn), label_key)
+        xs.append(x)
+        ys.append(y)
+        if c is not None:
+            coarse.append(c)
     return (np.concatenate(xs), np.concatenate(ys), np.concatenate(coarse) if coarse else None)
 
 
