@@ -5,7 +5,7 @@ rule data:
         data=r("data/{dataset}/data.pt"),
         meta=r("data/{dataset}/meta.json"),
     params:
-        # the dataset's options: changing them rebuilds the data (and, by mtime, what follows)
+        # the dataset's options: changing them rebuilds the data (and, through the config hash, what follows)
         options=lambda w: P["datasets"][w.dataset],
     log:
         r("logs/data/{dataset}.log"),
@@ -14,4 +14,5 @@ rule data:
         mem_mb=4000,
         runtime=60,
     shell:
-        "kdbench prepare-data --params {PARAMS:q} --dataset {wildcards.dataset:q}{SET} > {log:q} 2>&1"
+        # the previous attempt's log is kept as LOG.1
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench prepare-data --params {PARAMS:q} --dataset {wildcards.dataset:q}{SET} > {log:q} 2>&1"

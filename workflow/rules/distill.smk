@@ -10,7 +10,9 @@ def distill_teacher(w):
 
 rule distill:
     input:
-        data=r("data/{dataset}/data.pt"),
+        # ancient: a rebuilt data.pt (same options) does not re-run finished jobs; the
+        # config hash (params) holds the dataset options
+        data=ancient(r("data/{dataset}/data.pt")),
         teacher=distill_teacher,
     output:
         model=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/model.pt"),
@@ -28,5 +30,6 @@ rule distill:
         mem_mb=8000,
         runtime=24 * 60,
     shell:
-        "kdbench distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
+        # the previous attempt's log is kept as LOG.1
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
         "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"

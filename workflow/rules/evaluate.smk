@@ -26,5 +26,6 @@ rule evaluate:
         mem_mb=8000,
         runtime=2 * 60,
     shell:
-        "kdbench evaluate --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
+        # the previous attempt's log is kept as LOG.1
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench evaluate --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
         "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed}{SET} > {log:q} 2>&1"

@@ -3,7 +3,9 @@
 # declared output, so Snakemake keeps it when it re-runs the incomplete job).
 rule teacher:
     input:
-        data=r("data/{dataset}/data.pt"),
+        # ancient: a rebuilt data.pt (same options) does not re-run finished jobs; the
+        # config hash (params) holds the dataset options
+        data=ancient(r("data/{dataset}/data.pt")),
     output:
         model=r("teachers/{dataset}/{arch}/s{seed}/model.pt"),
         metrics=r("teachers/{dataset}/{arch}/s{seed}/metrics.json"),
@@ -20,5 +22,6 @@ rule teacher:
         mem_mb=8000,
         runtime=24 * 60,
     shell:
-        "kdbench train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
+        # the previous attempt's log is kept as LOG.1
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
         "--arch {wildcards.arch:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"
