@@ -203,7 +203,9 @@ def cmd_evaluate(args) -> int:
     sdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method=args.method)
     mpath = sdir / "metrics.json"
     if not mpath.is_file():
-        raise KDBenchError(f"evaluate: {mpath} not found: run `kdbench distill` for this run first")
+        todo = command_line(args, "distill", dataset=args.dataset, teacher=args.teacher, student=args.student,
+                            method=args.method, seed=args.seed)
+        raise KDBenchError(f"evaluate: {mpath} not found: train this run first: {todo}")
     t_seed = json.loads(mpath.read_text()).get("teacher_seed")
     if t_seed is None:  # vanilla runs have no teacher: the pair's teacher as student_config picks it
         t_seed = args.seed if profile.get("teacher_seed") is None else profile["teacher_seed"]
