@@ -67,7 +67,7 @@ def test_sigkill_of_whole_run_then_same_command_finishes(reference, tmp_path):
 
     # a run that is really alive (it holds the run flock and its locks) is still respected
     (repo / ".snakemake" / "locks").mkdir(exist_ok=True)
-    (repo / ".snakemake" / "locks" / "0.output.lock").write_text(str(repo / "results" / "leaderboard" / "runs.csv"))
+    (repo / ".snakemake" / "locks" / "0.output.lock").write_text("results/leaderboard/runs.csv\n")
     with open(repo / ".snakemake" / "kdbench-run.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         busy = snakemake(repo, "--configfile", params, "--forcerun", "leaderboard", env=env)
