@@ -224,17 +224,20 @@ def test_cid_terms_prototypes_and_intervention(ds16):
     assert float(terms["class"].detach()) == pytest.approx(np.mean(per_class), rel=1e-4)
     assert float(terms["kd"].detach()) == pytest.approx(np_kd(np64(fs.logits), zt, T), rel=1e-5)
     # prototypes: p_t[y]-weighted means of the detached embeddings, built at the warm-up's end
+    # (an absent class gets zeros, as the reference's context_new); used from the next epoch on
     d.on_epoch_end(0)
-    assert bool(d.prototypes_ready)
+    assert bool(d.next_ready) and not bool(d.prototypes_ready)
+    assert torch.equal(d.predict(x), d.student(x))  # the warm-up's validation: still the plain student
     w = np_softmax(zt / T)[np.arange(len(yn)), yn]
     for k in range(8):
         sel = yn == k
         want = (w[sel, None] * f[sel]).sum(0) / w[sel].sum() if sel.any() else np.zeros(f.shape[1])
-        np.testing.assert_allclose(np64(d.prototypes[k]), want, rtol=1e-5, atol=1e-6)
-    assert d.prototypes.grad_fn is None and not d.prototypes.requires_grad
+        np.testing.assert_allclose(np64(d.next_prototypes[k]), want, rtol=1e-5, atol=1e-6)
+    assert d.next_prototypes.grad_fn is None and not d.next_prototypes.requires_grad
     assert float(d.proto_weight.sum()) == 0.0  # accumulators reset
     # after the warm-up: CE on the intervention head's output
     d.on_epoch_start(1)
+    assert bool(d.prototypes_ready) and not bool(d.next_ready)
     d.eval()
     with torch.no_grad():
         terms = d.loss(batch)
@@ -249,6 +252,66 @@ def test_cid_terms_prototypes_and_intervention(ds16):
     reg = {id(p) for p in d.regressor.parameters()}
     assert [g["weight_decay"] for g in groups if {id(p) for p in g["params"]} == reg] == [0.0]
     assert all(g["weight_decay"] == 5e-4 for g in groups if not reg & {id(p) for p in g["params"]})
+
+
+def test_cid_deployed_prototypes_are_the_ones_trained_with(ds16):
+    """The trainer's order (epoch start, steps, epoch end, then validation/test/save): what
+    ``predict`` and the saved state use after epoch e are the prototypes epoch e trained
+    with (the reference's ``context_old``), never the ones just built from epoch e."""
+    d = build("cid", ds16, epochs=4)  # warm-up: 1 epoch
+    opt = torch.optim.SGD(d.param_groups(0.0), lr=0.05)
+    batches = list(make_loader(ds16, "train", 16, train=True, seed=0))
+    used = []
+    real = d.intervene
+
+    def spy(embedding, logits):
+        used.append(d.prototypes.clone())
+        return real(embedding, logits)
+
+    d.intervene = spy
+    for epoch in range(4):
+        d.train()
+        d.on_epoch_start(epoch)
+        used.clear()
+        for b in batches:
+            terms = d.loss(b)
+            opt.zero_grad()
+            sum(terms.values()).backward()
+            opt.step()
+        trained_with = used[0] if used else None
+        assert all(torch.equal(u, trained_with) for u in used)
+        d.on_epoch_end(epoch)
+        d.eval()
+        used.clear()
+        with torch.no_grad():
+            d.predict(batches[0]["image"])
+        if epoch == 0:  # the warm-up trained no head: the plain student is deployed
+            assert trained_with is None and used == []
+            continue
+        assert len(used) == 1 and torch.equal(used[0], trained_with)
+        assert not torch.equal(d.next_prototypes, trained_with)  # the new ones wait for the next epoch
+        state = d.trainable_state()
+        assert torch.equal(state["prototypes"], trained_with)
+        # a resumed run (fresh distiller + this state) trains the next epoch with the new ones
+        d2 = build("cid", ds16, epochs=4, seed=1, prepare=False)
+        d2.load_trainable_state(state)
+        d2.on_epoch_start(epoch + 1)
+        assert torch.equal(d2.prototypes, d.next_prototypes)
+
+
+def test_cid_absent_class_gets_zero_prototype(ds16):
+    d = build("cid", ds16, epochs=2)
+    d.train()
+    batch = first_batch(ds16)
+    keep = batch["label"] != batch["label"][0]
+    absent = int(batch["label"][0])
+    d.prototypes.fill_(3.0)  # an old prototype is not carried over (reference: cu = 0)
+    d.on_epoch_start(0)
+    d.loss({k: v[keep] for k, v in batch.items()})
+    d.on_epoch_end(0)
+    assert torch.equal(d.next_prototypes[absent], torch.zeros_like(d.next_prototypes[absent]))
+    present = int(batch["label"][keep][0])
+    assert d.next_prototypes[present].abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- fcfd
