@@ -101,9 +101,14 @@ def test_params_files_validate_and_share_kd_weights():
     for m in SEED_METHODS:
         hp = method_hparams(m, TEACHER, STUDENT)
         assert set(hp) == set(get_method(m).hparam_names)
-    for m in ("tdd", "e2kd", "e2kd_frozen"):  # kd's weights, so the difference isolates the extra term
+    for m in ("tdd", "e2kd_kdmatched"):  # kd's weights, so the difference isolates the extra term
         hp = method_hparams(m, TEACHER, STUDENT)
         assert {k: hp[k] for k in kd} == kd
+    for m in ("e2kd", "e2kd_frozen"):  # the paper's form (reference sweeps): no CE, KD weight 1
+        hp = method_hparams(m, TEACHER, STUDENT)
+        assert hp["ce_weight"] == 0 and hp["kd_weight"] == 1 and hp["temperature"] in (1, 5)
+        assert hp["explanation_weight"] in (1, 5, 10)
+    assert get_method("e2kd_kdmatched").__mro__[1] is get_method("e2kd")
     assert method_hparams("cid", "wrn_40_2", "wrn_16_2")["sample_weight"] == 65
     assert method_hparams("cid", "resnet50", "mobilenetv2")["class_weight"] == 0.1
     assert method_hparams("fcfd", "resnet56", "resnet20")["feature_weight"] == 0.02
@@ -576,6 +581,26 @@ def test_e2kd_explanation_term_matches_hand_gradcam(ds16):
     terms["explanation"].backward()
     assert d.student.head.fc.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.teacher.parameters())
+
+
+def test_e2kd_paper_form_and_kdmatched_ablation(ds16):
+    """e2kd: τ²·KL + λ·L_exp with no CE (the paper); e2kd_kdmatched: kd's weights, same L_exp."""
+    batch = first_batch(ds16)
+    x, y = batch["image"], batch["label"]
+    d = build("e2kd", ds16, prepare=False)
+    d.eval()
+    terms = d.loss(batch)
+    with torch.no_grad():
+        zs, zt = np64(d.student(x)), np64(d.teacher(x))
+    assert float(terms["ce"].detach()) == 0.0
+    T = d.hparams["temperature"]
+    assert float(terms["kd"].detach()) == pytest.approx(np_kd(zs, zt, T), rel=1e-5)
+    m = build("e2kd_kdmatched", ds16, prepare=False)  # the same seed: the same student and teacher
+    m.eval()
+    mterms = m.loss(batch)
+    assert float(mterms["ce"].detach()) == pytest.approx(0.1 * np_ce(zs, y.numpy()), rel=1e-5)
+    assert float(mterms["kd"].detach()) == pytest.approx(0.9 * np_kd(zs, zt, 4.0), rel=1e-5)
+    assert float(mterms["explanation"].detach()) == pytest.approx(float(terms["explanation"].detach()), rel=1e-6)
 
 
 def test_e2kd_frozen_never_runs_teacher_and_maps_follow_crop_flip(ds16):
