@@ -404,8 +404,11 @@ def v_distance_correlation(x: Tensor, y: Tensor, normalize_rows: bool = True) ->
             z = z.to(torch.get_default_dtype())
         if normalize_rows:
             z = F.normalize(z, dim=1, eps=ROW_NORM_EPS)
-        sq = (z[None, :, :] - z[:, None, :]).pow(2).sum(dim=-1)
-        a = torch.sqrt(sq + V_DIST_EPS)
+        # exact pairwise differences (condensed, as u_centered_distances), mirrored; the
+        # diagonal's squared distance is 0
+        iu = torch.triu_indices(n, n, offset=1, device=z.device)
+        sq = z.new_zeros(n, n).index_put((iu[0], iu[1]), torch.pdist(z, p=2.0).pow(2))
+        a = torch.sqrt(sq + sq.T + V_DIST_EPS)
         return a - a.mean(dim=0, keepdim=True) - a.mean(dim=1, keepdim=True) + a.mean()
 
     a, b = centred(x), centred(y)

@@ -265,9 +265,9 @@ def test_cid_deployed_prototypes_are_the_ones_trained_with(ds16):
     """The trainer's order (epoch start, steps, epoch end, then validation/test/save): what
     ``predict`` and the saved state use after epoch e are the prototypes epoch e trained
     with (the reference's ``context_old``), never the ones just built from epoch e."""
-    d = build("cid", ds16, epochs=4)  # warm-up: 1 epoch
+    d = build("cid", ds16, epochs=3)  # warm-up: 1 epoch
     opt = torch.optim.SGD(d.param_groups(0.0), lr=0.05)
-    batches = list(make_loader(ds16, "train", 16, train=True, seed=0))
+    batches = list(make_loader(ds16, "train", 16, train=True, seed=0))[:2]
     used = []
     real = d.intervene
 
@@ -276,7 +276,7 @@ def test_cid_deployed_prototypes_are_the_ones_trained_with(ds16):
         return real(embedding, logits)
 
     d.intervene = spy
-    for epoch in range(4):
+    for epoch in range(3):
         d.train()
         d.on_epoch_start(epoch)
         used.clear()
@@ -300,7 +300,7 @@ def test_cid_deployed_prototypes_are_the_ones_trained_with(ds16):
         state = d.trainable_state()
         assert torch.equal(state["prototypes"], trained_with)
         # a resumed run (fresh distiller + this state) trains the next epoch with the new ones
-        d2 = build("cid", ds16, epochs=4, seed=1, prepare=False)
+        d2 = build("cid", ds16, epochs=3, seed=1, prepare=False)
         d2.load_trainable_state(state)
         d2.on_epoch_start(epoch + 1)
         assert torch.equal(d2.prototypes, d.next_prototypes)
