@@ -37,15 +37,15 @@ def bench(method: str, args, ds, device) -> dict:
     # epochs=2: warm-ups and ramps (given for 240 epochs) end after the first epoch
     d = cls(student, teacher, ds.num_classes, hp, epochs=2, input_size=args.size).to(device)
 
-    def loader(split, batch_size, train, aligned=None):
-        return make_loader(ds, split, batch_size, train=train, seed=0, device=device, aligned=aligned)
+    def loader(split, batch_size, train, aligned=None, **options):
+        return make_loader(ds, split, batch_size, train=train, seed=0, device=device, aligned=aligned, **options)
 
     ctx = TrainContext(dataset=ds, train_split=ds.splits["train"], device=device, batch_size=args.batch,
                        seed=0, make_loader=loader)
     t0 = time.perf_counter()
     d.prepare(ctx)
     prepare_s = time.perf_counter() - t0
-    train_loader = loader(ds.splits["train"], args.batch, True, d.aligned_tensors() or None)
+    train_loader = loader(ds.splits["train"], args.batch, True, d.aligned_tensors() or None, **d.loader_options())
     train_loader.set_epoch(0)
     batches = list(train_loader)
     opt = torch.optim.SGD(d.param_groups(5e-4), lr=0.01, momentum=0.9)
