@@ -11,6 +11,7 @@ Definitions follow ``specs/methods.md`` (losses) and ``specs/evaluation.md`` (me
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,6 +39,9 @@ __all__ = [
     "hcl_loss",
     "mlkd_terms",
     "mlkd_loss",
+    "crd_nce_loss",
+    "ofd_margin",
+    "ofd_loss",
 ]
 
 
@@ -524,3 +528,47 @@ def mlkd_loss(student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor
     :func:`mlkd_terms` (instance ``kd`` + class ``cc`` + batch ``bc``)."""
     terms = mlkd_terms(student_weak, teacher_weak, student_strong, teacher_strong, temperature)
     return terms["kd"] + terms["cc"] + terms["bc"]
+
+
+def crd_nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
+    """CRD's NCE loss (``ContrastLoss``, HobbitLong/RepDistiller ``crd/criterion.py``) on
+    normalised scores P (B×(1+K), column 0 the positive): with m = K and Pn = 1/n_data,
+    −(Σ_i log(P_i0 / (P_i0 + m·Pn + eps)) + Σ_ij log(m·Pn / (P_ij + m·Pn + eps))) / B."""
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"crd_nce_loss expects B×(1+K) scores with K >= 1, got {tuple(scores.shape)}")
+    b, m = scores.shape[0], scores.shape[1] - 1
+    noise = m / float(n_data)
+    pos = scores[:, 0]
+    neg = scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + eps))
+    log_d0 = torch.log(noise / (neg + noise + eps))
+    return -(log_d1.sum() + log_d0.sum()) / b
+
+
+def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
+    """OFD's per-channel margin from a BatchNorm's affine parameters (Heo et al. 2019,
+    mdistiller ``OFD.py``): with s = |γ|, m = β, the mean of N(m, s²) below 0,
+    m − s·φ(m/s)/Φ(−m/s), where Φ(−m/s) > 0.001, else −3s. Computed in float64."""
+    s = bn_weight.detach().double().abs()
+    m = bn_bias.detach().double()
+    ratio = m / s
+    cdf = torch.special.ndtr(-ratio)
+    pdf = torch.exp(-ratio.pow(2) / 2) / math.sqrt(2 * math.pi)
+    safe = torch.where(cdf > 0.001, cdf, torch.ones_like(cdf))
+    return torch.where(cdf > 0.001, m - s * pdf / safe, -3 * s)
+
+
+def ofd_loss(student_feat: Tensor, teacher_feat: Tensor, margin: Tensor) -> Tensor:
+    """OFD's partial L2 distance for one stage (mdistiller ``OFD.py`` ``feat_loss``):
+    (s − m)²·[s > m, t ≤ m] + (s − t)²·[s > t, m < t ≤ 0] + (s − t)²·[t > 0] per entry,
+    ``margin`` one value per channel (broadcast over B, H, W); mean over the batch, sum
+    over C×H×W. ``teacher_feat`` is treated as a constant (detach it)."""
+    if student_feat.shape != teacher_feat.shape or student_feat.dim() != 4:
+        raise ValueError(f"ofd_loss expects two B×C×H×W maps of one shape, got "
+                         f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}")
+    s, t = student_feat, teacher_feat
+    m = margin.to(s).reshape(1, -1, 1, 1)
+    loss = ((s - m).pow(2) * ((s > m) & (t <= m)).to(s.dtype)
+            + (s - t).pow(2) * ((s > t) & (t > m) & (t <= 0)).to(s.dtype)
+            + (s - t).pow(2) * (t > 0).to(s.dtype))
+    return loss.abs().mean(dim=0).sum()

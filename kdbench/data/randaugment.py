@@ -61,11 +61,14 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def _autocontrast(x, v):
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    span = hi - lo
-    ok = span > 0
-    return torch.where(ok, _u8((x - lo) * 255.0 / torch.where(ok, span, torch.ones_like(span))), x)
+    # PIL's lut: int(i·scale + offset), scale = 255/(hi − lo), offset = −lo·scale (doubles)
+    xd = x.double()
+    lo = xd.amin(dim=(2, 3), keepdim=True)
+    hi = xd.amax(dim=(2, 3), keepdim=True)
+    ok = hi > lo
+    scale = 255.0 / torch.where(ok, hi - lo, torch.ones_like(hi))
+    out = (xd * scale + (-lo * scale)).floor().clamp_(0, 255)
+    return torch.where(ok, out, xd).to(x.dtype)
 
 
 def _equalize(x, v):
