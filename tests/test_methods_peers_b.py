@@ -567,6 +567,67 @@ def test_trainable_state_round_trip(method, ds16):
         assert torch.allclose(l1[k], l2[k], rtol=1e-6, atol=1e-7), k
 
 
+def test_reviewkd_and_ofd_terms_by_hand(ds16):
+    from kdbench.methods.fcfd import frozen_bn_stats
+
+    d = build("reviewkd", ds16, epochs=240)
+    d.eval()
+    d.on_epoch_start(4)  # warm-up 20: factor 5/20
+    b = first_batch(ds16, d)
+    x = b["image"]
+    with torch.no_grad():
+        terms = d.loss(b)
+        fs = d.student.forward_features(x)
+        levels, ft = d.teacher_levels(x)
+        t = d.teacher
+        h = t.stem(x)
+        pre = []
+        for stage in t.stages:  # the last block's sum before its final ReLU
+            for blk in list(stage)[:-1]:
+                h = blk(h)
+            blk = stage[-1]
+            out = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(h)))))
+            pre.append(out + (h if blk.shortcut is None else blk.shortcut(h)))
+            h = F.relu(pre[-1])
+        for got, want in zip(levels[:-1], pre):
+            assert torch.allclose(got, want, atol=1e-6)
+        assert (levels[0] < 0).any() and torch.equal(levels[-1][:, :, 0, 0], ft.embedding)
+        # ABF by hand at the deepest two levels: no fusion, then attention fusion
+        s_levels = list(fs.stages) + [fs.embedding[:, :, None, None]]
+        deep, res = d.abfs[3].conv2(d.abfs[3].conv1(s_levels[3])), d.abfs[3].conv1(s_levels[3])
+        x2 = d.abfs[2].conv1(s_levels[2])
+        r = F.interpolate(res, size=x2.shape[-2:], mode="nearest")
+        att = d.abfs[2].att_conv(torch.cat([x2, r], 1))
+        mid = d.abfs[2].conv2(x2 * att[:, :1] + r * att[:, 1:])
+        outs = d.review(s_levels)
+        assert torch.allclose(outs[3], deep, atol=1e-6) and torch.allclose(outs[2], mid, atol=1e-6)
+        want = KF.hcl_loss(outs, levels).item() * 5 / 20
+    assert terms["reviewkd"].item() == pytest.approx(want, rel=1e-5)  # weight 1 for this pair
+
+    o = build("ofd", ds16)
+    o.train()
+    before = {k: v.clone() for k, v in o.teacher.state_dict().items()}
+    b = first_batch(ds16, o)
+    terms = o.loss(b)
+    assert all(torch.equal(v, before[k]) for k, v in o.teacher.state_dict().items())  # teacher unchanged
+    assert not o.teacher.training
+    with torch.no_grad():
+        with o.student_tap:
+            fs = o.student.forward_features(b["image"])
+            s_pre = o.student_tap.preacts(fs.stages)
+        o.teacher.train()
+        with frozen_bn_stats(o.teacher), o.teacher_tap:  # reference: teacher BN on batch statistics
+            t_pre = o.teacher_tap.preacts(o.teacher.forward_features(b["image"]).stages)
+        o.teacher.eval()
+        want = 0.0
+        for pos, (i, j) in enumerate(zip(o.s_idx, o.t_idx)):
+            bn = o.teacher.stages[j][-1].bn2
+            margin = KF.ofd_margin(bn.weight, bn.bias).float()
+            s = o.connectors[pos](s_pre[i])
+            want += KF.ofd_loss(s, F.adaptive_avg_pool2d(t_pre[j], s.shape[-2:]), margin).item() / 2 ** (2 - pos)
+    assert terms["ofd"].item() == pytest.approx(0.001 * want, rel=1e-5)
+
+
 def test_check_pair_and_bad_input(ds16):
     from kdbench.methods.base import PairError
 
@@ -606,3 +667,9 @@ def test_crd_interrupted_run_resumes_to_identical_numbers(tmp_path):
     a = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "part/model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the trainer hands mlkd's loader options to the training loader (weak + strong views)
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "mlkd", 0)
+    out = trainer.run(cfg, tmp_path / "mlkd", results_dir=results, teacher_path=tdir / "model.pt", max_epochs=1)
+    assert out == {"interrupted_after_epoch": 1}
+    keys = torch.load(tmp_path / "mlkd/checkpoint.pt", weights_only=True)["history_keys"]
+    assert {"loss_ce", "loss_kd", "loss_cc", "loss_bc"} <= set(keys)
