@@ -76,6 +76,21 @@ def logits(seed, b=6, k=5, scale=3.0):
 
 
 # ============================================================================ functionals
+def test_public_signatures():
+    import inspect
+
+    want = {"hcl_loss": "(student_feats, teacher_feats, levels=(4, 2, 1))",
+            "dist_loss": "(student_logits, teacher_logits, beta=1.0, gamma=1.0, tau=1.0)",
+            "kd_loss": "(student_logits, teacher_logits, temperature, logit_stand=False)",
+            "mlkd_loss": "(student_weak, teacher_weak, student_strong, teacher_strong, temperature=4.0)"}
+    for name, sig in want.items():
+        params = inspect.signature(getattr(KF, name)).parameters.values()
+        got = "(" + ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                              for p in params) + ")"
+        assert got == sig, name
+        assert name in KF.__all__
+
+
 def test_kd_loss_logit_stand_is_kd_on_zscored_logits():
     zs, zt = logits(0)
     for T in (1.0, 2.0, 4.0):
