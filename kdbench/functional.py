@@ -5,7 +5,8 @@ input dtype: float64 inputs give float64 results, nothing is cast down.  The nam
 signatures of the functions listed in ``specs/methods.md`` ("Public functions") are
 public API; the extra helpers below (``u_centered_distances``, ``u_inner``,
 ``cam_from_gradients``, ``explanation_cosine``, ``energy_pointing_game``,
-``agreement``) are public too.
+``agreement``; for the peer methods ``logit_zscore``, ``mlkd_terms``, ``crd_nce_loss``,
+``ofd_margin``, ``ofd_loss``) are public too.
 
 Definitions follow ``specs/methods.md`` (losses) and ``specs/evaluation.md`` (metrics).
 """
