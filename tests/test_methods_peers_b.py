@@ -650,6 +650,17 @@ def test_check_pair_and_bad_input(ds16):
         t, s = create_model("resnet14", 8), create_model("resnet8", 8)
         t.arch, s.arch = "resnet14", "resnet8"
     get_method("ofd").check_pair(t, s, method_hparams("ofd", "resnet14", "resnet8"))
+    with torch.device("meta"):  # linear-bottleneck stages: no BN before a ReLU for the margins
+        mv2 = create_model("mobilenetv2", 8)
+        mv2.arch = "mobilenetv2"
+    with pytest.raises(PairError, match=r"'ofd' cannot run on pair mobilenetv2->resnet8: teacher stage"):
+        get_method("ofd").check_pair(mv2, s, method_hparams("ofd", "mobilenetv2", "resnet8"))
+    from kdbench.methods.preact import PreactTap
+
+    for arch in ("wrn_16_1", "mobilenetv2", "resnet8"):  # the meta probe decides as the real one
+        with torch.device("meta"):
+            meta = create_model(arch, 8)
+        assert PreactTap(meta, 16).tapped == PreactTap(create_model(arch, 8), 16).tapped, arch
     with pytest.raises(KDBenchError, match="teacher_bn"):
         get_method("ofd").check_pair(t, s, {**method_hparams("ofd", "resnet14", "resnet8"), "teacher_bn": "x"})
     assert issubclass(PairError, KDBenchError)

@@ -53,8 +53,9 @@ class OFD(Distiller):
             raise KDBenchError(f"ofd: teacher_bn must be one of {list(TEACHER_BN)}, got {hparams.get('teacher_bn')!r}")
         n = min(teacher.num_stages, student.num_stages)
         size = 32
-        tapped = [r is not None for r in PreactTap(teacher, size).relus]
-        bns = margin_bns(teacher, size, tapped)[-n:]
+        tap = PreactTap(teacher, size)
+        tap.remove()
+        bns = margin_bns(teacher, size, tap.tapped)[-n:]
         missing = [teacher.num_stages - n + i for i, bn in enumerate(bns) if bn is None]
         if missing:
             raise PairError("ofd", teacher.arch, student.arch,

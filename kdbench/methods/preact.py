@@ -5,7 +5,7 @@ kdbench's StagedNets return post-activation stage outputs; :class:`PreactTap` re
 pre-activations without touching the model code: a forward pre-hook on the *last*
 ``nn.ReLU`` module of each stage (in module order: the last block's final ReLU) stores a
 copy of its input while the tap is active. A stage counts as ending in that ReLU only if a
-probe forward shows that the stage output equals ReLU(captured input) exactly; otherwise
+probe forward shows that the tensor the ReLU returns is the stage output itself; otherwise
 (pre-activation WRN blocks, MobileNetV2's linear bottlenecks, stages ending in pooling or
 another activation) the stage output itself is its pre-activation, as in mdistiller where
 such stages' ``preact_feats`` equal their ``feats``.
@@ -57,21 +57,26 @@ class PreactTap:
 
     @torch.no_grad()
     def _probe(self, model: nn.Module, size: int, in_chans: int) -> List[bool]:
+        # a stage ends in its last ReLU when the tensor that ReLU returns *is* the stage
+        # output (identity, not values: works on the meta device too)
+        returned: dict = {}
+
+        def note(k):
+            def post(module, inputs, output):
+                returned[k] = output
+            return post
+
+        handles = [r.register_forward_hook(note(k)) for k, r in enumerate(self.relus) if r is not None]
         dev = next(model.parameters()).device
-        if dev.type == "meta":
-            return [r is not None for r in self.relus]
-        g = torch.Generator(device="cpu").manual_seed(0)  # leaves the global RNG alone
-        x = torch.randn(2, in_chans, size, size, generator=g).to(dev)
         was = model.training
         model.eval()
         try:
-            with self:
-                f = model.forward_features(x)
-                got = dict(self._store)
+            f = model.forward_features(torch.zeros(1, in_chans, size, size, device=dev))
         finally:
             model.train(was)
-        return [k in got and got[k].shape == f.stages[k].shape and torch.equal(torch.relu(got[k]), f.stages[k])
-                for k in range(len(self.relus))]
+            for h in handles:
+                h.remove()
+        return [returned.get(k) is f.stages[k] for k in range(len(self.relus))]
 
     def __enter__(self):
         self._store = {}
