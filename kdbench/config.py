@@ -190,6 +190,9 @@ def load_profile(path: os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- methods
+#: top-level keys of params/methods/<m>.yaml (``types`` and ``search``: contract 1)
+METHOD_FILE_KEYS = ("defaults", "types", "search", "pairs")
+
 def method_hparams(method: str, teacher: Optional[str], student: str,
                    overrides: Optional[dict] = None, params_dir: Optional[Path] = None) -> dict:
     """A method's hyperparameters: params/methods/<method>.yaml ``defaults``, then its
@@ -202,8 +205,8 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
     if path.is_file():
         spec = load_yaml(path)
         for key in spec:
-            if key not in ("defaults", "pairs"):
-                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs"])
+            if key not in METHOD_FILE_KEYS:
+                raise UnknownChoiceError(f"key in {path}", key, METHOD_FILE_KEYS)
         hp = dict(spec.get("defaults") or {})
         hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
     elif cls.default_hparams is not None:

@@ -5,12 +5,14 @@ input dtype: float64 inputs give float64 results, nothing is cast down.  The nam
 signatures of the functions listed in ``specs/methods.md`` ("Public functions") are
 public API; the extra helpers below (``u_centered_distances``, ``u_inner``,
 ``cam_from_gradients``, ``explanation_cosine``, ``energy_pointing_game``,
-``agreement``) are public too.
+``agreement``; for the peer methods ``logit_zscore``, ``mlkd_terms``, ``crd_nce_loss``,
+``ofd_margin``, ``ofd_loss``) are public too.
 
 Definitions follow ``specs/methods.md`` (losses) and ``specs/evaluation.md`` (metrics).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -19,6 +21,7 @@ from torch import Tensor
 
 __all__ = [
     "kd_loss",
+    "logit_zscore",
     "dkd_loss",
     "at_loss",
     "cid_sample_loss",
@@ -35,6 +38,15 @@ __all__ = [
     "v_distance_correlation",
     "batched_distance_correlation",
     "batched_relevance_score",
+
+    # peer methods (methods_b): logit relations, ReviewKD, MLKD
+    "dist_loss",
+    "hcl_loss",
+    "mlkd_terms",
+    "mlkd_loss",
+    "crd_nce_loss",
+    "ofd_margin",
+    "ofd_loss",
 ]
 
 
@@ -53,14 +65,31 @@ def _as_index(classes, n: int, device) -> Tensor:
 
 
 # --------------------------------------------------------------------------- logit KD
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def logit_zscore(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardization (Sun et al. 2024): (z − mean(z)) / (eps + std(z)) per row,
+    with the unbiased (n − 1) standard deviation and ``eps`` added to the std, as the
+    reference's ``normalize``."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (eps + std)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+            logit_stand: bool = False) -> Tensor:
     """Hinton KD: T² · KL(p_t ‖ p_s), p = softmax(z / T), summed over classes and averaged
-    over the batch (= T² · ``kl_div(reduction="batchmean")``). Computed in log space."""
+    over the batch (= T² · ``kl_div(reduction="batchmean")``). Computed in log space.
+
+    ``logit_stand=True`` first z-scores each logit vector of both sides
+    (:func:`logit_zscore`), as the logit-standardization reference (Sun et al. 2024,
+    sunshangquan/logit-standardization-KD ``mdistiller/distillers/KD.py``) does; ``T``
+    is then its "base temperature"."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} "
             f"vs {tuple(teacher_logits.shape)}"
         )
+    if logit_stand:
+        student_logits, teacher_logits = logit_zscore(student_logits), logit_zscore(teacher_logits)
     t = temperature
     log_ps = F.log_softmax(student_logits / t, dim=1)
     log_pt = F.log_softmax(teacher_logits / t, dim=1)
@@ -75,6 +104,7 @@ def dkd_loss(
     alpha: float,
     beta: float,
     temperature: float,
+    logit_stand: bool = False,
 ) -> Tensor:
     """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD, no warm-up factor.
 
@@ -85,7 +115,9 @@ def dkd_loss(
     Everything is computed in log space (log(1 − p_y) as a logsumexp over the non-target
     logits, the non-target softmax on the K − 1 remaining logits with the target column
     removed), so there is no NaN/inf for large logits in float32 or float64 even when
-    p_y rounds to 1. Needs at least 2 classes.
+    p_y rounds to 1. Needs at least 2 classes. ``logit_stand=True`` z-scores both logit
+    vectors first (:func:`logit_zscore`), as the logit-standardization reference's
+    ``mdistiller/distillers/DKD.py``.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -95,6 +127,8 @@ def dkd_loss(
     b, k = student_logits.shape
     if k < 2:
         raise ValueError(f"dkd_loss needs at least 2 classes, got {k}")
+    if logit_stand:
+        student_logits, teacher_logits = logit_zscore(student_logits), logit_zscore(teacher_logits)
     t = temperature
     y = _as_index(target, b, student_logits.device)
     gt = F.one_hot(y, k).bool()
@@ -450,3 +484,170 @@ def batched_relevance_score(x: Tensor, y: Tensor, labels: Tensor, num_classes: O
     vals = [relevance_score(x[s:e], y[s:e], labels[s:e], num_classes=num_classes)
             for s, e in _batches(x.shape[0], batch_size)]
     return torch.stack(vals).mean()
+
+
+# --------------------------------------------------------------------------- peer methods (b)
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    # DIST's pearson_correlation: cosine of the row-centred vectors, eps added to the
+    # product of the norms (hunto/image_classification_sota lib/models/losses/dist_kd.py)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
+              gamma: float = 1.0, tau: float = 1.0) -> Tensor:
+    """DIST (Huang et al. 2022): τ²·(β·inter + γ·intra) on y = softmax(z / τ).
+
+    inter = 1 − mean over samples of the Pearson correlation of y_s,i and y_t,i (over the
+    classes); intra = the same over classes (columns, correlation over the batch).
+    Pearson = ⟨a − ā, b − b̄⟩ / (‖a − ā‖·‖b − b̄‖ + 1e-8), as the reference."""
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+        raise ValueError(f"dist_loss expects two B×K logit tensors of one shape, got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    y_s = F.softmax(student_logits / tau, dim=1)
+    y_t = F.softmax(teacher_logits / tau, dim=1)
+    inter = 1 - _pearson_rows(y_s, y_t).mean()
+    intra = 1 - _pearson_rows(y_s.T, y_t.T).mean()
+    return tau ** 2 * (beta * inter + gamma * intra)
+
+
+def hcl_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor],
+             levels: Sequence[int] = (4, 2, 1)) -> Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al. 2021; mdistiller ``ReviewKD.py``),
+    summed over the list of (student, teacher) map pairs of equal shapes.
+
+    Per pair: (MSE(F_s, F_t) + Σ_l w_l·MSE(P_l F_s, P_l F_t)) / (1 + Σ_l w_l), P_l adaptive
+    average pooling to l×l, over the levels l < H only (H the map's height), the weights
+    halving from 1/2 at each level used; MSEs are means over all entries."""
+    if len(student_feats) != len(teacher_feats) or not len(student_feats):
+        raise ValueError(f"hcl_loss needs two equally long non-empty lists, got "
+                         f"{len(student_feats)} and {len(teacher_feats)}")
+    total = None
+    for fs, ft in zip(student_feats, teacher_feats):
+        if fs.shape != ft.shape or fs.dim() != 4:
+            raise ValueError(f"hcl_loss: maps must be B×C×H×W of one shape, got "
+                             f"{tuple(fs.shape)} and {tuple(ft.shape)}")
+        h = fs.shape[2]
+        loss = F.mse_loss(fs, ft, reduction="mean")
+        weight, norm = 1.0, 1.0
+        for lv in levels:
+            if lv >= h:
+                continue
+            weight /= 2.0
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, (lv, lv)),
+                                              F.adaptive_avg_pool2d(ft, (lv, lv)), reduction="mean")
+            norm += weight
+        loss = loss / norm
+        total = loss if total is None else total + loss
+    return total
+
+
+def _class_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:
+    # MLKD cc_loss: ‖P_tᵀP_t − P_sᵀP_s‖²_F / K
+    return (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / p_s.shape[1]
+
+
+def _batch_gram_gap(p_s: Tensor, p_t: Tensor) -> Tensor:
+    # MLKD bc_loss: ‖P_tP_tᵀ − P_sP_sᵀ‖²_F / B
+    return (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / p_s.shape[0]
+
+
+def mlkd_terms(student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor,
+               teacher_strong: Tensor, temperature: float = 4.0,
+               logit_stand: bool = False) -> dict:
+    """The terms of MLKD's distillation loss (Jin et al. 2023; Jin-Ying/Multi-Level-Logit-
+    Distillation ``mdistiller/distillers/KD_ours.py``) at KD weight 1, without CE:
+    ``{"kd": ..., "cc": ..., "bc": ...}``; :func:`mlkd_loss` is their sum.
+
+    Temperatures S = (T, 3, 5, 2, 6). From the teacher's weak-view softmax (at 1): the
+    sample mask m_i = [max_k p_ik ≤ median_i] and the class mask c_k = [Σ_i p_ik ≤
+    median_k] (medians with linear interpolation, ``np.percentile(·, 50)``). As the
+    reference, the masks multiply already batch-reduced scalars, so each enters as its
+    mean (the fraction of ones):
+
+    - kd = mean(m)·Σ_{t∈S} KD_t(weak) + Σ_{t∈(T,3,5)} KD_t(strong) + Σ_{t∈(2,6)} KD_t(weak)
+      (KD_t = :func:`kd_loss` at t, with ``logit_stand`` as given);
+    - cc = mean(c)·Σ_{t∈S} ‖Q_tᵀQ_t − P_tᵀP_t‖²/K on the weak view (P, Q = softmax(z/t)
+      of student and teacher; no z-scoring, as the reference);
+    - bc = mean(m)·Σ_{t∈S} ‖Q_tQ_tᵀ − P_tP_tᵀ‖²/B on the weak view.
+
+    The reference also computes strong-view cc and bc terms but leaves them out of its
+    total; so does this. Masks use the (detached) teacher logits only."""
+    for name, z in (("teacher_weak", teacher_weak), ("student_strong", student_strong),
+                    ("teacher_strong", teacher_strong)):
+        if z.shape != student_weak.shape:
+            raise ValueError(f"mlkd: {name} has shape {tuple(z.shape)}, student_weak {tuple(student_weak.shape)}")
+    temps = (float(temperature), 3.0, 5.0, 2.0, 6.0)
+    with torch.no_grad():
+        p_tw = F.softmax(teacher_weak.detach(), dim=1)
+        confidence = p_tw.max(dim=1).values
+        sample_mask = (confidence <= torch.quantile(confidence, 0.5)).to(student_weak.dtype).mean()
+        class_conf = p_tw.sum(dim=0)
+        class_mask = (class_conf <= torch.quantile(class_conf, 0.5)).to(student_weak.dtype).mean()
+
+    def kd(zs, zt, t):
+        return kd_loss(zs, zt, t, logit_stand=logit_stand)
+
+    kd_weak = sample_mask * sum(kd(student_weak, teacher_weak, t) for t in temps)
+    kd_strong = (sum(kd(student_strong, teacher_strong, t) for t in temps[:3])
+                 + sum(kd(student_weak, teacher_weak, t) for t in temps[3:]))
+    cc = bc = 0
+    for t in temps:
+        p_s = F.softmax(student_weak / t, dim=1)
+        p_t = F.softmax(teacher_weak / t, dim=1)
+        cc = cc + _class_gram_gap(p_s, p_t)
+        bc = bc + _batch_gram_gap(p_s, p_t)
+    return {"kd": kd_weak + kd_strong, "cc": class_mask * cc, "bc": sample_mask * bc}
+
+
+def mlkd_loss(student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor,
+              teacher_strong: Tensor, temperature: float = 4.0) -> Tensor:
+    """MLKD's distillation total at KD weight 1, without CE: the sum of
+    :func:`mlkd_terms` (instance ``kd`` + class ``cc`` + batch ``bc``)."""
+    terms = mlkd_terms(student_weak, teacher_weak, student_strong, teacher_strong, temperature)
+    return terms["kd"] + terms["cc"] + terms["bc"]
+
+
+def crd_nce_loss(scores: Tensor, n_data: int, eps: float = 1e-7) -> Tensor:
+    """CRD's NCE loss (``ContrastLoss``, HobbitLong/RepDistiller ``crd/criterion.py``) on
+    normalised scores P (B×(1+K), column 0 the positive): with m = K and Pn = 1/n_data,
+    −(Σ_i log(P_i0 / (P_i0 + m·Pn + eps)) + Σ_ij log(m·Pn / (P_ij + m·Pn + eps))) / B."""
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"crd_nce_loss expects B×(1+K) scores with K >= 1, got {tuple(scores.shape)}")
+    b, m = scores.shape[0], scores.shape[1] - 1
+    noise = m / float(n_data)
+    pos = scores[:, 0]
+    neg = scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + eps))
+    log_d0 = torch.log(noise / (neg + noise + eps))
+    return -(log_d1.sum() + log_d0.sum()) / b
+
+
+def ofd_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
+    """OFD's per-channel margin from a BatchNorm's affine parameters (Heo et al. 2019,
+    mdistiller ``OFD.py``): with s = |γ|, m = β, the mean of N(m, s²) below 0,
+    m − s·φ(m/s)/Φ(−m/s), where Φ(−m/s) > 0.001, else −3s. Computed in float64."""
+    s = bn_weight.detach().double().abs()
+    m = bn_bias.detach().double()
+    ratio = m / s
+    cdf = torch.special.ndtr(-ratio)
+    pdf = torch.exp(-ratio.pow(2) / 2) / math.sqrt(2 * math.pi)
+    safe = torch.where(cdf > 0.001, cdf, torch.ones_like(cdf))
+    return torch.where(cdf > 0.001, m - s * pdf / safe, -3 * s)
+
+
+def ofd_loss(student_feat: Tensor, teacher_feat: Tensor, margin: Tensor) -> Tensor:
+    """OFD's partial L2 distance for one stage (mdistiller ``OFD.py`` ``feat_loss``):
+    (s − m)²·[s > m, t ≤ m] + (s − t)²·[s > t, m < t ≤ 0] + (s − t)²·[t > 0] per entry,
+    ``margin`` one value per channel (broadcast over B, H, W); mean over the batch, sum
+    over C×H×W. ``teacher_feat`` is treated as a constant (detach it)."""
+    if student_feat.shape != teacher_feat.shape or student_feat.dim() != 4:
+        raise ValueError(f"ofd_loss expects two B×C×H×W maps of one shape, got "
+                         f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}")
+    s, t = student_feat, teacher_feat
+    m = margin.to(s).reshape(1, -1, 1, 1)
+    loss = ((s - m).pow(2) * ((s > m) & (t <= m)).to(s.dtype)
+            + (s - t).pow(2) * ((s > t) & (t > m) & (t <= 0)).to(s.dtype)
+            + (s - t).pow(2) * (t > 0).to(s.dtype))
+    return loss.abs().mean(dim=0).sum()
