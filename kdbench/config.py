@@ -202,8 +202,8 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
     if path.is_file():
         spec = load_yaml(path)
         for key in spec:
-            if key not in ("defaults", "pairs"):
-                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs"])
+            if key not in ("defaults", "pairs", "types", "search"):  # contract 1 (types/search: tuning)
+                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs", "types", "search"])
         hp = dict(spec.get("defaults") or {})
         hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
     elif cls.default_hparams is not None:
