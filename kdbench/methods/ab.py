@@ -46,14 +46,14 @@ def stage_preacts(net, x) -> List[torch.Tensor]:
     output of an ``nn.ReLU`` module of the stage's last block, that ReLU's input (cloned
     before an in-place ReLU overwrites it; in the graph); else the stage output itself.
     Also returns, per stage, whether a ReLU's input was found."""
-    found: dict = {}
+    last: list = []  # [(output, input)] of the latest ReLU call, the tensors held (no id reuse)
     handles = []
 
     def pre(module, inputs):
         module._kdbench_preact = inputs[0].clone() if getattr(module, "inplace", False) else inputs[0]
 
     def post(module, inputs, output):
-        found[id(output)] = module._kdbench_preact
+        last[:] = [(output, module._kdbench_preact)]
         del module._kdbench_preact
 
     outs, from_relu = [], []
@@ -64,15 +64,15 @@ def stage_preacts(net, x) -> List[torch.Tensor]:
                     handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
         h = net.stem(x)
         for stage in net.stages:
-            found.clear()
+            last.clear()
             h = stage(h)
-            pre_h = found.get(id(h))
+            pre_h = last[0][1] if last and last[0][0] is h else None
             from_relu.append(pre_h is not None)
             outs.append(h if pre_h is None else pre_h)
     finally:
         for hd in handles:
             hd.remove()
-        found.clear()
+        last.clear()
     return outs, from_relu
 
 

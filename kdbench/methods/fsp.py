@@ -32,6 +32,18 @@ def stem_and_stages(net, x):
     return outs
 
 
+@torch.no_grad()
+def map_channels(net, input_size: int = 32):
+    """Channel counts of [stem output, stage outputs] (one eval-mode forward)."""
+    was = net.training
+    net.eval()
+    try:
+        x = torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device)
+        return [f.shape[1] for f in stem_and_stages(net, x)]
+    finally:
+        net.train(was)
+
+
 @register_method("fsp")
 class FSP(InitStage, Distiller):
     hparam_names = ("ce_weight",) + INIT_HPARAMS
@@ -43,11 +55,7 @@ class FSP(InitStage, Distiller):
 
     @classmethod
     def check_pair(cls, teacher, student, hparams):
-        with torch.no_grad():
-            x = torch.zeros(1, 3, 32, 32, device=next(student.parameters()).device)
-            cs = [f.shape[1] for f in stem_and_stages(student, x)]
-            x = x.to(next(teacher.parameters()).device)
-            ct = [f.shape[1] for f in stem_and_stages(teacher, x)]
+        cs, ct = map_channels(student), map_channels(teacher)
         pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in stage_pairs(len(cs) - 1, len(ct) - 1)]
         for i, j in pairs:
             if cs[i] != ct[j]:
