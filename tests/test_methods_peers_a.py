@@ -510,7 +510,7 @@ def test_stage_preacts_are_pre_relu():
 
 # ----------------------------------------------------------------------------- training
 PAIRS = {"cifar": ("resnet14", "resnet8", "ds16", 0.05),
-         "timm": ("timm:resnet18", "resnet8", "ds32", 0.01),
+         "timm": ("timm:resnet18", "resnet8", "ds16", 0.01),
          # equal channels at every stage (kdsvd, fsp)
          "timm_same": ("timm:resnet18", "timm:resnet10t", "ds32", 0.01)}
 TIMM_PAIR = {m: "timm_same" if m in ("kdsvd", "fsp") else "timm" for m in PEER_METHODS}
@@ -529,7 +529,7 @@ def test_distills_finite_decreasing_teacher_frozen(method, pair, request):
     if method in TWO_STAGE:
         assert bool(d.init_done) and float(d.init_stage_s) > 0
     totals = []
-    for _ in range(8):
+    for _ in range(10):
         terms = d.loss(batch)
         total = sum(terms.values())
         assert all(bool(torch.isfinite(v)) for v in terms.values()), terms
@@ -537,7 +537,7 @@ def test_distills_finite_decreasing_teacher_frozen(method, pair, request):
         total.backward()
         opt.step()
         totals.append(float(total.detach()))
-    assert np.mean(totals[-2:]) < 0.9 * np.mean(totals[:2]), totals
+    assert np.mean(totals[-3:]) < 0.9 * np.mean(totals[:3]), totals
     assert all(p.grad is None for p in d.teacher.parameters())
     assert not d.teacher.training
     if method == "ft":
@@ -549,28 +549,35 @@ def test_init_stage_lowers_its_loss_runs_once_and_is_deterministic(method, ds16)
     d = build(method, ds16, epochs=24)  # 30·24/240 = 3 initialisation epochs
     assert d.num_init_epochs == 3
     batch = first_batch(ds16, d)
-    d.eval()
-    with torch.no_grad():
-        before = float(d.init_loss(batch))
+
+    def stage_loss():  # in the stage's modes: the trained modules in train mode, the rest eval
+        d.eval()
+        for m in d.init_modules():
+            m.train()
+        with torch.no_grad():
+            return float(d.init_loss(batch))
+
+    before = stage_loss()
+    d.load_trainable_state(build(method, ds16, epochs=24, prepare=False).trainable_state())  # undo BN stats
     frozen = {k: v.clone() for k, v in d.student.head.state_dict().items()}
     d.train()
     d.on_epoch_start(0)
-    d.eval()
-    with torch.no_grad():
-        after = float(d.init_loss(batch))
-    assert after < before
+    state = {k: v.clone() for k, v in d.trainable_state().items()}
+    after = stage_loss()
+    d.load_trainable_state(state)
+    assert after < before, (before, after)
     if method != "ft":  # the head is not part of the feature modules
         assert all(torch.equal(v, d.student.head.state_dict()[k]) for k, v in frozen.items())
     else:  # only the paraphraser trains: the student is untouched
         fresh = build(method, ds16, epochs=24, prepare=False)
         assert all(torch.equal(v, fresh.student.state_dict()[k]) for k, v in d.student.state_dict().items())
-    state = {k: v.clone() for k, v in d.trainable_state().items()}
     d.on_epoch_start(1)  # no second stage
     assert all(torch.equal(v, d.trainable_state()[k]) for k, v in state.items())
     again = build(method, ds16, epochs=24)
     again.train()
     again.on_epoch_start(0)
-    assert all(torch.equal(v, again.trainable_state()[k]) for k, v in state.items() if k != "init_stage_s")
+    restate = again.trainable_state()
+    assert all(torch.equal(v, restate[k]) for k, v in state.items() if k != "init_stage_s")
 
 
 def test_init_stage_needs_prepare(ds16):

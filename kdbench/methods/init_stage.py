@@ -89,6 +89,7 @@ class InitStage:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+            opt.zero_grad()  # no stale gradients of the stage left on its modules
             self.init_done.fill_(True)
         finally:
             self.train(was)
