@@ -631,3 +631,44 @@ def test_trainable_state_round_trip(method, ds16):
         assert torch.allclose(l1[k], l2[k], rtol=1e-6, atol=1e-7), k
     with torch.no_grad():
         assert torch.allclose(d1.predict(batch["image"]), d2.predict(batch["image"]), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- engine
+def test_engine_two_stage_resume_matches_and_stage_runs_once(tmp_path, monkeypatch):
+    """ft through the trainer: the initialisation stage runs once, inside epoch 1 (so in
+    train_s), and a run interrupted after epoch 1 resumes, without re-running the stage,
+    to the uninterrupted run's numbers and weights (paraphraser and translator included)."""
+    from pathlib import Path
+
+    from kdbench.config import student_config, teacher_config, validate_profile
+    from kdbench.engine import trainer
+    from kdbench.methods.ft import FT
+    from tests.tiny import tiny_profile
+
+    prof = validate_profile(tiny_profile(tmp_path, datasets={"shapes": {"n_train": 64, "n_val": 16, "n_test": 16,
+                                                                        "n_test_ood": 16}},
+                                         teacher_train={"epochs": 1}))
+    results = Path(prof["results_dir"])
+    tdir = results / "teachers/shapes/resnet14/s0"
+    trainer.run(teacher_config(prof, "shapes", "resnet14", 0), tdir, results_dir=results)
+    calls = []
+    real = FT.run_init_stage
+
+    def counted(self):
+        calls.append(self.epoch)
+        return real(self)
+
+    monkeypatch.setattr(FT, "run_init_stage", counted)
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "ft", 0)
+    full = trainer.run(cfg, tmp_path / "full", results_dir=results, teacher_path=tdir / "model.pt")
+    assert calls == [0]
+    part = trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tdir / "model.pt", max_epochs=1)
+    assert part == {"interrupted_after_epoch": 1} and calls == [0, 0]
+    resumed = trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tdir / "model.pt")
+    assert calls == [0, 0]  # restored from the checkpoint, not re-run
+    for key in ("top1", "top1_sel", "val_top1"):
+        assert resumed[key] == full[key]
+    a = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "part/model.pt", weights_only=True)["state_dict"]
+    assert any(k.startswith("paraphraser.") for k in a) and any(k.startswith("translator.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "init_stage_s")
