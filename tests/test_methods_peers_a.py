@@ -580,10 +580,17 @@ def test_init_stage_lowers_its_loss_runs_once_and_is_deterministic(method, ds16)
     assert all(torch.equal(v, restate[k]) for k, v in state.items() if k != "init_stage_s")
 
 
-def test_init_stage_needs_prepare(ds16):
+def test_init_stage_needs_prepare_and_zero_epochs_turn_it_off(ds16):
     d = build("fsp", ds16, epochs=2, prepare=False)
+    assert d.num_init_epochs == 1  # 30·2/240 rounds to 0: at least one epoch
     with pytest.raises(KDBenchError, match="prepare"):
         d.on_epoch_start(0)
+    off = build("ab", ds16, epochs=2, init_epochs=0)
+    before = {k: v.clone() for k, v in off.student.state_dict().items()}
+    off.train()
+    off.on_epoch_start(0)
+    assert off.num_init_epochs == 0 and bool(off.init_done)
+    assert all(torch.equal(v, off.student.state_dict()[k]) for k, v in before.items())
 
 
 EXTRA_STATE = {"vid": ["regressors.0.0.weight", "log_scales.0"], "cc": ["embed_student.weight", "embed_teacher.bias"],

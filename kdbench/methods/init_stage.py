@@ -6,7 +6,7 @@ pre-trains its paraphraser, before the classification training starts.
 itself runs at the start of the first training epoch (``on_epoch_start``), so its cost is
 part of that epoch's time and therefore of the row's ``train_s``. It runs
 ``init_epochs`` epochs (given for the 240-epoch recipe, scaled to the run's length, whole
-epochs, at least 1; the reference: 30) of SGD (``init_lr``, ``init_momentum``,
+epochs, at least 1; 0 turns the stage off; the reference: 30) of SGD (``init_lr``, ``init_momentum``,
 ``init_weight_decay``; its own optimizer, as the reference) over the augmented training
 loader, on a batch stream of its own (loader epochs ``INIT_EPOCH_BASE + e``). Modes as the
 reference: everything in eval mode except the modules the stage trains. The
@@ -43,6 +43,9 @@ class InitStage:
 
     @property
     def num_init_epochs(self) -> int:
+        """``init_epochs`` scaled to the run (whole epochs, at least 1); 0 turns the stage off."""
+        if float(self.hparams["init_epochs"]) <= 0:
+            return 0
         return max(1, int(math.floor(self.scaled_epochs(self.hparams["init_epochs"]) + 0.5)))
 
     def init_modules(self) -> List[nn.Module]:
