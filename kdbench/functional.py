@@ -24,6 +24,16 @@ __all__ = [
     "logit_zscore",
     "dkd_loss",
     "at_loss",
+    "rkd_loss",
+    "pkt_loss",
+    "sp_loss",
+    "nst_loss",
+    "kdsvd_loss",
+    "vid_loss",
+    "cc_loss",
+    "fsp_loss",
+    "ft_loss",
+    "ab_loss",
     "cid_sample_loss",
     "cid_class_loss",
     "gradcam",
@@ -180,6 +190,279 @@ def at_loss(student_feat: Tensor, teacher_feat: Tensor, p: float = 2) -> Tensor:
         if (ht, wt) != size:
             teacher_feat = F.adaptive_avg_pool2d(teacher_feat, size)
     return (_attention(student_feat, p) - _attention(teacher_feat, p)).pow(2).mean()
+
+
+# --------------------------------------------------------------------------- peer methods (mdistiller / RepDistiller)
+# Each function reproduces its reference's reductions and epsilons (module names below are
+# the reference files). Weights the references apply outside their loss functions
+# (FEAT_WEIGHT, RepDistiller's -b) stay outside: in the method and its params.
+def _pool_to_smaller(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the spatially larger of two B×C×H×W maps to the other's size
+    (the references' "pool for dimension match")."""
+    ha, wa = a.shape[-2:]
+    hb, wb = b.shape[-2:]
+    if (ha, wa) == (hb, wb):
+        return a, b
+    size = (min(ha, hb), min(wa, wb))
+    if (ha, wa) != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if (hb, wb) != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def _check_batch(a: Tensor, b: Tensor, what: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{what}: student and teacher batch sizes differ ({a.shape[0]} vs {b.shape[0]})")
+
+
+def _pdist(e: Tensor, squared: bool, eps: float) -> Tensor:
+    """RKD's pairwise distances: (‖e_i‖² + ‖e_j‖² − 2 e_i·e_j) clamped at ``eps``, square
+    root unless ``squared``, diagonal set to 0."""
+    sq = e.pow(2).sum(dim=1)
+    d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * (e @ e.t())).clamp(min=eps)
+    if not squared:
+        d = d.sqrt()
+    eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    return d.masked_fill(eye, 0.0)
+
+
+def _rkd_angles(e: Tensor) -> Tensor:
+    """cos of the angle at e_i between e_j and e_k for all (i, j, k), flattened."""
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # [i, j] = e_j - e_i
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+def rkd_loss(student_emb: Tensor, teacher_emb: Tensor, distance_weight: float = 25.0,
+             angle_weight: float = 50.0, squared: bool = False, eps: float = 1e-12) -> Tensor:
+    """Relational KD (Park et al. 2019), mdistiller ``distillers/RKD.py`` ``rkd_loss``.
+
+    Inputs flattened to B×D. Distance term: smooth-L1 (β = 1, mean) between the pairwise
+    distance matrices, each divided by the mean of its positive entries; angle term:
+    smooth-L1 between the B³ cosines of the angles e_j − e_i, e_k − e_i (each difference
+    L2-normalised with F.normalize's eps). The teacher side is detached. Returns
+    distance_weight·L_d + angle_weight·L_a (the weights inside, as the reference)."""
+    _check_batch(student_emb, teacher_emb, "rkd_loss")
+    s = student_emb.reshape(student_emb.shape[0], -1)
+    t = teacher_emb.detach().reshape(teacher_emb.shape[0], -1)
+    t_d = _pdist(t, squared, eps)
+    t_d = t_d / t_d[t_d > 0].mean()
+    s_d = _pdist(s, squared, eps)
+    s_d = s_d / s_d[s_d > 0].mean()
+    loss_d = F.smooth_l1_loss(s_d, t_d)
+    loss_a = F.smooth_l1_loss(_rkd_angles(s), _rkd_angles(t))
+    return distance_weight * loss_d + angle_weight * loss_a
+
+
+def _pkt_normalise(f: Tensor, eps: float) -> Tensor:
+    f = f / (torch.sqrt(f.pow(2).sum(dim=1, keepdim=True)) + eps)
+    return torch.where(torch.isnan(f), torch.zeros_like(f), f)
+
+
+def pkt_loss(student_emb: Tensor, teacher_emb: Tensor, eps: float = 1e-7) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018), mdistiller ``PKT.py``
+    (= RepDistiller ``PKT.cosine_similarity_loss``).
+
+    Rows divided by (‖f‖ + eps) (NaN -> 0); cosine matrices mapped to (c + 1) / 2 and
+    row-normalised into conditional probabilities P_s, P_t; loss = the mean over all B²
+    entries of P_t · log((P_t + eps) / (P_s + eps)). Not detached inside (the teacher
+    embedding arrives without a graph)."""
+    _check_batch(student_emb, teacher_emb, "pkt_loss")
+    s = _pkt_normalise(student_emb.reshape(student_emb.shape[0], -1), eps)
+    t = _pkt_normalise(teacher_emb.reshape(teacher_emb.shape[0], -1), eps)
+    ps = (s @ s.t() + 1.0) / 2.0
+    pt = (t @ t.t() + 1.0) / 2.0
+    ps = ps / ps.sum(dim=1, keepdim=True)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return torch.mean(pt * torch.log((pt + eps) / (ps + eps)))
+
+
+def sp_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Similarity-preserving KD (Tung & Mori 2019) for one stage pair, mdistiller
+    ``SP.py`` ``similarity_loss``: G = F Fᵀ of the flattened B×(C·H·W) maps, each row
+    L2-normalised (F.normalize), loss = ‖G_t − G_s‖²_F / B² (a 0-d tensor)."""
+    _check_batch(student_feat, teacher_feat, "sp_loss")
+    b = student_feat.shape[0]
+    s = student_feat.reshape(b, -1)
+    t = teacher_feat.reshape(b, -1)
+    g_s = F.normalize(s @ s.t())
+    g_t = F.normalize(t @ t.t())
+    return (g_t - g_s).pow(2).sum() / (b * b)
+
+
+def _poly_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
+    """mean over (sample, i, j) of (a_i · b_j)², a: B×C_a×N, b: B×C_b×N."""
+    return torch.bmm(b, a.transpose(1, 2)).pow(2).mean()
+
+
+def nst_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang 2017), polynomial kernel (d = 2, c = 0),
+    one stage pair, mdistiller ``NST.py`` ``single_stage_nst_loss``.
+
+    The spatially larger map is average-pooled to the smaller; every channel's map is
+    flattened and L2-normalised; loss = mean k(t, t) (detached) + mean k(s, s) − 2 mean
+    k(s, t) with k(a, b)_{ij} = (a_i · b_j)², each mean over B·C·C' entries (the squared
+    MMD). Channel counts may differ."""
+    if student_feat.dim() != 4 or teacher_feat.dim() != 4:
+        raise ValueError("nst_loss expects B×C×H×W feature maps")
+    _check_batch(student_feat, teacher_feat, "nst_loss")
+    s, t = _pool_to_smaller(student_feat, teacher_feat)
+    s = F.normalize(s.reshape(s.shape[0], s.shape[1], -1), dim=2)
+    t = F.normalize(t.reshape(t.shape[0], t.shape[1], -1), dim=2)
+    return _poly_kernel_mean(t, t).detach() + _poly_kernel_mean(s, s) - 2 * _poly_kernel_mean(s, t)
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _kdsvd_vectors(feat: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+    """The first ``n`` right singular vectors (B×C×n, each L2-normalised) and singular
+    values (B×n, L2-normalised per sample) of the B×(H·W)×C matrix of a map."""
+    b, c = feat.shape[:2]
+    x = feat.reshape(b, c, -1).transpose(-2, -1)
+    _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+    v = _finite_or_zero(vh.transpose(-2, -1))
+    sv = _finite_or_zero(sv)
+    return F.normalize(v[:, :, :n], dim=1), F.normalize(sv[:, :n], dim=1)
+
+
+def kdsvd_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], k: int = 1) -> Tensor:
+    """Self-supervised KD with SVD (Lee et al. 2018), RepDistiller ``KDSVD.py`` (the
+    authors' layout: each map is the B×(H·W)×C matrix; see the note in
+    ``params/methods/kdsvd.yaml`` on mdistiller's reshape).
+
+    Per stage: the teacher's first k right singular vectors V_t (B×C×k) and the student's
+    first k + 3 V_s; each teacher vector picks the student vector of largest |cosine|,
+    sign-aligned; both are scaled by the teacher's normalised singular values. For every
+    consecutive stage pair (l−1, l): R(V) = exp(−(V^l_c − V^{l−1}_{c'})² / 8) over channel
+    pairs (c, c') and the k vectors; loss = Σ over pairs of Σ (R(V_s) − R(V_t))² (non-finite
+    entries dropped), divided by B. The teacher side is detached. Student and teacher
+    need the same channel count at every stage."""
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(f"kdsvd_loss: {len(student_feats)} student vs {len(teacher_feats)} teacher stages")
+    if len(student_feats) < 2:
+        raise ValueError("kdsvd_loss needs at least two stages (it relates consecutive ones)")
+    total = None
+    prev_s = prev_t = None
+    for f_s, f_t in zip(student_feats, teacher_feats):
+        if f_s.shape[1] != f_t.shape[1]:
+            raise ValueError(f"kdsvd_loss: student and teacher channels differ ({f_s.shape[1]} vs {f_t.shape[1]})")
+        v_t, s_t = _kdsvd_vectors(f_t.detach(), k)
+        v_s, _ = _kdsvd_vectors(f_s, k + 3)
+        cosine = v_s.transpose(-2, -1) @ v_t  # B×(k+3)×k
+        best = cosine.abs().amax(dim=1, keepdim=True)
+        select = torch.where(cosine.abs() == best, torch.sign(cosine), torch.zeros_like(cosine))
+        v_s = v_s @ select
+        scale = s_t.unsqueeze(1)
+        v_t, v_s = v_t * scale, v_s * scale
+        if prev_s is not None:
+            r_s = torch.exp(-(v_s.unsqueeze(2) - prev_s.unsqueeze(1)).pow(2) / 8)
+            r_t = torch.exp(-(v_t.unsqueeze(2) - prev_t.unsqueeze(1)).pow(2) / 8)
+            term = _finite_or_zero((r_s - r_t.detach()).pow(2)).sum()
+            total = term if total is None else total + term
+        prev_s, prev_t = v_s, v_t
+    return total / student_feats[0].shape[0]
+
+
+def vid_loss(pred_mean: Tensor, pred_log_scale: Tensor, teacher_feat: Tensor, eps: float = 1e-5) -> Tensor:
+    """Variational information distillation (Ahn et al. 2019), mdistiller ``VID.py``
+    ``vid_loss`` after the regressor: Gaussian negative log-likelihood (without the
+    constant) of the teacher map under mean ``pred_mean`` (B×C×H×W, the regressor's output)
+    and per-channel variance σ²_c = softplus(log_scale_c) + eps:
+    mean over B·C·H·W of ½((μ − t)² / σ² + log σ²). A spatially larger teacher map is
+    average-pooled to the prediction's size first (the reference pools before regressing)."""
+    if pred_log_scale.dim() != 1 or pred_log_scale.shape[0] != pred_mean.shape[1]:
+        raise ValueError(f"vid_loss: pred_log_scale needs one value per channel ({pred_mean.shape[1]}), "
+                         f"got shape {tuple(pred_log_scale.shape)}")
+    _check_batch(pred_mean, teacher_feat, "vid_loss")
+    if pred_mean.dim() == 4 and teacher_feat.shape[-2:] != pred_mean.shape[-2:]:
+        teacher_feat = F.adaptive_avg_pool2d(teacher_feat, pred_mean.shape[-2:])
+    var = (F.softplus(pred_log_scale) + eps).to(pred_mean.dtype)
+    var = var.reshape([1, -1] + [1] * (pred_mean.dim() - 2))
+    return torch.mean(0.5 * ((pred_mean - teacher_feat).pow(2) / var + torch.log(var)))
+
+
+def cc_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
+    """Correlation congruence as RepDistiller ``CC.py`` ``Correlation`` implements it
+    (the authors' code): δ = |e_s − e_t| (B×D); loss = mean over the B − 1 consecutive
+    sample pairs (i, i+1) of Σ_d δ_{i,d} δ_{i+1,d}."""
+    _check_batch(student_emb, teacher_emb, "cc_loss")
+    if student_emb.shape[0] < 2:
+        raise ValueError("cc_loss needs at least two samples (it correlates consecutive ones)")
+    delta = (student_emb - teacher_emb).abs().reshape(student_emb.shape[0], -1)
+    return torch.mean((delta[:-1] * delta[1:]).sum(dim=1))
+
+
+def _fsp_matrices(feats: Sequence[Tensor]):
+    """FSP matrices G_l = top · botᵀ / (H·W) (B×C_top×C_bot) of consecutive maps, the
+    larger of each pair pooled to the smaller."""
+    out = []
+    for bot, top in zip(feats[:-1], feats[1:]):
+        bot, top = _pool_to_smaller(bot, top)
+        b = bot.shape[0]
+        bot = bot.reshape(b, bot.shape[1], -1)
+        top = top.reshape(b, top.shape[1], -1)
+        out.append(torch.bmm(top, bot.transpose(1, 2)) / bot.shape[-1])
+    return out
+
+
+def fsp_loss(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
+    """Flow of solution procedure (Yim et al. 2017), RepDistiller ``FSP.py``: the FSP
+    matrix of every consecutive pair of maps (pooled to the smaller size), loss = Σ over
+    pairs of mean (G_s − G_t)². Student and teacher need equal channel counts."""
+    if len(student_feats) != len(teacher_feats) or len(student_feats) < 2:
+        raise ValueError(f"fsp_loss needs two equally long lists of >= 2 maps, got "
+                         f"{len(student_feats)} and {len(teacher_feats)}")
+    for f_s, f_t in zip(student_feats, teacher_feats):
+        if f_s.shape[1] != f_t.shape[1]:
+            raise ValueError(f"fsp_loss: student and teacher channels differ ({f_s.shape[1]} vs {f_t.shape[1]})")
+    terms = [(g_s - g_t).pow(2).mean() for g_s, g_t in
+             zip(_fsp_matrices(student_feats), _fsp_matrices(teacher_feats))]
+    return sum(terms[1:], terms[0])
+
+
+def _factor(f: Tensor, p1: float) -> Tensor:
+    return F.normalize(f.pow(p1).mean(dim=1).reshape(f.shape[0], -1))
+
+
+def ft_loss(student_factor: Tensor, teacher_factor: Tensor, p1: float = 2, p2: float = 1) -> Tensor:
+    """Factor transfer (Kim et al. 2018), RepDistiller ``FT.py`` ``FactorTransfer`` on given
+    factors (translator output, paraphraser code): the larger map pooled to the smaller;
+    φ(F) = L2-normalise per sample(mean over channels of F^p1, flattened); loss = mean of
+    |φ_s − φ_t| for p2 = 1, else mean of (φ_s − φ_t)^p2."""
+    if student_factor.dim() != 4 or teacher_factor.dim() != 4:
+        raise ValueError("ft_loss expects B×C×H×W factors")
+    _check_batch(student_factor, teacher_factor, "ft_loss")
+    s, t = _pool_to_smaller(student_factor, teacher_factor)
+    diff = _factor(s, p1) - _factor(t, p1)
+    return diff.abs().mean() if p2 == 1 else diff.pow(p2).mean()
+
+
+def ab_loss(student_feats: Sequence[Tensor], teacher_preact_feats: Sequence[Tensor],
+            margin: float = 1.0) -> Tensor:
+    """Activation-boundary transfer (Heo et al. 2019), RepDistiller ``AB.py`` ``ABLoss``
+    summed over the stages. Per stage l (of n, l = 0..n−1), with s the (connected) student
+    pre-activation and t the teacher pre-activation:
+    L_l = Σ (s + m)² [s > −m ∧ t ≤ 0] + (s − m)² [s ≤ m ∧ t > 0] (summed over everything);
+    loss = Σ_l 2^(l−n+1) · L_l / B · 3 / 1000. Only the sign of t matters, so post-ReLU
+    teacher maps give the same value."""
+    if len(student_feats) != len(teacher_preact_feats) or not student_feats:
+        raise ValueError(f"ab_loss needs two equally long, non-empty lists, got "
+                         f"{len(student_feats)} and {len(teacher_preact_feats)}")
+    n = len(student_feats)
+    bsz = student_feats[0].shape[0]
+    total = None
+    for i, (s, t) in enumerate(zip(student_feats, teacher_preact_feats)):
+        if s.shape != t.shape:
+            raise ValueError(f"ab_loss: stage {i} shapes differ ({tuple(s.shape)} vs {tuple(t.shape)})")
+        t = t.detach()
+        neg = ((s > -margin) & (t <= 0)).to(s.dtype)
+        pos = ((s <= margin) & (t > 0)).to(s.dtype)
+        stage = ((s + margin).pow(2) * neg + (s - margin).pow(2) * pos).abs().sum()
+        term = 2.0 ** (i - n + 1) * stage / bsz / 1000 * 3
+        total = term if total is None else total + term
+    return total
 
 
 def cid_sample_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
