@@ -6,7 +6,8 @@ avg-pooled shortcut), pool, fc.
 
 ``shufflenetv2`` (net size 1): conv1x1(24)-BN-ReLU stem (as RepDistiller's ShuffleNetv2.py,
 whose 3x3 stem conv is commented out), 3 stages of a stride-2 DownBlock + 3/7/3
-split-transform-concat-shuffle blocks (widths 116/232/464), then conv1x1(1024)-BN-ReLU (the head's ``pre``), pool, fc.
+split-transform-concat-shuffle blocks (widths 116/232/464), then conv1x1(1024)-BN-ReLU
+(the head's ``pre``), pool, fc.
 
 Both have 3 stages; at 32 px the stage outputs are 16/8/4 px. Stage outputs are the
 blocks' final outputs (post-ReLU, and for V2 after the channel shuffle), as
