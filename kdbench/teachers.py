@@ -219,33 +219,23 @@ def read_checkpoint(path: os.PathLike, name: str = "checkpoint") -> Tuple[Dict[s
     return state, (int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None)
 
 
-def _num_classes(state: dict, arch: str) -> int:
-    """The classifier's output size in a reference-layout state dict."""
-    from kdbench.models import create_model
-    from kdbench.models.reference import key_map
-
-    import torch
-
-    with torch.device("meta"):
-        probe = create_model(arch, 10)
-    fc = key_map(probe)["head.fc.weight"]
-    if fc not in state:
-        raise ExternalTeacherError(f"{arch}: checkpoint has no classifier weight {fc!r}")
-    return int(state[fc].shape[0])
-
-
 def check_fits(t: ExternalTeacher, state: dict, num_classes: Optional[int] = None) -> int:
-    """Raise unless ``state`` fits ``t.arch`` (built on the meta device); returns its class count."""
-    import torch
-
+    """Raise unless ``state`` fits ``t.arch``; returns its class count (the classifier's
+    rows). The probe model is built on the CPU: building on the ``meta`` device first
+    imports torch's meta kernels, several seconds at every DAG build."""
     from kdbench.models import create_model
-    from kdbench.models.reference import convert_reference_state
+    from kdbench.models.reference import convert_reference_state, key_map
 
-    k = _num_classes(state, t.arch)
+    model = create_model(t.arch, num_classes or 10)
+    fc = key_map(model)["head.fc.weight"]
+    if fc not in state:
+        raise ExternalTeacherError(f"external teacher {t.name}: {t.path} has no classifier weight {fc!r} "
+                                   f"(is it a {t.arch}?)")
+    k = int(state[fc].shape[0])
     if num_classes is not None and k != num_classes:
         raise ExternalTeacherError(f"external teacher {t.name}: {t.path} classifies {k} classes, "
                                    f"dataset {t.dataset!r} has {num_classes}")
-    with torch.device("meta"):
+    if k != (num_classes or 10):
         model = create_model(t.arch, k)
     convert_reference_state(model, state, source=f"external teacher {t.name} ({t.path})")
     return k
