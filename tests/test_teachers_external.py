@@ -349,3 +349,28 @@ def test_dry_run_of_cifar100_profile_with_external_teachers_plans_no_teacher_tra
                          text=True, timeout=600)
     assert bad.returncode != 0
     assert f"checkpoint not found at {tdir / 'cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth'}" in bad.stdout + bad.stderr
+
+
+# ----------------------------------------------------------------------------- published numbers
+def test_published_cifar100_numbers_have_the_contract_shape_and_sources():
+    entries = load_yaml(ROOT / "params" / "published" / "cifar100.yaml")["entries"]
+    pairs = {(p["teacher"], p["student"]) for p in load_yaml(ROOT / "params" / "cifar100.yaml")["pairs"]}
+    seen = set()
+    for e in entries:
+        assert set(e) == {"dataset", "teacher", "student", "method", "top1", "source", "selection", "runs", "note"}, e
+        assert e["dataset"] == "cifar100" and (e["teacher"], e["student"]) in pairs, e
+        assert e["method"] in {"teacher", "vanilla", "kd", "fitnet", "at", "crd", "reviewkd", "dkd",
+                               "tdd", "cid", "fcfd", "e2kd"}, e
+        assert isinstance(e["top1"], float) and 50 < e["top1"] < 90, e
+        assert e["selection"] in {"best", "last", "unknown"} and (e["runs"] == "unknown" or e["runs"] in (1, 3, 5))
+        assert e["source"].strip(), e
+        key = (e["teacher"], e["student"], e["method"])
+        assert key not in seen, key  # one published value per cell and method
+        seen.add(key)
+    for method in ("teacher", "vanilla", "kd", "fitnet", "at", "crd", "dkd"):
+        assert {(t, s) for t, s, m in seen if m == method} == pairs, method
+    # the teacher rows are the reported_top1 of the teachers the cifar100 teachers file imports
+    specs = load_yaml(ROOT / "params" / "teachers" / "cifar100.yaml")["cifar100"]
+    for e in entries:
+        if e["method"] == "teacher":
+            assert specs[e["teacher"]]["reported_top1"] == e["top1"], e
