@@ -41,6 +41,13 @@ def _profile(args):
     return validate_profile(raw, source=args.params)
 
 
+def _profile_ref(args) -> str:
+    """The profile as named on this command line (--params and any --set), for hints."""
+    import shlex
+
+    return " ".join([shlex.quote(str(args.params))] + [f"--set {shlex.quote(o)}" for o in args.overrides])
+
+
 def _tracker(profile, args, out: Path):
     from kdbench.tracking import SPOOL_NAME, Tracker
 
@@ -94,7 +101,7 @@ def cmd_import_teacher(args) -> int:
     profile = _profile(args)
     check_in_profile(profile, args.dataset, None, args.arch, None)
     out = Path(args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed))
-    metrics = import_teacher(profile, args.dataset, args.arch, args.seed, out, params=args.params,
+    metrics = import_teacher(profile, args.dataset, args.arch, args.seed, out, params=_profile_ref(args),
                              tracker=_tracker(profile, args, out), force=args.force)
     rep = metrics.get("reported_top1")
     print(f"{args.dataset}/{args.arch}: test top1 {100 * metrics['top1']:.2f}%"
@@ -109,7 +116,7 @@ def cmd_fetch_teachers(args) -> int:
     if not used_teachers(profile):
         print(f"{args.params}: the profile names no external teachers (key `teachers`)", file=sys.stderr)
         return 0
-    lines = fetch_teachers(profile, download=args.download, params=args.params)
+    lines = fetch_teachers(profile, download=args.download, params=_profile_ref(args))
     print("\n".join(lines))
     return 0 if all(line.startswith("OK") for line in lines) else 1
 
@@ -163,7 +170,7 @@ def cmd_validate(args) -> int:
     from kdbench.teachers import verify_teachers
 
     profile = _profile(args)
-    verify_teachers(profile, params=args.params)  # external teachers: files, hashes, keys
+    verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
     n = len(profile["datasets"]) * len(profile["pairs"]) * len(profile["methods"]) * len(profile["seeds"])
     print(f"{args.params}: valid ({n} student runs)")
     return 0

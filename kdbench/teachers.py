@@ -170,10 +170,11 @@ def file_sha256(path: os.PathLike) -> str:
 
 
 def missing_message(t: ExternalTeacher, params: str = "PARAMS") -> str:
-    where = f"put the file at {t.path}"
+    """Where the file should be, and how to get it there. ``params``: how the profile was
+    named on the command line (``--params`` and any ``--set``)."""
+    msg = f"external teacher {t.name}: checkpoint not found at {t.path}: put the file there"
     if not t.is_url:
-        where += f" (or set ${TEACHERS_ENV} to the folder that holds {t.checkpoint})"
-    msg = f"external teacher {t.name}: checkpoint not found at {t.path}: {where}"
+        msg += f" (or set ${TEACHERS_ENV} to the folder holding {t.checkpoint})"
     if t.download_url:
         msg += f", or download it from {t.download_url} with `kdbench fetch-teachers --params {params} --download`"
     return msg
