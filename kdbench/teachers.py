@@ -195,8 +195,8 @@ def check_hash(t: ExternalTeacher, digest: str) -> None:
 
 
 def read_checkpoint(path: os.PathLike, name: str = "checkpoint") -> Tuple[Dict[str, "object"], Optional[int]]:
-    """The state dict of a checkpoint file and its ``epoch`` entry (None if absent), loaded with ``torch.load(weights_only=True)``:
-    a RepDistiller/mdistiller ``{'model': state_dict, ...}`` or a bare state dict. A pickle
+    """The state dict of a checkpoint file and its ``epoch`` entry (None if absent),
+    loaded with ``torch.load(weights_only=True)``: a RepDistiller/mdistiller ``{'model': state_dict, ...}`` or a bare state dict. A pickle
     that needs more than tensors and plain containers (code, classes) is refused."""
     import torch
 
@@ -388,7 +388,8 @@ class _ImportConfig:
 
 
 # --------------------------------------------------------------------------- fetching
-def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARAMS", timeout: float = 60.0) -> List[str]:
+def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARAMS",
+                   timeout: float = 60.0) -> List[str]:
     """One status line per used external teacher; with ``download``, fetch the missing
     files from their URLs first (atomically; the pinned hash is checked after)."""
     lines = []
@@ -398,7 +399,7 @@ def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARA
             if not t.download_url:
                 raise ExternalTeacherError(f"external teacher {t.name}: no url to download from; "
                                            + missing_message(t, params))
-            _download(t, p, timeout)
+            _download(t, p, timeout, params)
         if not p.is_file():
             lines.append(f"MISSING  {t.name}: {missing_message(t, params)}")
             continue
@@ -410,7 +411,7 @@ def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARA
     return lines
 
 
-def _download(t: ExternalTeacher, dest: Path, timeout: float) -> None:
+def _download(t: ExternalTeacher, dest: Path, timeout: float, params: str) -> None:
     import tempfile
     import urllib.error
     import urllib.request
@@ -430,7 +431,7 @@ def _download(t: ExternalTeacher, dest: Path, timeout: float) -> None:
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise ExternalTeacherError(f"external teacher {t.name}: download from {url} failed "
-                                   f"({type(err).__name__}: {err}); without internet, {missing_message(t, params='PARAMS')}"
+                                   f"({type(err).__name__}: {err}); without internet: {missing_message(t, params)}"
                                    ) from None
     finally:
         if os.path.exists(tmp):

@@ -374,3 +374,35 @@ def test_published_cifar100_numbers_have_the_contract_shape_and_sources():
     for e in entries:
         if e["method"] == "teacher":
             assert specs[e["teacher"]]["reported_top1"] == e["top1"], e
+
+
+def test_download_only_when_asked_and_checked(tmp_path, monkeypatch, capsys):
+    from kdbench.cli import main
+
+    src = save_repdistiller(tmp_path / "published.pth", tiny_state("resnet56"))
+    digest = file_sha256(src)
+    monkeypatch.setenv("KDBENCH_TEACHERS", str(tmp_path / "tdir"))
+    dest = tmp_path / "tdir" / "cifar_teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth"
+
+    def write(spec):
+        params = tmp_path / "p.yaml"
+        params.write_text(yaml.safe_dump(small_profile(tmp_path, {
+            "checkpoint": "cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth", **spec})))
+        return str(params)
+
+    # pinned to another hash: downloaded, refused, not kept
+    params = write({"sha256": "f" * 64, "url": src.as_uri()})
+    assert main(["fetch-teachers", "--params", params, "--download"]) == 2
+    assert "the profile pins ffff" in capsys.readouterr().err and not dest.exists()
+    # not asked: nothing is fetched
+    params = write({"sha256": digest, "url": src.as_uri()})
+    assert main(["fetch-teachers", "--params", params]) == 1 and not dest.exists()
+    assert main(["fetch-teachers", "--params", params, "--download"]) == 0
+    assert file_sha256(dest) == digest and "OK       cifar100/resnet56" in capsys.readouterr().out
+    # no network: the error says where to put the file instead
+    dest.unlink()
+    params = write({"sha256": digest, "url": "http://127.0.0.1:9/ckpt_epoch_240.pth"})
+    assert main(["fetch-teachers", "--params", params, "--download"]) == 2
+    err = capsys.readouterr().err
+    assert "download from http://127.0.0.1:9/ckpt_epoch_240.pth failed" in err and "put the file there" in err
+    assert str(dest) in err and not dest.exists()
