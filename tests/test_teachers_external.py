@@ -41,11 +41,13 @@ def reference_net(arch: str, num_classes: int = 100, seed: int = 0):
 
 
 def save_repdistiller(path: Path, state: dict, **extra) -> Path:
-    """What RepDistiller's train_teacher.py saves every 40 epochs (ckpt_epoch_240.pth)."""
+    """What RepDistiller's train_teacher.py saves every 40 epochs (ckpt_epoch_240.pth), in
+    the pre-1.6 (non-zip) serialization its PyTorch 0.4 wrote."""
     torch.save({"epoch": 240, "model": state, "accuracy": torch.tensor(72.0),
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.0005, "momentum": 0.9, "dampening": 0,
-                                                            "weight_decay": 0.0005, "nesterov": False,
-                                                            "params": list(range(3))}]}, **extra}, path)
+                "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                              "param_groups": [{"lr": 0.0005, "momentum": 0.9, "dampening": 0, "weight_decay": 0.0005,
+                                                "nesterov": False, "params": list(range(3))}]}, **extra},
+               path, _use_new_zipfile_serialization=False)
     return path
 
 
