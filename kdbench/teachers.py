@@ -1,7 +1,7 @@
 """External teacher checkpoints: use a published teacher instead of training one.
 
 A profile's ``teachers`` key maps dataset -> arch -> a checkpoint spec (or names a YAML
-file holding that mapping, e.g. ``params/teachers/cifar100_repdistiller.yaml``)::
+file holding that mapping, e.g. ``params/teachers/cifar100.yaml``)::
 
     teachers:
       cifar100:
@@ -30,6 +30,11 @@ Where each check happens (all before any student job):
   ``results/teachers/<d>/<arch>/s<seed>/`` like ``train-teacher`` does (``model.pt`` in
   kdbench's format, ``metrics.json`` with ``top1`` and ``source``, ``reported_top1``, the
   checkpoint's path and sha256), so every downstream job and the board work unchanged.
+
+Units: ``reported_top1`` is a percentage in the spec (as sources print it); in
+``metrics.json`` it is a fraction like ``top1`` (``top1_minus_reported`` too). The
+``val_top1`` of an imported teacher is not held out: such teachers were trained on the
+whole training set, kdbench's validation split included.
 """
 from __future__ import annotations
 
