@@ -212,3 +212,27 @@ def test_tree_from_full_train_split_cached_and_shared_with_evaluation(ds, tmp_pa
     d3 = build(2)
     d3.prepare(_ctx(ds, few, None))
     assert d3.partitions == full
+
+
+def test_tree_ari_reads_the_ward_tree_cut_at_the_true_coarse_level():
+    from kdbench.evaluation.hierarchy import hierarchy_ari, tree_ari
+
+    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]], [[k] for k in range(8)]]
+    # class means on the true tree: coarse far apart, families nearer, classes nearest
+    means = np.array([[c * 100 + f * 10 + k, 0.0] for c in range(2) for f in range(2) for k in range(2)])
+    feats = torch.tensor(np.repeat(means, 25, 0) + np.random.default_rng(0).normal(0, 0.1, (200, 2)))
+    labels = torch.arange(8).repeat_interleave(25)
+    tree = {}
+    part, _ = derive_partition(feats, labels, 8, purity_k=20, purity_threshold=0.25, tree=tree)
+    assert len(tree["linkage"]) == 7 and tree["nodes"][-1] == {"classes": list(range(8)), "purity": 1.0}
+    assert tree_ari(tree["linkage"], truth, 8) == 1.0
+    # every node is pure (its 20 nearest images are its own), so the reference's walk splits
+    # down to the leaves: the tree holds the hierarchy, the partition does not
+    assert sorted(part) == [[k] for k in range(8)] and hierarchy_ari([part], truth, 8) == 0.0
+    # a tree whose top split mixes the coarse groups scores lower
+    mixed = np.array([[((k % 2) * 100) + (k // 2) * 10, 0.0] for k in range(8)])
+    tree2 = {}
+    derive_partition(torch.tensor(np.repeat(mixed, 25, 0) + np.random.default_rng(1).normal(0, 0.1, (200, 2))),
+                     labels, 8, tree=tree2)
+    assert tree_ari(tree2["linkage"], truth, 8) < 0.0
+    assert tree_ari(tree["linkage"], None, 8) is None

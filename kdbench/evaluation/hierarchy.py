@@ -387,3 +387,18 @@ def stage_probe_table(model, dataset, *, n_train: int = 2000, features: str = "s
             row.update({name: acc, f"{name}_chance": chance, f"{name}_norm": (acc - chance) / (1 - chance)})
         rows.append(row)
     return rows
+
+
+def tree_ari(linkage_matrix, hierarchy: Optional[Sequence[Partition]], num_classes: int) -> Optional[float]:
+    """Adjusted Rand index between the dataset's true coarse groups ``hierarchy[0]`` and one
+    stage's Ward tree of the teacher's class means (``linkage_matrix``: scipy's (K-1)×4,
+    as :func:`kdbench.methods.tdd.derive_partition` records it) cut into as many groups
+    (``fcluster(maxclust)``): does the tree itself hold the true coarse split, whatever
+    TDD's purity walk then makes of it? None without a hierarchy."""
+    if not hierarchy or linkage_matrix is None or len(linkage_matrix) == 0:
+        return None
+    from scipy.cluster.hierarchy import fcluster
+
+    z = np.asarray(linkage_matrix, dtype=np.float64)
+    cut = fcluster(z, t=len(hierarchy[0]), criterion="maxclust")
+    return adjusted_rand_index(class_to_group(hierarchy[0], num_classes), cut)

@@ -46,7 +46,7 @@ RECORD_KEYS = (
     "top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params",
     "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "rs", "rs_residual",
     "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
-    "hierarchy_ari", "flops", "n_eval", "eval_s",
+    "hierarchy_ari", "hierarchy_ari_tree", "hierarchy_ari_tree_stages", "flops", "n_eval", "eval_s",
 )
 
 
@@ -156,6 +156,11 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
 
 
 # --------------------------------------------------------------------------- the record
+def _max(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(max(values)) if values else None
+
+
 def _mean(values) -> Optional[float]:
     values = [v for v in values if v is not None]
     return float(sum(values) / len(values)) if values else None
@@ -269,7 +274,11 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
 
     # decision process: probes on pooled student stages vs the teacher's partitions
-    partitions = cached_teacher_partitions(teacher, teacher_dir, ds, device, tdd_hparams=tdd_hparams)
+    from kdbench.methods.tdd import cached_teacher_tree
+
+    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tdd_hparams, device=device,
+                               batch_size=BATCH_SIZE)
+    partitions = tree["partitions"]
     train = ds.splits["train"]
     probe_split = train.subset(subset_indices(len(train), int(ev["probe_train_samples"])))
     P = collect({"student": student}, ds, probe_split, device, batch_size, pooled_only=True)
@@ -279,6 +288,10 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
     rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
     rec["hierarchy_ari"] = hierarchy.hierarchy_ari(partitions, ds.hierarchy, num_classes)
+    if ds.hierarchy:  # the Ward tree itself, cut at the true coarse level, per teacher stage
+        rec["hierarchy_ari_tree_stages"] = [hierarchy.tree_ari(t.get("linkage"), ds.hierarchy, num_classes)
+                                            for t in tree.get("trees", [])]
+        rec["hierarchy_ari_tree"] = _max(rec["hierarchy_ari_tree_stages"])
 
     # efficiency
     rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))

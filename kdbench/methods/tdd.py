@@ -121,13 +121,17 @@ def _sq_distances(features: torch.Tensor, center: torch.Tensor, chunk: int = 819
 
 
 def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     purity_k: int = 20, purity_threshold: float = 0.25) -> Tuple[Partition, List[float]]:
+                     purity_k: int = 20, purity_threshold: float = 0.25, tree: Optional[dict] = None
+                     ) -> Tuple[Partition, List[float]]:
     """One stage's partition of the classes (the module docstring's step 2).
 
     ``features``: N×d per-image vectors, ``labels``: (N,) class ids in [0, num_classes).
     Returns the super-classes (lists of class ids, in depth-first walk order, each sorted)
     and, per super-class, the purity of its node (for a leaf: of its single class).
-    Every class needs at least one image."""
+    Every class needs at least one image. When ``tree`` is a dict it receives the whole
+    Ward tree: ``linkage`` (scipy's (K-1)×4 matrix as lists) and ``nodes`` (every merge
+    node in linkage order: its classes and its purity), for diagnostics and
+    :func:`kdbench.evaluation.hierarchy.tree_ari`."""
     from scipy.cluster.hierarchy import linkage
 
     features = torch.as_tensor(features).detach().cpu()
@@ -139,6 +143,8 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         missing = torch.nonzero(counts[:num_classes] == 0).flatten().tolist()
         raise KDBenchError(f"tdd: classes {missing[:10]} have no training image; cannot build the tree")
     if num_classes == 1:
+        if tree is not None:
+            tree.update(linkage=[], nodes=[])
         return [[0]], [1.0]
     onehot = F.one_hot(labels, num_classes).double()
     means = (onehot.T @ features.double()) / counts.double()[:, None]  # K×d, float64
@@ -162,6 +168,9 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         inside[node_classes[node]] = True
         return float(inside[labels[nearest]].double().mean())
 
+    if tree is not None:
+        tree["linkage"] = [[int(a), int(b), float(dist), int(n)] for a, b, dist, n in z.tolist()]
+        tree["nodes"] = [{"classes": node_classes[n], "purity": round(purity(n), 6)} for n in sorted(children)]
     root = num_classes + len(children) - 1
     partition: Partition = []
     purities: List[float] = []
@@ -182,13 +191,17 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 
 
 def partitions_from_features(features: Sequence[torch.Tensor], labels: torch.Tensor, num_classes: int,
-                             purity_k: int = 20, purity_threshold="auto"
+                             purity_k: int = 20, purity_threshold="auto", trees: Optional[list] = None
                              ) -> Tuple[List[Partition], List[List[float]]]:
-    """:func:`derive_partition` for every stage's features."""
+    """:func:`derive_partition` for every stage's features (``trees``: a list that gets
+    each stage's Ward tree, see ``derive_partition(tree=)``)."""
     tau = resolve_purity_threshold(purity_threshold, num_classes)
     parts, purities = [], []
     for f in features:
-        p, q = derive_partition(f, labels, num_classes, purity_k, tau)
+        t = {} if trees is not None else None
+        p, q = derive_partition(f, labels, num_classes, purity_k, tau, tree=t)
+        if trees is not None:
+            trees.append(t)
         parts.append(p)
         purities.append(q)
     return parts, purities
@@ -196,7 +209,7 @@ def partitions_from_features(features: Sequence[torch.Tensor], labels: torch.Ten
 
 def teacher_partitions(teacher: nn.Module, dataset, split="train", *, purity_k: int = 20,
                        purity_threshold="auto", features: str = "tap", batch_size: int = 256,
-                       device=None, return_purity: bool = False):
+                       device=None, return_purity: bool = False, trees: Optional[list] = None):
     """The teacher's per-stage partitions (every stage, coarse to fine), derived on
     ``split`` (a name in ``dataset.splits`` or a split object; default the full training
     split) without augmentation. Each partition is a list of super-classes (lists of class
@@ -209,7 +222,7 @@ def teacher_partitions(teacher: nn.Module, dataset, split="train", *, purity_k: 
     tau = resolve_purity_threshold(purity_threshold, dataset.num_classes)
     loader = make_loader(dataset, split, batch_size, train=False, device=device)
     feats, labels = stage_features(teacher, loader, len(split_obj), features=features)
-    parts, purities = partitions_from_features(feats, labels, dataset.num_classes, purity_k, tau)
+    parts, purities = partitions_from_features(feats, labels, dataset.num_classes, purity_k, tau, trees=trees)
     return (parts, purities) if return_purity else parts
 
 
@@ -254,7 +267,8 @@ def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: O
     derivation is deterministic, so jobs that race write the same content. Where the
     directory is read-only the tree is derived and returned without caching.
 
-    Returns ``{"key", "partitions", "purities", "num_superclasses", "class_names"}``."""
+    Returns ``{"key", "partitions", "purities", "num_superclasses", "trees", "class_names"}``
+    (``trees``: each stage's whole Ward tree, see :func:`derive_partition`)."""
     from kdbench.engine import io as kio
 
     teacher_path = Path(teacher_path)
@@ -271,12 +285,14 @@ def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: O
                 return blob
         except ValueError:
             pass
+    trees: List[dict] = []
     parts, purities = teacher_partitions(
         teacher, dataset, "train", purity_k=settings["purity_k"], purity_threshold=settings["purity_threshold"],
-        features=settings["teacher_features"], batch_size=batch_size, device=device, return_purity=True)
+        features=settings["teacher_features"], batch_size=batch_size, device=device, return_purity=True,
+        trees=trees)
     blob = {"key": key, "partitions": [[sorted(int(c) for c in g) for g in p] for p in parts],
             "purities": [[round(float(q), 6) for q in row] for row in purities],
-            "num_superclasses": [len(p) for p in parts],
+            "num_superclasses": [len(p) for p in parts], "trees": trees,
             "class_names": list(getattr(dataset, "class_names", None) or [])}
     try:
         kio.write_json(blob, path)
