@@ -151,6 +151,20 @@ def test_shapes_coarse_is_local_fine_is_global():
         assert all(far_mean[g + i] - far_mean[g + i + 1] > 0.75 for i in range(3)), far_mean
 
 
+def test_prepared_shapes_of_another_generator_version_are_rebuilt(tmp_path):
+    from kdbench.data.cache import load_dataset, prepared_path, save_dataset
+
+    opts = dict(image_size=16, n_train=16, n_val=8, n_test=8, n_test_ood=8)
+    fresh = load_dataset("shapes", opts, tmp_path)
+    assert fresh.meta["generator_version"] == 2
+    old = build_dataset("shapes", **opts)
+    old.options, old.meta = dict(opts), {**old.meta, "generator_version": 1}
+    old.splits["train"].images.zero_()  # what an older generator drew
+    save_dataset(old, prepared_path(tmp_path, "shapes"))
+    again = load_dataset("shapes", opts, tmp_path)
+    assert torch.equal(again.splits["train"].images, fresh.splits["train"].images)
+
+
 # ---------------------------------------------------------------- digits
 def test_digits_default():
     d = build_dataset("digits")

@@ -63,6 +63,9 @@ TEXTURE_NAMES = ["h-stripes", "v-stripes", "diagonal", "checker", "dots", "grid"
 HUE_NAMES = ["red", "orange", "yellow-green", "green", "cyan", "blue", "violet", "magenta"]
 CONTEXT_NAMES = [f"{HUE_NAMES[k]} {TEXTURE_NAMES[k]}" for k in range(8)]
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
+#: bumped whenever the same options draw other images; prepared copies of another
+#: version are rebuilt (kdbench.data.cache.load_dataset). 2: parts and arrangements
+GENERATOR_VERSION = 2
 
 
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -225,6 +228,10 @@ def shapes(image_size: int = 32, n_train: int = 5000, n_val: int = 1000, n_test:
         fingerprint=fingerprint_tensors(*parts), hierarchy=[[list(g) for g in lvl] for lvl in HIERARCHY],
         mean=mean, std=std, augment={"crop_pad": max(1, image_size // 8), "flip": True},
         image_size=image_size, ood_metric="accuracy", options=options,
-        meta={"context": contexts, "paired_context": list(range(8)), "context_names": list(CONTEXT_NAMES),
+        meta={"generator_version": GENERATOR_VERSION,
+              "context": contexts, "paired_context": list(range(8)), "context_names": list(CONTEXT_NAMES),
               "hierarchy_names": [list(COARSE_NAMES), list(FAMILY_NAMES), list(CLASS_NAMES)]},
     )
+
+
+shapes.generator_version = GENERATOR_VERSION
