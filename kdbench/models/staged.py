@@ -105,8 +105,14 @@ class StagedNet(nn.Module):
         """One module per stage whose output is that stage's *tap*: the early, pre-activation
         block output TDD reads the teacher's decisions from (KamalEngine pools
         ``layer{1,2,3}.2.bn2`` of resnet56: the 3rd of 9 blocks, before the residual
-        addition and ReLU). Families override this (:func:`tap_block` picks the block);
-        the default, for families without residual blocks, is the stage itself (its output)."""
+        addition and ReLU). Families override this (:func:`tap_block` picks the block):
+
+        - CIFAR ResNets and the CIFAR-stem ResNet18/34/50: ``bn2`` (Bottleneck: ``bn3``)
+          of block ceil(n/3) - 1 — the reference's layer for resnet56;
+        - WRN: ``conv2`` of that block (a pre-activation block's branch ends there);
+        - the default — MobileNetV2 (whose stage output is already the linear,
+          pre-activation bottleneck output), VGG, ShuffleNet, timm models — is the
+          stage itself (its output): the nearest equivalent without a per-family rule."""
         return list(self.stages)
 
     def forward_taps(self, x: torch.Tensor) -> Features:
