@@ -1,24 +1,34 @@
-"""tdd — Tree-like Decision Distillation (Song et al., CVPR 2021).
+"""tdd — Tree-like Decision Distillation (Song et al., CVPR 2021; reference:
+zju-vipa/KamalEngine, examples/distillation/tdd + kamal/distillation/TDD).
 
 The teacher decides coarse-to-fine: early stages already separate groups of classes,
 later stages the classes themselves. TDD reads that "decision tree" off the teacher once
-(``prepare``) and asks the student to take the same intermediate decisions.
+and asks the student to take the same intermediate decisions.
 
-1. The frozen teacher (eval, no augmentation) runs over the training split; every stage
-   except the last is global-average-pooled to one vector per image (:func:`stage_features`).
+1. The frozen teacher (eval, no augmentation) runs over the dataset's **full** training
+   split (never the students' few-shot split); every stage's *tap*
+   (``teacher_features: tap``: :meth:`StagedNet.forward_taps`, an early block's
+   pre-activation output, the reference's ``layer*.2.bn2`` for resnet56; ``stage``: the
+   stage output) is global-average-pooled to one vector per image (:func:`stage_features`).
 2. Per stage (:func:`derive_partition`): Ward agglomerative clustering (scipy) of the K
    class means gives a binary tree. A node's mean is the mean of its two children's
    means; its purity is the fraction of the ``purity_k`` training images nearest to that
    mean (squared L2, same stage features) whose label lies in the node. A depth-first walk
-   from the root (left child first) makes a leaf, or a node whose purity is below
-   ``purity_threshold``, one super-class and descends into the children of every other
-   node. Super-classes are numbered in walk order. One partition per teacher stage
-   0..n_t-2: coarse early, fine late (the rule of the authors' reference code, KamalEngine
-   ``merge_tree``). :func:`teacher_partitions` is the whole derivation
-   for a teacher and a dataset split (the evaluation's ``decision_consistency`` reuses it).
-3. The student gets, for each partitioned teacher stage l, an auxiliary head h_l (GAP +
-   linear to |P_l| super-classes) on the student stage at the same relative depth
-   (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage).
+   from the root (left child first) makes a leaf, or a node whose purity is below τ, one
+   super-class and descends into the children of every other node (KamalEngine
+   ``merge_tree``). τ = ``purity_threshold``: ``auto`` = 2/K (the reference's 0.2 at
+   K = 10), or a number (:func:`resolve_purity_threshold`). One partition per teacher
+   stage, the last included. Note what the rule does: a node whose classes are separated
+   from the rest has a pure neighbourhood and is split further, so a representation with
+   clean clusters yields singletons at every stage, whatever its tree looks like (the
+   tree itself is recorded too: ``trees`` in the cache).
+   :func:`cached_teacher_tree` is the whole derivation for a teacher file, cached beside
+   it (``hierarchy.json``); training (``prepare``) and the evaluation
+   (``decision_consistency``, ``hierarchy_ari``) read the same file.
+3. The student gets, for each teacher stage l, an auxiliary head h_l (GAP + linear to
+   |P_l| super-classes) on the student stage at the same relative depth
+   (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage), on every stage
+   as the reference (its layer1..layer3 heads).
    L_tree = Σ_l CE_w(h_l(F_s), π_l(y)), super-class j weighted 1/|j| (its number of
    classes) — ``F.cross_entropy(weight=...)``, i.e. the weighted mean
    Σ_i w_{π(y_i)} CE_i / Σ_i w_{π(y_i)}.
