@@ -242,14 +242,16 @@ def _separable(n, partitions, num_classes, seed):
         g = hierarchy.class_to_group(part, num_classes)[y]
         centers = np.eye(len(part)) * 10.0
         feats.append(centers[g] + rng.normal(0, 0.5, (n, len(part))))
-    feats.append(rng.normal(size=(n, 3)))  # the last stage: ignored
     return feats, y
 
 
 def test_decision_consistency_one_on_separable_features_and_ari():
-    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]]]
+    # one partition per teacher stage (the last one's: the classes); the student's last
+    # stage is not probed (its decision is the classification)
+    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]], [[k] for k in range(8)]]
     tr, ytr = _separable(400, truth, 8, 0)
     te, yte = _separable(200, truth, 8, 1)
+    tr[-1], te[-1] = np.zeros_like(tr[-1]), np.zeros_like(te[-1])  # ignored: a constant last stage
     dc, per_stage = hierarchy.decision_consistency(tr, ytr, te, yte, truth, 8)
     assert dc == pytest.approx(1.0) and per_stage == pytest.approx([1.0, 1.0])
     # noise features predict the partition at chance, well below 1
@@ -258,7 +260,7 @@ def test_decision_consistency_one_on_separable_features_and_ari():
                                             yte, truth, 8)
     assert low < 0.75
     # a single-super-class stage carries no decision: skipped
-    dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1]], 8)
+    dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1], truth[2]], 8)
     assert per1[0] is None and dc1 == pytest.approx(1.0)
 
     assert hierarchy.hierarchy_ari(truth, truth, 8) == pytest.approx(1.0)
@@ -439,7 +441,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
 
     # the cached partitions are reused (same key): plant the true hierarchy -> ARI 1
     blob = json.loads((tdir / PARTITIONS_FILE).read_text())
-    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy[:2]}))
+    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy}))  # one per stage
     planted = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
     assert planted["hierarchy_ari"] == pytest.approx(1.0)
     (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "key": {"stale": True}}))  # another key: recomputed

@@ -158,9 +158,9 @@ def test_tdd_partition_separated_classes_and_purity_k():
 
 def test_tdd_tree_loss_is_weighted_ce(ds16):
     d = build("tdd", ds16, prepare=False)
-    parts = [[[0, 1, 2], [3], [4, 5], [6, 7]], [[0], [1], [2], [3], [4, 5, 6, 7]]]
+    parts = [[[0, 1, 2], [3], [4, 5], [6, 7]], [[0], [1], [2], [3], [4, 5, 6, 7]], [[k] for k in range(8)]]
     d.set_partitions(parts)
-    assert [m[-1].out_features for m in d.tree_heads] == [4, 5]
+    assert [m[-1].out_features for m in d.tree_heads] == [4, 5, 8]  # every stage, the last included
     d.eval()
     batch = first_batch(ds16)
     x, y = batch["image"], batch["label"]
@@ -186,7 +186,7 @@ def test_tdd_tree_loss_is_weighted_ce(ds16):
 
 def test_tdd_prepare_artifacts_and_reusable_partitions(ds16):
     d = build("tdd", ds16)
-    assert bool(d.prepared) and len(d.tree_heads) == d.teacher.num_stages - 1
+    assert bool(d.prepared) and len(d.tree_heads) == d.teacher.num_stages
     parts = d.partitions
     for p in parts:
         assert sorted(c for g in p for c in g) == list(range(8))

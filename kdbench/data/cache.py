@@ -98,8 +98,11 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
     options = dict(options or {})
     path = prepared_path(results_dir, name) if results_dir is not None else None
     if path is not None and path.is_file():
+        from kdbench.data.base import DATASETS
+
         ds = dataset_from_dict(load_torch(path))
-        if _plain(ds.options) == _plain(options):
+        version = getattr(DATASETS.get(name), "generator_version", None)  # a builder's own version, if any
+        if _plain(ds.options) == _plain(options) and (ds.meta or {}).get("generator_version") == version:
             return ds
     ds = build_dataset(name, **options)
     ds.options = dict(options)

@@ -224,7 +224,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
                            **options)
 
     ctx = TrainContext(dataset=ds, train_split=train_split, device=device, batch_size=r["batch_size"],
-                       seed=cfg.seed, make_loader=loader_for)
+                       seed=cfg.seed, make_loader=loader_for,
+                       info={"teacher_path": None if teacher_path is None else Path(teacher_path)})
     distiller.prepare(ctx)
     aligned = distiller.aligned_tensors() or None
     train_loader = loader_for(train_split, r["batch_size"], True, aligned, **distiller.loader_options())

@@ -5,7 +5,7 @@ Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per
 only (``forward_from``); one pass of the student over a train subset for the probes; the
 deployed model over the full test / test_ood splits for accuracy and agreement. What
 depends on the teacher alone is computed once per teacher and cached (atomically) in its
-run dir: its TDD partitions (``partitions.json``) and its test / test_ood predictions
+run dir: its TDD tree (``hierarchy.json``, shared with TDD's training) and its test / test_ood predictions
 (``teacher_predictions.json``).
 
 Conventions (see ``specs/evaluation.md``):
@@ -42,11 +42,9 @@ EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True,
                  "fss_estimator": "u_centered"}
 #: seed of the permutations that pick the evaluation / probe / partition subsets
 SUBSET_SEED = 0
-#: training images the teacher's TDD partitions are derived on (a fixed-seed subset)
-PARTITION_SAMPLES = 4096
-PARTITIONS_FILE = "partitions.json"
 PREDICTIONS_FILE = "teacher_predictions.json"
-TDD_DEFAULTS = {"purity_k": 20, "purity_threshold": 0.2}
+#: the teacher's TDD tree beside its model (kdbench.methods.tdd.HIERARCHY_FILE)
+PARTITIONS_FILE = "hierarchy.json"
 BATCH_SIZE = 256
 
 RECORD_KEYS = (
@@ -55,7 +53,7 @@ RECORD_KEYS = (
     "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "fss_estimator",
     "rs", "rs_residual", "rs_stages", "rs_residual_stages",
     "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
-    "hierarchy_ari", "flops", "n_eval", "eval_s",
+    "hierarchy_ari", "hierarchy_ari_tree", "hierarchy_ari_tree_stages", "flops", "n_eval", "eval_s",
 )
 
 
@@ -120,30 +118,15 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *, tdd_hparams: Optional[dict] = None,
-                              n_images: int = PARTITION_SAMPLES) -> List[List[List[int]]]:
-    """The teacher's per-stage TDD partitions (``kdbench.methods.tdd.teacher_partitions``
-    on a fixed-seed subset of ``n_images`` training images), cached in
-    ``teacher_dir/partitions.json``. The cache is keyed by the teacher file's hash, the
-    dataset fingerprint, the subset size and the TDD hyperparameters; it is written
-    atomically, so parallel jobs of the same teacher at worst write identical content."""
-    from kdbench.methods.tdd import teacher_partitions
+def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
+                              tdd_hparams: Optional[dict] = None) -> List[List[List[int]]]:
+    """The teacher's per-stage TDD partitions: exactly the tree TDD trains with
+    (:func:`kdbench.methods.tdd.cached_teacher_tree`: derived once on the full training
+    split, cached in ``teacher_dir/hierarchy.json``)."""
+    from kdbench.methods.tdd import cached_teacher_tree
 
-    hp = {**TDD_DEFAULTS, **{k: v for k, v in (tdd_hparams or {}).items() if k in TDD_DEFAULTS}}
-    train = dataset.splits["train"]
-    idx = subset_indices(len(train), n_images)
-    key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
-           "n_images": int(len(idx)), "subset_seed": SUBSET_SEED, "purity_k": int(hp["purity_k"]),
-           "purity_threshold": float(hp["purity_threshold"])}
-
-    def compute():
-        parts = teacher_partitions(teacher, dataset, train.subset(idx), purity_k=int(hp["purity_k"]),
-                                   purity_threshold=float(hp["purity_threshold"]), batch_size=BATCH_SIZE,
-                                   device=device)
-        parts = [[sorted(int(c) for c in g) for g in p] for p in parts]
-        return {"partitions": parts, "num_superclasses": [len(p) for p in parts]}
-
-    return _cached_json(Path(teacher_dir) / PARTITIONS_FILE, key, compute)["partitions"]
+    return cached_teacher_tree(teacher, Path(teacher_dir) / "model.pt", dataset, hparams=tdd_hparams,
+                               device=device, batch_size=BATCH_SIZE)["partitions"]
 
 
 def _cached_json(path: Path, key: dict, compute) -> dict:
@@ -180,6 +163,11 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
 
 
 # --------------------------------------------------------------------------- the record
+def _max(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(max(values)) if values else None
+
+
 def _mean(values) -> Optional[float]:
     values = [v for v in values if v is not None]
     return float(sum(values) / len(values)) if values else None
@@ -300,7 +288,11 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
 
     # decision process: probes on pooled student stages vs the teacher's partitions
-    partitions = cached_teacher_partitions(teacher, teacher_dir, ds, device, tdd_hparams=tdd_hparams)
+    from kdbench.methods.tdd import cached_teacher_tree
+
+    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tdd_hparams, device=device,
+                               batch_size=BATCH_SIZE)
+    partitions = tree["partitions"]
     train = ds.splits["train"]
     probe_split = train.subset(subset_indices(len(train), int(ev["probe_train_samples"])))
     P = collect({"student": student}, ds, probe_split, device, batch_size, pooled_only=True)
@@ -310,6 +302,10 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
     rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
     rec["hierarchy_ari"] = hierarchy.hierarchy_ari(partitions, ds.hierarchy, num_classes)
+    if ds.hierarchy:  # the Ward tree itself, cut at the true coarse level, per teacher stage
+        rec["hierarchy_ari_tree_stages"] = [hierarchy.tree_ari(t.get("linkage"), ds.hierarchy, num_classes)
+                                            for t in tree.get("trees", [])]
+        rec["hierarchy_ari_tree"] = _max(rec["hierarchy_ari_tree_stages"])
 
     # efficiency
     rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))
