@@ -372,3 +372,29 @@ def agreement(logits_a: Tensor, logits_b: Tensor) -> Tensor:
         raise ValueError(f"different numbers of samples: {pa.numel()} vs {pb.numel()}")
     dtype = logits_a.dtype if logits_a.is_floating_point() else torch.get_default_dtype()
     return (pa == pb).to(dtype).mean()
+
+
+# --------------------------------------------------------------------------- calibration
+def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
+    """Expected calibration error (Guo et al., ICML 2017), 0-dim tensor: the top-1
+    confidences (max softmax) fall into ``n_bins`` equal-width bins (k/M, (k+1)/M];
+    ECE = Σ_b (n_b / N) · |acc_b − conf_b| over the non-empty bins. 0 for no samples."""
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"expected B×K logits and B labels, got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    dtype = logits.dtype if logits.is_floating_point() else torch.get_default_dtype()
+    n = logits.shape[0]
+    if n == 0:
+        return torch.zeros((), dtype=dtype)
+    conf, pred = torch.softmax(logits.to(dtype), dim=1).max(dim=1)
+    correct = (pred == labels.to(pred.device)).to(dtype)
+    bins = (torch.ceil(conf * n_bins).long() - 1).clamp_(0, n_bins - 1)
+    acc_sum = torch.zeros(n_bins, dtype=dtype, device=conf.device).index_add_(0, bins, correct)
+    conf_sum = torch.zeros(n_bins, dtype=dtype, device=conf.device).index_add_(0, bins, conf)
+    return (acc_sum - conf_sum).abs().sum() / n
+
+
+def nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean negative log-likelihood of the true class (the mean cross-entropy), 0-dim."""
+    return F.cross_entropy(logits, labels.to(logits.device).long(), reduction="mean")
