@@ -21,11 +21,14 @@ h3{margin:1.2rem 0 .3rem;font-weight:600}
 .note{color:#5a6578;font-size:.86rem;max-width:1100px}
 .wrap{overflow-x:auto}
 table{border-collapse:collapse;font-size:.78rem;margin:.3rem 0 1rem}
-th,td{padding:.25rem .45rem;border-bottom:1px solid #e6eaef;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
+th,td{padding:.25rem .35rem;border-bottom:1px solid #e6eaef;text-align:right;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom;max-width:6.5rem}
+th:first-child,td:first-child{text-align:left;max-width:16rem}
 th{background:#f3f6f9;cursor:pointer;user-select:none;position:sticky;top:0}
 th:hover{background:#e3e9f0} th.asc::after{content:" ▲"} th.desc::after{content:" ▼"}
-td.hp{white-space:normal;text-align:left;min-width:14rem;max-width:22rem;color:#3b4556}
+span.hp{display:block;white-space:normal;max-width:15rem;color:#5a6578;font-size:.7rem;font-style:normal;
+        font-weight:400}
+span.ci{display:block;font-size:.7rem;color:#5a6578;font-weight:400}
 tr:hover td{background:#f8fafc} tr.best td{font-weight:650} tr.base td:first-child{color:#5a6578}
 tr.teacher td{background:#f6f4fb;font-style:italic}
 td.pos{color:#11793b} td.neg{color:#b4232a}
@@ -71,8 +74,12 @@ def _badge(verdict: str) -> str:
     return f'<span class="v v-{e(verdict.replace(" ", "-"))}">{e(verdict)}</span>'
 
 
-def html_table(frame, columns, *, row_class=None) -> str:
-    """A sortable table; columns: (column, header, kind) like text.DISPLAY."""
+def html_table(frame, columns, *, row_class=None, hparams_line: bool = True) -> str:
+    """A sortable table; columns: (column, header, kind) like text.DISPLAY. With
+    ``hparams_line`` the hyperparameters column is shown as a small line under the method."""
+    if hparams_line:
+        columns = [c for c in columns if c[2] != "hparams"]
+        columns = [(c, "Method · hyperparameters (source)" if c == "method" else h, k) for c, h, k in columns]
     out = ['<div class="wrap"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(h)}</th>" for _, h, _ in columns]
     out.append("</tr></thead><tbody>")
@@ -80,13 +87,18 @@ def html_table(frame, columns, *, row_class=None) -> str:
         cls = row_class(i, row) if row_class else ""
         out.append(f'<tr class="{e(cls)}">' if cls else "<tr>")
         for c, _, k in columns:
-            shown = T.cell_text(row, c, k)
+            shown = e(T.cell_text(row, c, k))
             tdc = ""
             if k in ("delta", "deltaci") and not T.isnan(row[c]):
                 tdc = ' class="pos"' if row[c] > 0 else (' class="neg"' if row[c] < 0 else "")
-            if k == "hparams":
-                tdc = ' class="hp"'
-            out.append(f'<td data-v="{e(T.sort_value(row, c, k))}"{tdc}>{e(shown)}</td>')
+            if k == "deltaci" and " [" in shown:   # the CI on a second, smaller line: narrower tables
+                d, ci = shown.split(" [", 1)
+                shown = f'{d}<span class="ci">[{ci}</span>'
+            if c == "method" and hparams_line:       # the hyperparameters under the method's name
+                hp = T.hparams_display(row.get("hparams"), row.get("hparams_source"))
+                if hp != T.DASH:
+                    shown += f'<span class="hp">{e(hp)}</span>'
+            out.append(f'<td data-v="{e(T.sort_value(row, c, k))}"{tdc}>{shown}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
