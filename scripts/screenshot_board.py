@@ -77,7 +77,7 @@ def main() -> int:
         print("could not read the layout check from the page", file=sys.stderr)
         return 0
     n = int(m.group(1))
-    print("every scorecard verdict within the window" if n == 0 else f"{n} element(s) off-screen:{m.group(2)}")
+    print("scorecard, verdicts and tables within the window" if n == 0 else f"{n} element(s) off-screen:{m.group(2)}")
     return 1 if n else 0
 
 
