@@ -60,3 +60,12 @@ def test_ece_bad_input():
     with pytest.raises(ValueError, match="B×K logits"):
         KF.expected_calibration_error(torch.zeros(3), torch.zeros(3, dtype=torch.long))
     assert float(KF.expected_calibration_error(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))) == 0.0
+
+
+def test_trainer_calibration_record():
+    """What the trainer writes to metrics.json for the test split of the last model."""
+    from kdbench.engine import trainer
+
+    rec = trainer.calibration(PROBS.log(), LABELS)
+    assert rec["ece"] == pytest.approx(0.4025) and rec["nll"] == pytest.approx(float(KF.nll(PROBS.log(), LABELS)))
+    assert trainer.calibration(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == {"ece": None, "nll": None}
