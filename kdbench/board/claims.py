@@ -167,10 +167,14 @@ def scorecard(claims) -> dict:
 
 
 def _detail(e) -> str:
-    if e["verdict"] == "inconclusive" and not stats.isnan(e["ci_lo"]) and (e["ci_lo"] > 0 or e["ci_hi"] < 0):
-        return "CI excludes 0 only before the Holm correction"
-    if e["verdict"] == "inconclusive" and stats.isnan(e["p_value"]):
+    if e["verdict"] != "inconclusive":
+        return ""
+    if stats.isnan(e["p_value"]):
+        if not stats.isnan(e["ci_lo"]) and e["ci_lo"] == e["ci_hi"]:
+            return "the same difference on every seed: no test"
         return "fewer than two seeds: no test"
+    if not stats.isnan(e["ci_lo"]) and (e["ci_lo"] > 0 or e["ci_hi"] < 0):
+        return "CI excludes 0 only before the Holm correction"
     return ""
 
 

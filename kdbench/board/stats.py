@@ -51,7 +51,8 @@ def difference(a, b, confidence: float = CONFIDENCE) -> Dict:
     ``ci_lo`` / ``ci_hi`` (two-sided ``confidence`` interval), ``p_value`` (two-sided),
     ``n`` (paired seeds, or the smaller side for Welch), ``n_a`` / ``n_b``, the two means
     over the seeds used, and ``test`` (``paired_t``, ``welch_t`` or None: fewer than two
-    values on a side leave the CI and p empty, the delta is still the difference of means)."""
+    values on a side leave the CI and p empty, the delta is still the difference of means).
+    The same paired difference on every seed gives a zero-width CI and no p-value."""
     from scipy import stats
 
     out = _empty(a, b)
@@ -77,10 +78,14 @@ def difference(a, b, confidence: float = CONFIDENCE) -> Dict:
             ci = res.confidence_interval(confidence)
             lo, hi = float(ci.low), float(ci.high)
             out["p_value"] = p if not math.isnan(p) else math.nan
-            if not (math.isnan(lo) or math.isnan(hi)):
+            if out["test"] == PAIRED and float((x - y).std()) == 0.0:
+                # the same difference on every seed (common when accuracies are quantised by a
+                # small test set): a zero-width interval and no test (t is undefined; scipy's
+                # p = 0 would call two identical seeds significant)
+                out["ci_lo"] = out["ci_hi"] = out["delta"]
+                out["p_value"] = math.nan
+            elif not (math.isnan(lo) or math.isnan(hi)):
                 out["ci_lo"], out["ci_hi"] = lo, hi
-            elif out["test"] == PAIRED and float((x - y).std()) == 0.0:
-                out["ci_lo"] = out["ci_hi"] = out["delta"]   # identical differences: a zero-width interval
     return out
 
 
