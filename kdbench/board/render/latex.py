@@ -14,12 +14,13 @@ HEADS = {"Method": "Method", "n": "$n$", "Top-1 %": "Top-1 (\\%)", "Δ KD [95 % 
 
 def tex_escape(s: str) -> str:
     table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "—": "---", "–": "--",
+             "±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}"}
     return "".join(table.get(ch, ch) for ch in str(s))
 
 
 def _cell(s: str) -> str:
-    return tex_escape(s).replace("±", "$\\pm$").replace("–", "--").replace("→", "$\\rightarrow$")
+    return tex_escape(s)
 
 
 def render_latex(board, caption: str = "kdbench leaderboard") -> str:
