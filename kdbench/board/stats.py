@@ -120,7 +120,8 @@ def holm(p_values: Sequence[Optional[float]]):
 def verdict(delta: float, p_adjusted: float, direction: str = "higher", alpha: float = ALPHA) -> str:
     """``holds`` / ``refuted`` when the Holm-adjusted p is below ``alpha`` and the difference
     has / has not the claimed sign, ``inconclusive`` otherwise (the CI straddles 0, or it
-    excludes 0 only before the correction), ``no data`` when there is no difference."""
+    excludes 0 only before the correction, or there is no p-value), ``no data`` when there is
+    no difference."""
     if isnan(delta):
         return "no data"
     if isnan(p_adjusted) or p_adjusted >= alpha:

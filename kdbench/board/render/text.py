@@ -175,6 +175,7 @@ def entry_text(entry, metric: str) -> str:
 SCORECARD_NOTE = ("Δ = method − baseline over paired seeds, [95 % CI] (points for accuracies). Verdict: holds / "
                   "refuted = the Holm-corrected paired t-test (family: every claim test of one dataset × pair) "
                   "gives p < 0.05 and Δ has / has not the claimed sign (the CI then excludes 0); inconclusive = "
-                  "the CI straddles 0, or excludes it only before the correction; no data = the method did not "
+                  "the CI straddles 0, or excludes it only before the correction, or no test is possible (fewer "
+                  "than two paired seeds, or the same difference on every seed); no data = the method did not "
                   "run there. UniCAM folds its per-method rows: k of m methods hold, the verdict by majority. "
                   "Full detail: claims.csv.")
