@@ -446,3 +446,25 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert (out["test"] == "paired_t").all()
     assert main(["compare", "nope", "--runs", str(results / "leaderboard" / "runs.csv")]) == 2
     assert "unknown method on the board 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="needs headless Chromium (apt-get install -y chromium)")
+def test_screenshot_script_at_1400px(runs, tmp_path):
+    """scripts/screenshot_board.py renders the page at 1400 px; its layout check finds the
+    scorecard, every verdict and every table within the window (and finds them off-screen
+    in a window too narrow for the tables)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=tmp_path / "none")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_board.py"
+    ok = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "b.png"),
+                         "--width", "1400", "--height", "1200"], capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "within the window" in ok.stdout
+    narrow = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "n.png"),
+                             "--width", "500", "--height", "600"], capture_output=True, text=True, timeout=180)
+    assert narrow.returncode == 1 and "off-screen" in narrow.stdout
