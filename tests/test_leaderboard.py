@@ -284,7 +284,8 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
          "source": "toy paper, Table 1", "selection": "last", "runs": 3},
         {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "dkd", "top1": 60.0,
          "source": "toy paper, Table 2", "selection": "best", "runs": 5},
-        {"dataset": "shapes", "teacher": "resnet14", "method": "teacher", "top1": 91.5, "source": "toy teachers"},
+        {"dataset": "shapes", "teacher": "resnet14", "method": "teacher", "top1": 91.5, "source": "toy teachers",
+         "runs": "unknown"},
     ]
     (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
     paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
@@ -305,6 +306,33 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
     page = paths["html"].read_text()
     assert 'id="reproduction"' in page and "toy paper, Table 2" in page
     assert "Publ.\\ (\\%)" in paths["tex"].read_text()
+
+
+def test_the_shipped_cifar100_file_renders_on_toy_runs(tmp_path):
+    """params/published/cifar100.yaml (the real data file) on a toy cifar100 board: the
+    reference columns and the reproduction scorecard appear for the rows it covers."""
+    from pathlib import Path
+
+    from kdbench.board import published
+
+    pub_dir = Path(__file__).resolve().parents[1] / "params" / "published"
+    if not (pub_dir / "cifar100.yaml").is_file():
+        pytest.skip("no params/published/cifar100.yaml in this checkout")
+    entries = published.load(["cifar100"], pub_dir)
+    kd = next(e for e in entries if e["teacher"] == "resnet56" and e["student"] == "resnet20" and e["method"] == "kd")
+    recs = []
+    for m, base in (("vanilla", 0.69), ("kd", kd["top1"] / 100)):
+        for s in range(3):
+            r = dict(record("cifar100", m, s, base + (s - 1) / 200), teacher="resnet56", student="resnet20")
+            recs.append(r)
+    paths = lb.write_board(lb.runs_frame(recs), tmp_path, figures=False, published_dir=pub_dir,
+                           profile={"datasets": ["cifar100"]})
+    board = pd.read_csv(paths["board"])
+    r = row(board, "cifar100", "kd")
+    assert r["published_top1"] == pytest.approx(kd["top1"] / 100) and r["reproduces"] == True  # noqa: E712
+    assert "RepDistiller" in r["published_source"]
+    assert row(board, "cifar100", "teacher")["published_top1"] > 0.7
+    assert "## Reproduction scorecard" in paths["md"].read_text()
 
 
 def test_published_file_errors(tmp_path):

@@ -76,7 +76,7 @@ def attach(board, runs, entries) -> None:
 
     for c in COLUMNS:
         board[c] = pd.Series([math.nan] * len(board), index=board.index, dtype=object if c in (
-            "published_source", "published_selection", "reproduces") else "float64")
+            "published_source", "published_selection", "published_runs", "reproduces") else "float64")
     if not entries:
         return
     for i, row in board.iterrows():
@@ -89,7 +89,7 @@ def attach(board, runs, entries) -> None:
         board.at[i, "published_top1"] = pub
         board.at[i, "published_source"] = str(e["source"])
         board.at[i, "published_selection"] = None if e.get("selection") is None else str(e["selection"])
-        board.at[i, "published_runs"] = math.nan if e.get("runs") is None else float(e["runs"])
+        board.at[i, "published_runs"] = None if e.get("runs") is None else str(e["runs"])   # a count or "unknown"
         board.at[i, "delta_vs_published"] = mean - pub
         if not math.isnan(lo):
             board.at[i, "delta_vs_published_ci_lo"] = lo - pub
