@@ -222,7 +222,7 @@ def cmd_leaderboard(args) -> int:
 
     profile = _profile(args)
     paths = build(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
-                  tracking=profile["tracking"]["enabled"] and not args.no_tracking)
+                  tracking=profile["tracking"]["enabled"] and not args.no_tracking, published_dir=args.published)
     print(f"leaderboard -> {paths['board'].parent}/ ({', '.join(p.name for p in paths.values() if p.exists())})",
           file=sys.stderr)
     return 0
@@ -346,18 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="aggregate the evaluated runs into results/leaderboard/",
                        description="Read every evaluated run of the profile (results/evals/) and write "
                                    "results/leaderboard/: runs.csv (one row per seed), leaderboard.csv (mean/std over "
-                                   "seeds, deltas vs kd and vanilla), leaderboard.md/.tex/.html, claims.csv/.md, "
+                                   "seeds, teacher row, paired deltas vs kd and vanilla with 95 % CI and Holm p), "
+                                   "leaderboard.md/.tex/.html, claims.csv/.md (with the scorecard), "
                                    "metrics.json (DVC) and the figures; logs the tables to MLflow.")
     _common(p, run=False)
     p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/leaderboard)")
     p.add_argument("--strict", action="store_true", help="fail if a run of the profile has no evaluation yet")
     p.add_argument("--no-figures", action="store_true", help="skip the seaborn figures")
     p.add_argument("--no-tracking", action="store_true", help="do not log the board to MLflow")
+    p.add_argument("--published", type=Path, default=Path("params") / "published", metavar="DIR",
+                   help="where published numbers (DATASET.yaml) are looked up; default: %(default)s")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("compare", help="one method against every other on the same cells (Welch t-test)",
+    p = sub.add_parser("compare", help="one method against every other on the same cells (paired t-test, Holm)",
                        description="Compare METHOD with every other method on the same dataset and teacher/student "
-                                   "pair: mean difference over seeds and Welch's t-test p-value.",
+                                   "pair: the paired mean difference over seeds with its 95 % CI and paired t-test "
+                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within each cell.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
     _common(p, run=False)
     p.add_argument("method", help="the method to compare (must be on the board)")
@@ -365,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", nargs="+", metavar="METHOD", help="only these other methods")
     p.add_argument("--runs", type=Path, help="a runs.csv to read instead of the profile's evaluations")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level marked with *; default: %(default)s")
+    p.add_argument("--alpha", type=float, default=0.05, help="level for the Holm-corrected p marked with *; default: %(default)s")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sync-tracking", help="log deferred run records (mlflow_run.json) to MLflow")

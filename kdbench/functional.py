@@ -934,3 +934,29 @@ def ofd_loss(student_feat: Tensor, teacher_feat: Tensor, margin: Tensor) -> Tens
             + (s - t).pow(2) * ((s > t) & (t > m) & (t <= 0)).to(s.dtype)
             + (s - t).pow(2) * (t > 0).to(s.dtype))
     return loss.abs().mean(dim=0).sum()
+
+
+# --------------------------------------------------------------------------- calibration
+def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
+    """Expected calibration error (Guo et al., ICML 2017), 0-dim tensor: the top-1
+    confidences (max softmax) fall into ``n_bins`` equal-width bins (k/M, (k+1)/M];
+    ECE = Σ_b (n_b / N) · |acc_b − conf_b| over the non-empty bins. 0 for no samples."""
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"expected B×K logits and B labels, got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    dtype = logits.dtype if logits.is_floating_point() else torch.get_default_dtype()
+    n = logits.shape[0]
+    if n == 0:
+        return torch.zeros((), dtype=dtype)
+    conf, pred = torch.softmax(logits.to(dtype), dim=1).max(dim=1)
+    correct = (pred == labels.to(pred.device)).to(dtype)
+    bins = (torch.ceil(conf * n_bins).long() - 1).clamp_(0, n_bins - 1)
+    acc_sum = torch.zeros(n_bins, dtype=dtype, device=conf.device).index_add_(0, bins, correct)
+    conf_sum = torch.zeros(n_bins, dtype=dtype, device=conf.device).index_add_(0, bins, conf)
+    return (acc_sum - conf_sum).abs().sum() / n
+
+
+def nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean negative log-likelihood of the true class (the mean cross-entropy), 0-dim."""
+    return F.cross_entropy(logits, labels.to(logits.device).long(), reduction="mean")

@@ -308,7 +308,7 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
     from kdbench.data.cache import load_dataset
     from kdbench.engine import io as kio
     from kdbench.engine.runtime import select_device, set_deterministic, set_threads
-    from kdbench.engine.trainer import accuracy, ood_score, predict_split, save_model
+    from kdbench.engine.trainer import accuracy, calibration, ood_score, predict_split, save_model, split_logits
     from kdbench.methods import get_method
     from kdbench.models import create_model
     from kdbench.models.reference import load_reference_state
@@ -346,7 +346,8 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
                       tags={"kind": "teacher", "method": "import", "dataset": dataset})
     bs = int(profile["teacher_train"].get("eval_batch_size", 512))
     test = ds.splits["test"]
-    top1 = accuracy(predict_split(distiller.predict, ds, "test", device, bs), test.labels)
+    test_logits = split_logits(distiller.predict, ds, "test", device, bs)
+    top1 = accuracy(test_logits.argmax(1), test.labels)
     val_top1 = accuracy(predict_split(distiller.predict, ds, "val", device, bs), ds.splits["val"].labels) \
         if "val" in ds.splits else None
     top1_ood = None
@@ -357,7 +358,7 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
     metrics = {
         "kind": "teacher", "dataset": dataset, "arch": arch, "student": arch, "teacher": None,
         "method": "vanilla", "seed": seed, "teacher_seed": None, "epochs": epoch,
-        "top1": top1, "top1_sel": top1, "best_epoch": None,
+        "top1": top1, "top1_sel": top1, "best_epoch": None, **calibration(test_logits, test.labels),
         # the external teacher was trained on the whole training set, kdbench's val split
         # included: this number is not a held-out one
         "val_top1": val_top1, "top1_ood": top1_ood,

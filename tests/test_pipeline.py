@@ -35,7 +35,9 @@ SNAKEMAKE = str(BIN / "snakemake")
 TEN_METHODS = ["vanilla", "kd", "fitnet", "at", "dkd", "tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
 DESIGN_COLUMNS = ["dataset", "teacher", "student", "method", "n_seeds", "top1_mean", "top1_std", "top1_sel_mean",
                   "top1_ood_mean", "agreement_mean", "expl_sim_mean", "epg_mean", "fss_mean", "rs_mean",
-                  "delta_vs_kd", "delta_vs_vanilla", "params", "train_s_mean"]
+                  "ece_mean", "nll_mean", "delta_vs_kd", "delta_vs_kd_ci_lo", "delta_vs_kd_ci_hi",
+                  "delta_vs_kd_p_holm", "delta_vs_vanilla", "delta_vs_vanilla_ci_lo", "delta_vs_vanilla_ci_hi",
+                  "delta_vs_vanilla_p_holm", "hparams", "hparams_source", "params", "train_s_mean"]
 BOARD_FILES = ["runs.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.html",
                "metrics.json", "claims.csv", "claims.md", "accuracy.png", "accuracy_vs_agreement.png", "ood_vs_id.png"]
 
@@ -210,17 +212,24 @@ def test_smoke_board_has_every_column(smoke):
     board = pd.read_csv(board_dir / "leaderboard.csv")
     for col in DESIGN_COLUMNS:
         assert col in board.columns, col
+    teacher = board[board["method"] == "teacher"]
+    assert len(teacher) == 1 and teacher.index[0] == 0      # the teacher row heads its table
+    for col in ("top1_mean", "top1_ood_mean", "ece_mean", "nll_mean", "delta_vs_kd", "delta_vs_kd_ci_lo"):
+        assert teacher[col].notna().all(), col
+    board = board[board["method"] != "teacher"]
     assert sorted(board["method"]) == sorted(TEN_METHODS)
     assert (board["n_seeds"] == 2).all()
     for col in ("top1_mean", "top1_std", "top1_sel_mean", "top1_ood_mean", "agreement_mean", "expl_sim_mean",
-                "epg_mean", "fss_mean", "params", "train_s_mean", "delta_vs_kd", "delta_vs_vanilla"):
+                "epg_mean", "fss_mean", "ece_mean", "nll_mean", "params", "train_s_mean", "delta_vs_kd",
+                "delta_vs_vanilla"):
         assert board[col].notna().all(), col                  # shapes has OOD, masks: everything applies
     assert board.loc[board["method"] != "vanilla", "rs_mean"].notna().all()
     assert board.loc[board["method"] == "kd", "delta_vs_kd"].iloc[0] == 0
+    assert (board["delta_vs_kd_test"].dropna() == "paired_t").all() and board["hparams_source"].notna().all()
     runs = pd.read_csv(board_dir / "runs.csv")
     assert len(runs) == 20 and set(runs["seed"]) == {0, 1}
     metrics = json.loads((board_dir / "metrics.json").read_text())
-    assert set(metrics["shapes"]["resnet14__resnet8"]) == set(TEN_METHODS)
+    assert set(metrics["shapes"]["resnet14__resnet8"]) == set(TEN_METHODS) | {"teacher"}
     page = (board_dir / "leaderboard.html").read_text()
     assert "Claims" in page and "sortable" in page and "data:image/png;base64," in page
 
@@ -317,7 +326,7 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
         assert "resuming after epoch" in (logs / f"{seed_dir}.log").read_text()
     assert not list(runs_dir.glob("s*/checkpoint.pt"))
     board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
-    assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd"])
+    assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd", "teacher"])
     row = board[board["method"] == "half_kd"].iloc[0]
     assert row["n_seeds"] == 2 and 0 <= row["top1_mean"] <= 1 and not pd.isna(row["delta_vs_kd"])
 
@@ -327,6 +336,7 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     assert cmp.returncode == 0, cmp.stderr
     table = pd.read_csv(__import__("io").StringIO(cmp.stdout))
     assert sorted(table["other"]) == sorted(TEN_METHODS) and table["p_value"].notna().any()
+    assert (table["test"] == "paired_t").all() and table["p_holm"].notna().any()
 
 
 # ----------------------------------------------------------------------------- DVC

@@ -272,6 +272,7 @@ def test_import_teacher_measures_accuracy_and_writes_teacher_outputs(tmp_path):
     assert metrics["reported_top1"] == pytest.approx(0.7234) and metrics["source"] == spec["source"]
     assert metrics["checkpoint_sha256"] == spec["sha256"] and metrics["external"] is True
     assert metrics["kind"] == "teacher" and metrics["arch"] == "resnet56" and metrics["epochs"] == 240
+    assert 0 <= metrics["ece"] <= 1 and metrics["nll"] > 0       # calibration, like a trained teacher
     # model.pt in kdbench's format: the teacher loader and the deployed-model loader read it
     model, meta = load_model(out / "model.pt")
     x = torch.randn(2, 3, 32, 32)

@@ -99,6 +99,26 @@ def predict_split(predict, dataset, split, device, batch_size: int = 512) -> tor
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
+@torch.no_grad()
+def split_logits(predict, dataset, split, device, batch_size: int = 512) -> torch.Tensor:
+    """The logits over a whole split (un-augmented, in order), on the CPU."""
+    from kdbench.data.loader import make_loader
+
+    out = [predict(batch["image"]).cpu() for batch in make_loader(dataset, split, batch_size, train=False,
+                                                                            device=device)]
+    return torch.cat(out) if out else torch.zeros(0, dataset.num_classes)
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``ece`` (15 bins) and ``nll`` of a split's logits (None for an empty split)."""
+    from kdbench import functional as KF
+
+    if len(labels) == 0:
+        return {"ece": None, "nll": None}
+    return {"ece": float(KF.expected_calibration_error(logits, labels, n_bins=15)),
+            "nll": float(KF.nll(logits, labels))}
+
+
 def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
     return float((preds == labels).float().mean()) if len(labels) else float("nan")
 
@@ -321,7 +341,9 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     def test_accuracy() -> float:
         return accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
 
-    top1 = test_accuracy()
+    test_logits = split_logits(predict, ds, "test", device, r["eval_batch_size"])
+    top1 = accuracy(test_logits.argmax(1), ds.splits["test"].labels)
+    calib = calibration(test_logits, ds.splits["test"].labels)  # the last model, like top1
     if best_epoch == len(history) - 1:
         top1_sel = top1
     else:
@@ -339,6 +361,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         "params": sum(p.numel() for p in distiller.student.parameters()),
         "n_train": len(train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
         "device": str(device), "hparams": cfg.hparams,
+        "hparams_source": getattr(cfg, "hparams_source", None) or "paper", **calib,
     }
     if "test_ood" in ds.splits:
         split = ds.splits["test_ood"]
