@@ -2,15 +2,17 @@
 
 A DDP run with global batch B must match a single-process run with batch B to float
 tolerance (same batches, BN over the global batch, averaged gradients), for kd, a feature
-method (fitnet, whose adapter has a BatchNorm too), the teacher job and CID (whose prototypes are accumulated over both ranks' samples); rank 0
-alone writes; a checkpoint resumes only with its own world size. All DDP runs share one
-``torch.multiprocessing.spawn`` (one process start-up for the whole file).
+method (fitnet, whose adapter has a BatchNorm too) and CID (whose prototypes are
+accumulated over both ranks' samples), run in one ``torch.multiprocessing.spawn``; and
+the teacher job through the real command line, ``torchrun --nproc-per-node 2 -m
+kdbench.cli train-teacher``. Rank 0 alone writes; a checkpoint resumes only with its own
+world size.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from kdbench.data.loader import make_loader
 from kdbench.engine import distributed as kdist
 from kdbench.engine import io as kio
 from kdbench.engine import trainer
-from tests.tiny import tiny_profile
+from tests.tiny import tiny_profile, write_profile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORLD = 2
 METHODS = ("kd", "fitnet", "cid")
@@ -72,13 +76,21 @@ def runs(tmp_path_factory):
         single[m] = tmp / "single" / m
         trainer.run(cfg, single[m], results_dir=results, teacher_path=tdir / "model.pt")
         jobs.append((cfg, str(tmp / "ddp" / m), str(results), tdir / "model.pt"))
-    # the teacher job (method vanilla) under DDP too
-    tcfg = teacher_config(prof, "shapes", "resnet14", 0)
-    jobs.append((tcfg, str(tmp / "ddp" / "teacher"), str(results), None))
     single["teacher"] = tdir
+    # the teacher job (method vanilla) through `torchrun ... kdbench train-teacher`, started
+    # first, so that it runs while the spawned workers below run the students
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               KDBENCH_ROOT=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "-m", "kdbench.cli", "train-teacher", "--params", str(write_profile(tmp, prof)), "--dataset", "shapes",
+           "--arch", "resnet14", "--seed", "0", "--tracking", "off", "--out", str(tmp / "ddp" / "teacher")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(WORLD, str(tmp / "init"), jobs), nprocs=WORLD, join=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count(" top1_sel=") == 1, out[-3000:]  # rank 0 alone reports
     return tmp, single
 
 
@@ -122,7 +134,7 @@ def test_ddp_cid_prototypes_over_all_ranks(runs):
 
 def test_ddp_rank0_alone_writes(runs):
     tmp, _ = runs
-    for m in METHODS:
+    for m in METHODS + ("teacher",):
         out = tmp / "ddp" / m
         assert sorted(p.name for p in out.iterdir()) == ["artifacts.json", "history.csv", "metrics.json", "model.pt"]
 
