@@ -181,6 +181,11 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
     validate_structure(profile, source)
     validate_names(profile, source)
     full = with_defaults(profile)
+    nproc = int(full["nproc_per_node"])
+    for recipe in ("teacher_train", "student_train"):
+        if full[recipe]["batch_size"] % nproc:
+            raise ParamsError(f"{source}: {recipe}.batch_size {full[recipe]['batch_size']} is not divisible by "
+                              f"nproc_per_node {nproc} (the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
         for method in full["methods"]:
             method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))

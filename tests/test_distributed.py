@@ -184,3 +184,26 @@ def test_no_torchrun_env_is_one_process(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(kdist.DistributedError, match="torchrun --nproc-per-node 2"):
         kdist.init_from_env("cpu")
+
+
+def test_file_loader_shards_are_slices_of_the_global_batches():
+    from kdbench.data.loader import _EpochSampler, _ShardBatches
+
+    sampler = _EpochSampler(70, seed=1, shuffle=True)
+    sampler.epoch = 4
+    order = list(sampler)
+    for drop_last in (True, False):
+        shards = [list(_ShardBatches(sampler, 32, drop_last, (r, 2))) for r in range(2)]
+        n_batches = 2 if drop_last else 3
+        assert len(shards[0]) == len(shards[1]) == n_batches == len(_ShardBatches(sampler, 32, drop_last, (0, 2)))
+        for b in range(n_batches):
+            assert shards[0][b] + shards[1][b] == order[b * 32:(b + 1) * 32]
+
+
+def test_profile_batch_size_must_divide_nproc(tmp_path):
+    from kdbench.config import ParamsError
+
+    prof = tiny_profile(tmp_path, nproc_per_node=3)
+    with pytest.raises(ParamsError, match=r"teacher_train.batch_size 64 is not divisible by nproc_per_node 3"):
+        validate_profile(prof)
+    assert validate_profile(tiny_profile(tmp_path, nproc_per_node=2))["nproc_per_node"] == 2

@@ -205,6 +205,8 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     main = world is None or world.is_main
     if not main:
         tracker = None  # rank 0 alone writes checkpoints, outputs and the MLflow record
+    if world is not None:
+        world.check_batch_size(r["batch_size"], "batch_size")  # before any work
 
     ds = load_dataset(cfg.dataset, cfg.dataset_options, results_dir)
     train_split = ds.splits["train"]
