@@ -74,13 +74,22 @@ def _train(args, cfg, out: Path, teacher_path, profile) -> int:
     if not args.force and _finished(out, cfg):
         print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
         return 0
-    tracker = _tracker(profile, args, out)
+    # under `torchrun --nproc-per-node N`: one data-parallel job (kdbench.engine.distributed)
+    from kdbench.engine import distributed as kdist
+
+    world = kdist.init_from_env(profile["device"])
+    main = world is None or world.is_main
+    tracker = _tracker(profile, args, out) if main else None  # rank 0 alone records
     try:
         metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker)
     except BaseException:
-        tracker.finish("FAILED")
+        if tracker is not None:
+            tracker.finish("FAILED")
         raise
-    print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
+    finally:
+        kdist.shutdown()
+    if main:
+        print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
     return 0
 
 

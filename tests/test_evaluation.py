@@ -576,3 +576,58 @@ def test_evaluation_hot_path_imports_no_sklearn_scipy_or_dynamo():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_teacher_eval_features_cached_once_exactly(trained):
+    """The teacher's pass over the evaluation subset is cached once per teacher run: a
+    record made from the cache equals the recomputed one exactly, the cached tensors equal
+    a fresh pass bit for bit, and a changed evaluation config (subset size) or a changed
+    teacher file invalidates it."""
+    from kdbench.engine import io as kio
+    from kdbench.engine.trainer import load_model
+    from kdbench.evaluation import run as erun
+
+    tmp, prof, results, tdir, dirs = trained
+    ds = _dataset(prof, results)
+    ev = {**prof["evaluation"], "figures": False}
+    cache = tdir / erun.EVAL_FEATURES_FILE
+    cache.unlink(missing_ok=True)
+    strip = lambda r: {k: v for k, v in r.items() if k != "eval_s"}
+    fresh = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+    assert cache.is_file()
+    blob = kio.load_torch(cache)  # weights_only=True
+    key = erun.teacher_eval_key(tdir, ds, ev["n_samples"], erun.BATCH_SIZE, "cpu")
+    assert blob["key"] == key
+
+    # the cached tensors are a fresh pass of the teacher, bit for bit
+    teacher, _ = load_model(tdir / "model.pt")
+    again = erun.collect({"teacher": teacher}, ds, erun.eval_subset(ds, ev["n_samples"]), torch.device("cpu"))
+    assert torch.equal(again["teacher"]["logits"], blob["logits"])
+    assert all(torch.equal(a, b) for a, b in zip(again["teacher"]["stages"], blob["stages"]))
+
+    # from the cache: the same record; the teacher's pass is not run again
+    calls = []
+    real = erun.collect
+
+    def spy(models, *a, **k):
+        calls.append(sorted(models))
+        return real(models, *a, **k)
+
+    erun.collect = spy
+    try:
+        cached = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+        assert calls[0] == ["base", "student"] and not any("teacher" in c for c in calls)
+        assert strip(cached) == strip(fresh)
+        # another evaluation subset: a stale cache is recomputed (and rewritten)
+        calls.clear()
+        other = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "n_samples": 16})
+        assert calls[0] == ["base", "student", "teacher"] and other["n_eval"] == 16
+        assert kio.load_torch(cache)["key"]["n_samples"] == 16
+    finally:
+        erun.collect = real
+    # a corrupt cache file is recomputed, not an error
+    cache.write_bytes(b"not a torch file")
+    assert strip(erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)) == strip(fresh)
+    assert erun.load_teacher_eval(tdir, key) is not None
+    # a retrained teacher (another model.pt) has another key
+    assert erun.load_teacher_eval(tdir, {**key, "teacher_sha": "0" * 16}) is None

@@ -186,6 +186,58 @@ def test_slurm_profile_dry_run(bad_repo):
     assert job_counts(out)["distill"] == 300
 
 
+def _training_jobs(out: str):
+    """(resources line, shell command) of every teacher/distill job of a dry-run -p."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule )", out):
+        if block.startswith(("rule teacher:", "rule distill:")):
+            jobs.append((re.search(r"resources: (.*)", block).group(1),
+                         re.search(r"Shell command: (.*)", block).group(1) if "Shell command:" in block else
+                         block.strip().splitlines()[-1]))
+    return jobs
+
+
+def _assert_ddp_jobs(out: str, n: int):
+    jobs = _training_jobs(out)
+    assert len(jobs) == 306, len(jobs)  # 6 teachers + 300 students
+    for resources, cmd in jobs:
+        assert f"nproc={n}" in resources and f"gpu={n}" in resources, resources
+        assert f"torchrun --standalone --nproc-per-node {n} -m kdbench.cli " in cmd, cmd
+
+
+def test_slurm_profile_dry_run_ddp(bad_repo):
+    """Multi-GPU jobs: nproc_per_node=2 -> every training job asks for 2 GPUs and one task
+    (the torchrun launcher), and runs under torchrun."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/slurm",
+                     "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    _assert_ddp_jobs(out, 2)
+    for resources, _ in _training_jobs(out):
+        assert "tasks=1" in resources and "tasks_per_gpu=0" in resources, resources
+    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+
+
+def test_kubernetes_profile_dry_run_ddp(bad_repo, tmp_path):
+    """The Kubernetes profile (GPU requests per job, fs storage on a shared volume), with
+    DDP resources; the storage prefix is moved to a temporary folder for the test."""
+    pytest.importorskip("snakemake_executor_plugin_kubernetes")
+    pytest.importorskip("snakemake_storage_plugin_fs")
+    proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/kubernetes",
+                     "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2",
+                     "--default-storage-prefix", str(tmp_path / "store"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "workflow/profiles/kubernetes" in out
+    _assert_ddp_jobs(out, 2)
+    for resources, _ in _training_jobs(out):
+        assert "gpu_manufacturer=nvidia" in resources, resources
+    evaluate = out[out.index("rule evaluate:"):]
+    assert "gpu=1" in re.search(r"resources: (.*)", evaluate).group(1)
+    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+
+
 # ----------------------------------------------------------------------------- smoke run
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

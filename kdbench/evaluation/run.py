@@ -5,8 +5,13 @@ Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per
 only (``forward_from``); one pass of the student over a train subset for the probes; the
 deployed model over the full test / test_ood splits for accuracy and agreement. What
 depends on the teacher alone is computed once per teacher and cached (atomically) in its
-run dir: its TDD tree (``hierarchy.json``, shared with TDD's training) and its test / test_ood predictions
-(``teacher_predictions.json``).
+run dir: its TDD tree (``hierarchy.json``, shared with TDD's training), its test / test_ood
+predictions (``teacher_predictions.json``) and its pass over the evaluation subset — stage outputs,
+logits and Grad-CAM maps, which FSS, expl_sim and agreement use (``eval_features.pt``,
+keyed by the teacher file, dataset content, subset, batch size, device type and torch
+version; loaded with ``weights_only=True``). All of it is on un-augmented images with the
+teacher in eval mode, so the cached values are exactly the recomputed ones; nothing that
+depends on augmentation is cached.
 
 Conventions (see ``specs/evaluation.md``):
 - The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
@@ -45,6 +50,8 @@ SUBSET_SEED = 0
 PREDICTIONS_FILE = "teacher_predictions.json"
 #: the teacher's TDD tree beside its model (kdbench.methods.tdd.HIERARCHY_FILE)
 PARTITIONS_FILE = "hierarchy.json"
+#: the teacher's pass over the evaluation subset (stage outputs, logits, Grad-CAM maps)
+EVAL_FEATURES_FILE = "eval_features.pt"
 BATCH_SIZE = 256
 
 RECORD_KEYS = (
@@ -162,6 +169,38 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
 
 
+def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int, device) -> Dict[str, Any]:
+    """What the teacher's evaluation pass depends on: the teacher file, the dataset
+    content, the evaluation subset (size and seed), the batch size and the device type
+    (float results may differ between them), and the torch version."""
+    return {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+            "split": "test", "n_samples": int(n_samples), "subset_seed": SUBSET_SEED, "batch_size": int(batch_size),
+            "device": torch.device(device).type, "torch": str(torch.__version__), "version": 1}
+
+
+def load_teacher_eval(teacher_dir: Path, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cached teacher pass (``teacher_dir/eval_features.pt``, ``weights_only`` load)
+    when it exists and was made under ``key``; else None (missing, unreadable, stale)."""
+    from kdbench.engine import io as kio
+
+    path = Path(teacher_dir) / EVAL_FEATURES_FILE
+    if not path.is_file():
+        return None
+    try:
+        blob = kio.load_torch(path)
+    except Exception:  # truncated / corrupt: recompute (and overwrite)
+        return None
+    return blob if blob.get("key") == key else None
+
+
+def save_teacher_eval(teacher_dir: Path, key: Dict[str, Any], stages, logits, gradcam) -> None:
+    """Atomically: parallel evaluate jobs of one teacher at worst write identical files."""
+    from kdbench.engine import io as kio
+
+    kio.save_torch({"key": key, "stages": list(stages), "logits": logits, "gradcam": gradcam},
+                   Path(teacher_dir) / EVAL_FEATURES_FILE)
+
+
 # --------------------------------------------------------------------------- the record
 def _max(values) -> Optional[float]:
     values = [v for v in values if v is not None]
@@ -247,19 +286,31 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
                                                  t_preds["test_ood"])
 
     # ---- one pass per model over the fixed evaluation subset
+    # (the teacher's part is the same for every student of the teacher: un-augmented
+    # images, the teacher in eval mode; it is cached once per teacher run, keyed by
+    # everything it depends on, and recomputed when any of it changes)
     subset = eval_subset(ds, int(ev["n_samples"]))
-    models = {"teacher": teacher, "student": student, **({"base": base} if base is not None else {})}
+    tkey = teacher_eval_key(teacher_dir, ds, int(ev["n_samples"]), batch_size, device)
+    cached = load_teacher_eval(teacher_dir, tkey)
+    models = {**({"teacher": teacher} if cached is None else {}), "student": student,
+              **({"base": base} if base is not None else {})}
     data = collect(models, ds, subset, device, batch_size, keep_images=max(1, int(ev["figure_images"])))
     labels, masks = data["labels"], data["masks"]
     rec["n_eval"] = int(len(labels))
     size = data["size"]
-    T, S = data["teacher"], data["student"]
+    T = data["teacher"] if cached is None else {"stages": cached["stages"], "logits": cached["logits"]}
+    S = data["student"]
 
     # Grad-CAM: teacher and student for the teacher's class; student for the true class
     t_cls = T["logits"].argmax(1)
-    cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+    if cached is None:
+        cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+        cam_t = cam_t.cpu()
+        save_teacher_eval(teacher_dir, tkey, T["stages"], T["logits"], cam_t)
+    else:
+        cam_t = cached["gradcam"]
     cam_s, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=t_cls.to(device), size=size)
-    cam_t, cam_s = cam_t.cpu(), cam_s.cpu()
+    cam_s = cam_s.cpu()
     rec["expl_sim"] = explanations.expl_sim(cam_t, cam_s)
     if masks is not None:
         cam_gt, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=labels.to(device), size=size)

@@ -159,6 +159,14 @@ class Distiller(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         pass
 
+    def sync_state(self, world) -> None:
+        """Data-parallel jobs only (``kdbench.engine.distributed``): called on every rank
+        after an epoch's last step, before ``on_epoch_end``, so that state a method builds
+        from the batches it saw (each rank saw its shard) becomes the state of the whole
+        epoch's data on every rank, e.g. with ``world.all_reduce_sum(...)`` or
+        ``world.all_gather_cat(...)``. Trained parameters need nothing here (their
+        gradients are averaged every step). Default: nothing to synchronise."""
+
     def extra_modules(self) -> List[nn.Module]:
         """Modules trained with the student (adapters, heads)."""
         return []

@@ -29,6 +29,9 @@ during it) it falls back to the student's own logits z_s (the reference evaluate
 still untrained head there). ``trainable_state()`` holds the student, the regressor, the
 intervention head, ``prototypes`` / ``prototypes_ready`` (used in training, deployed)
 and ``next_prototypes`` / ``next_ready`` (built, not yet used: a resumed run swaps them in).
+
+Data-parallel jobs: ``sync_state`` sums the epoch's accumulators over the ranks before
+``on_epoch_end``, so the prototypes are those of all the epoch's samples on every rank.
 """
 from __future__ import annotations
 
@@ -104,6 +107,11 @@ class CID(Distiller):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self.install_prototypes()
+
+    @torch.no_grad()
+    def sync_state(self, world) -> None:
+        """The epoch's prototype sums over every rank's samples (data-parallel jobs)."""
+        world.all_reduce_sum(self.proto_sum, self.proto_weight)
 
     def on_epoch_end(self, epoch: int) -> None:
         if epoch + 1 >= self.warmup:
