@@ -67,6 +67,13 @@ def command_line(args, command: str, **options) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _profile_ref(args) -> str:
+    """The profile as named on this command line (--params and any --set), for hints."""
+    import shlex
+
+    return " ".join([shlex.quote(str(args.params))] + [f"--set {shlex.quote(o)}" for o in args.overrides])
+
+
 def _tracker(profile, args, out: Path):
     from kdbench.tracking import SPOOL_NAME, Tracker
 
@@ -107,7 +114,12 @@ def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
     if not args.force and _finished(out, cfg):
         print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
         return 0
-    tracker = _tracker(profile, args, out)
+    # under `torchrun --nproc-per-node N`: one data-parallel job (kdbench.engine.distributed)
+    from kdbench.engine import distributed as kdist
+
+    world = kdist.init_from_env(profile["device"])
+    main = world is None or world.is_main
+    tracker = _tracker(profile, args, out) if main else None  # rank 0 alone records
     try:
         metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker,
                       **expect)
@@ -115,9 +127,13 @@ def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
         tracker.finish("KILLED")
         raise
     except BaseException:
-        tracker.finish("FAILED")
+        if tracker is not None:
+            tracker.finish("FAILED")
         raise
-    print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
+    finally:
+        kdist.shutdown()
+    if main:
+        print(f"top1={metrics['top1']:.4f} top1_sel={metrics['top1_sel']:.4f} -> {out}", file=sys.stderr)
     return 0
 
 
@@ -129,6 +145,33 @@ def cmd_train_teacher(args) -> int:
     cfg = teacher_config(profile, args.dataset, args.arch, args.seed)
     out = args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed)
     return _train(args, cfg, Path(out), None, profile)
+
+
+def cmd_import_teacher(args) -> int:
+    from kdbench.config import check_in_profile, run_paths
+    from kdbench.teachers import import_teacher
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, None, args.arch, None)
+    out = Path(args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed))
+    metrics = import_teacher(profile, args.dataset, args.arch, args.seed, out, params=_profile_ref(args),
+                             tracker=_tracker(profile, args, out), force=args.force)
+    rep = metrics.get("reported_top1")
+    print(f"{args.dataset}/{args.arch}: test top1 {100 * metrics['top1']:.2f}%"
+          + (f" (the source reports {100 * rep:.2f}%)" if rep is not None else "") + f" -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_teachers(args) -> int:
+    from kdbench.teachers import fetch_teachers, used_teachers
+
+    profile = _profile(args)
+    if not used_teachers(profile):
+        print(f"{args.params}: the profile names no external teachers (key `teachers`)", file=sys.stderr)
+        return 0
+    lines = fetch_teachers(profile, download=args.download, params=_profile_ref(args))
+    print("\n".join(lines))
+    return 0 if all(line.startswith("OK") for line in lines) else 1
 
 
 def cmd_distill(args) -> int:
@@ -145,9 +188,18 @@ def cmd_distill(args) -> int:
                                                         args.teacher, cfg.teacher_seed) / "model.pt")
         # the teacher this profile implies: a model.pt trained with another recipe (another
         # profile, an edited teacher_train) is refused, never used silently
-        expect = {"teacher_hash": teacher_config(profile, args.dataset, args.teacher, cfg.teacher_seed).config_hash,
-                  "teacher_command": command_line(args, "train-teacher", dataset=args.dataset, arch=args.teacher,
-                                                  seed=cfg.teacher_seed)}
+        from kdbench.teachers import external_teacher, file_sha256, import_identity
+
+        ext = external_teacher(profile, args.dataset, args.teacher)
+        if ext is None:
+            expect = {"teacher_hash": teacher_config(profile, args.dataset, args.teacher, cfg.teacher_seed).config_hash,
+                      "teacher_command": command_line(args, "train-teacher", dataset=args.dataset, arch=args.teacher,
+                                                      seed=cfg.teacher_seed)}
+        else:  # an external checkpoint (profile key `teachers`): its import's identity
+            digest = (ext.sha256 or "").lower() or (file_sha256(ext.path) if ext.path.is_file() else None)
+            expect = {"teacher_hash": import_identity(ext, digest, profile["datasets"][args.dataset]) if digest else None,
+                      "teacher_command": command_line(args, "import-teacher", dataset=args.dataset, arch=args.teacher,
+                                                      seed=cfg.teacher_seed)}
         if args.teacher_model:  # a teacher given by hand: the user vouches for it
             expect["teacher_hash"] = None
     return _train(args, cfg, Path(out), teacher_path, profile, **expect)
@@ -184,7 +236,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from kdbench.teachers import verify_teachers
+
     profile = _profile(args)
+    verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
     n = len(profile["datasets"]) * len(profile["pairs"]) * len(profile["methods"]) * len(profile["seeds"])
     print(f"{args.params}: valid ({n} student runs)")
     return 0
@@ -238,7 +293,7 @@ def cmd_leaderboard(args) -> int:
 
     profile = _profile(args)
     paths = build(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
-                  tracking=profile["tracking"]["enabled"] and not args.no_tracking)
+                  tracking=profile["tracking"]["enabled"] and not args.no_tracking, published_dir=args.published)
     print(f"leaderboard -> {paths['board'].parent}/ ({', '.join(p.name for p in paths.values() if p.exists())})",
           file=sys.stderr)
     return 0
@@ -319,6 +374,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_train_teacher)
 
+    p = sub.add_parser("import-teacher", help="use an external teacher checkpoint (the profile's `teachers`)",
+                       description="Load the checkpoint the profile names for (DATASET, ARCH) under `teachers` "
+                                   "(RepDistiller/mdistiller layout; torch.load weights_only), check its sha256 and "
+                                   "keys, measure its test accuracy once and write the train-teacher outputs "
+                                   "(model.pt, metrics.json with top1, reported_top1 and source).")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True, help="architecture (kdbench list archs)")
+    p.add_argument("--seed", type=_seed, default=0, help="the teacher seed directory to write (s<seed>)")
+    p.set_defaults(func=cmd_import_teacher)
+
+    p = sub.add_parser("fetch-teachers", help="check (and with --download, fetch) a profile's external teachers",
+                       description="For every external teacher the profile uses: say whether its file is where "
+                                   "kdbench looks, and check its sha256 and keys. Only with --download (and "
+                                   "internet) are missing files fetched from their url.")
+    _common(p, run=False)
+    p.add_argument("--download", action="store_true", help="download missing files from their url")
+    p.set_defaults(func=cmd_fetch_teachers)
+
     p = sub.add_parser("distill", help="train a student with a distillation method",
                        description="Distil TEACHER into STUDENT with METHOD (vanilla = the student alone) using "
                                    "the profile's student_train recipe and params/methods/METHOD.yaml. The teacher "
@@ -350,18 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="aggregate the evaluated runs into results/leaderboard/",
                        description="Read every evaluated run of the profile (results/evals/) and write "
                                    "results/leaderboard/: runs.csv (one row per seed), leaderboard.csv (mean/std over "
-                                   "seeds, deltas vs kd and vanilla), leaderboard.md/.tex/.html, claims.csv/.md, "
+                                   "seeds, teacher row, paired deltas vs kd and vanilla with 95 % CI and Holm p), "
+                                   "leaderboard.md/.tex/.html, claims.csv/.md (with the scorecard), "
                                    "metrics.json (DVC) and the figures; logs the tables to MLflow.")
     _common(p, run=False)
     p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/leaderboard)")
     p.add_argument("--strict", action="store_true", help="fail if a run of the profile has no evaluation yet")
     p.add_argument("--no-figures", action="store_true", help="skip the seaborn figures")
     p.add_argument("--no-tracking", action="store_true", help="do not log the board to MLflow")
+    p.add_argument("--published", type=Path, default=Path("params") / "published", metavar="DIR",
+                   help="where published numbers (DATASET.yaml) are looked up; default: %(default)s")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("compare", help="one method against every other on the same cells (Welch t-test)",
+    p = sub.add_parser("compare", help="one method against every other on the same cells (paired t-test, Holm)",
                        description="Compare METHOD with every other method on the same dataset and teacher/student "
-                                   "pair: mean difference over seeds and Welch's t-test p-value.",
+                                   "pair: the paired mean difference over seeds with its 95 % CI and paired t-test "
+                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within each cell.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
     _common(p, run=False)
     p.add_argument("method", help="the method to compare (must be on the board)")
@@ -369,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", nargs="+", metavar="METHOD", help="only these other methods")
     p.add_argument("--runs", type=Path, help="a runs.csv to read instead of the profile's evaluations")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level marked with *; default: %(default)s")
+    p.add_argument("--alpha", type=float, default=0.05, help="level for the Holm-corrected p marked with *; default: %(default)s")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sync-tracking", help="log deferred run records (mlflow_run.json) to MLflow")

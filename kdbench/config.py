@@ -48,6 +48,8 @@ PROFILE_DEFAULTS: Dict[str, Any] = {
     "threads": 1,
     "precision": "fp32",
     "channels_last": False,
+    "compile": False,
+    "nproc_per_node": 1,
     "tracking": {"enabled": True, "experiment": "kdbench"},
 }
 
@@ -211,9 +213,18 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
     pair x method with the method's ``check_pair``, then ``student_shots`` against the
     datasets' class sizes); returns it with defaults filled in. Raises a KDBenchError
     naming the problem."""
+    from kdbench.teachers import check_teacher_specs, inline_teachers_file
+
+    profile = inline_teachers_file(profile, source)  # `teachers: file.yaml` -> its mapping
     validate_structure(profile, source)
     validate_names(profile, source)
     full = with_defaults(profile)
+    check_teacher_specs(full, source)
+    nproc = int(full["nproc_per_node"])
+    for recipe in ("teacher_train", "student_train"):
+        if full[recipe]["batch_size"] % nproc:
+            raise ParamsError(f"{source}: {recipe}.batch_size {full[recipe]['batch_size']} is not divisible by "
+                              f"nproc_per_node {nproc} (the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
         for method in full["methods"]:
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
@@ -298,6 +309,7 @@ def _check_student_shots(full: dict, source: str) -> None:
 
 
 # --------------------------------------------------------------------------- methods
+#: top-level keys of params/methods/<m>.yaml (``types`` and ``search``: contract 1)
 METHOD_FILE_KEYS = ("defaults", "types", "search", "pairs")
 
 
@@ -393,6 +405,8 @@ class RunConfig:
     threads: int = 1
     precision: str = "fp32"
     channels_last: bool = False
+    #: opt-in torch.compile of the training step's loss (CUDA only; CPU runs stay eager)
+    compile: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -402,7 +416,7 @@ class RunConfig:
         """Hash of everything that determines the numbers (not where they are written)."""
         # threads count: CPU kernels (conv backward, reductions) split their sums by thread,
         # so another thread count gives other low bits, i.e. other numbers
-        payload = {k: v for k, v in self.to_dict().items() if k != "device"}
+        payload = {k: v for k, v in self.to_dict().items() if k not in ("device", "compile")}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -416,7 +430,7 @@ def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConf
         kind="teacher", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=arch,
         method="vanilla", seed=seed, recipe=dict(profile["teacher_train"], student_shots=None),
         hparams={}, device=profile["device"], threads=profile["threads"],
-        precision=profile["precision"], channels_last=profile["channels_last"])
+        precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
 
 
 def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> RunConfig:
@@ -431,7 +445,7 @@ def student_config(profile: dict, dataset: str, teacher: str, student: str, meth
         teacher=teacher if needs_teacher else None,
         teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,
         device=profile["device"], threads=profile["threads"],
-        precision=profile["precision"], channels_last=profile["channels_last"])
+        precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
 
 
 def check_in_profile(profile: dict, dataset: str, teacher: Optional[str], student: Optional[str], method: Optional[str]) -> None:

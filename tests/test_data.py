@@ -124,6 +124,47 @@ def test_shapes_colour_not_class_informative(shapes_big):
         assert abs(cy[sp.labels == c].mean() - cy.mean()) < 1.0
 
 
+def test_shapes_coarse_is_local_fine_is_global():
+    """The hierarchy a CNN can find: the coarse group (solid vs hollow part) is decided
+    by one 3×3 patch; the classes within a group share their local geometry (the apex's
+    two neighbours at the same distance D) and differ only in the third, global distance."""
+    from kdbench.data.shapes import PART_OF_CLASS, part_centres
+
+    d = build_dataset("shapes", image_size=16, n_train=800, n_val=8, n_test=8, n_test_ood=8)
+    sp = d.splits["train"]
+    m = sp.masks.float()[:, None]
+    ring = torch.nn.functional.conv2d(torch.nn.functional.pad(m, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3)) - m
+    hole = ((ring[:, 0] == 8) & (m[:, 0] == 0)).flatten(1).any(1)  # background ringed by foreground
+    coarse = torch.tensor(PART_OF_CLASS)[sp.labels].bool()
+    assert (hole == coarse).float().mean() >= 0.99
+    assert d.hierarchy[0] == [[k for k in range(8) if PART_OF_CLASS[k] == g] for g in (0, 1)]
+
+    import numpy as np
+    labels = np.arange(4000) % 8
+    c = part_centres(labels, 16, np.random.default_rng(0)).astype(float)
+    near = np.linalg.norm(c[:, 1:] - c[:, :1], axis=-1).mean(1)  # apex to its two neighbours
+    far = np.linalg.norm(c[:, 1] - c[:, 2], axis=-1)
+    near_mean = [near[labels == k].mean() for k in range(8)]
+    far_mean = [far[labels == k].mean() for k in range(8)]
+    assert max(near_mean) - min(near_mean) < 0.5  # the same local geometry in every class
+    for g in (0, 4):  # line > obtuse > right > equilateral (2D, 1.73D, 1.41D, D: ~1-1.7 px apart)
+        assert all(far_mean[g + i] - far_mean[g + i + 1] > 0.75 for i in range(3)), far_mean
+
+
+def test_prepared_shapes_of_another_generator_version_are_rebuilt(tmp_path):
+    from kdbench.data.cache import load_dataset, prepared_path, save_dataset
+
+    opts = dict(image_size=16, n_train=16, n_val=8, n_test=8, n_test_ood=8)
+    fresh = load_dataset("shapes", opts, tmp_path)
+    assert fresh.meta["generator_version"] == 2
+    old = build_dataset("shapes", **opts)
+    old.options, old.meta = dict(opts), {**old.meta, "generator_version": 1}
+    old.splits["train"].images.zero_()  # what an older generator drew
+    save_dataset(old, prepared_path(tmp_path, "shapes"))
+    again = load_dataset("shapes", opts, tmp_path)
+    assert torch.equal(again.splits["train"].images, fresh.splits["train"].images)
+
+
 # ---------------------------------------------------------------- digits
 def test_digits_default():
     d = build_dataset("digits")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
+from kdbench.errors import KDBenchError
 from kdbench.evaluation import accuracy as acc
 from kdbench.explain import gradcam_maps, unicam_map, unicam_maps
 from kdbench.models import create_model
@@ -84,6 +85,92 @@ def test_rs_is_near_zero_for_random_labels_and_high_for_label_features():
     assert abs(similarity.relevance(informative, informative, labels, 4)) < 1e-6
 
 
+# ----------------------------------------------------------------- FSS estimators
+def _np_dist(x):
+    x = x.reshape(len(x), -1)
+    return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+
+
+def _np_ucentre(x):
+    a, n = _np_dist(x), len(x)
+    big = a - a.sum(1, keepdims=True) / (n - 2) - a.sum(0, keepdims=True) / (n - 2) + a.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(big, 0.0)
+    return big
+
+
+def _np_uinner(a, b):
+    n = len(a)
+    return (a * b).sum() / (n * (n - 3))  # diagonals are 0
+
+
+def _np_ucorr(a, b):
+    return _np_uinner(a, b) / np.sqrt(_np_uinner(a, a) * _np_uinner(b, b))
+
+
+def _np_u_dcor(x, y):
+    return _np_ucorr(_np_ucentre(x), _np_ucentre(y))
+
+
+def _np_v_dcor_normalized(x, y):
+    """gadhane/UniCAM pdCor.Distance_Correlation, written from its formula."""
+    def centred(z):
+        z = z.reshape(len(z), -1)
+        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        a = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1) + 1e-12)
+        return a - a.mean(0, keepdims=True) - a.mean(1, keepdims=True) + a.mean()
+
+    a, b = centred(x), centred(y)
+    return (a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean() + 1e-9)
+
+
+def _np_rs(x, y, onehot):
+    a, b, l = _np_ucentre(x), _np_ucentre(y), _np_ucentre(onehot)
+    ar = a - _np_uinner(a, b) / _np_uinner(b, b) * b
+    return _np_ucorr(ar, l)
+
+
+def test_fss_estimators_match_independent_numpy():
+    rng = np.random.default_rng(0)
+    n = 23  # 4 batches of 5 and a dropped one of 3
+    x = rng.normal(size=(n, 3, 2, 2))
+    y = np.concatenate([x.reshape(n, -1)[:, :5] ** 2, rng.normal(size=(n, 4))], 1)
+    tx, ty = torch.tensor(x), torch.tensor(y)
+    assert similarity.fss(tx, ty, "u_centered") == pytest.approx(_np_u_dcor(x, y), rel=1e-10)
+    assert similarity.fss(tx, ty, "v_normalized") == pytest.approx(_np_v_dcor_normalized(x, y), rel=1e-10)
+    batch5 = np.mean([_np_u_dcor(x[s:s + 5], y[s:s + 5]) for s in range(0, 20, 5)])
+    assert similarity.fss(tx, ty, "u_centered_batch5") == pytest.approx(batch5, rel=1e-10)
+    assert len({round(similarity.fss(tx, ty, e), 6) for e in similarity.FSS_ESTIMATORS}) == 3
+    labels = rng.integers(0, 3, n)
+    onehot = np.eye(3)[labels]
+    tl = torch.tensor(labels)
+    assert similarity.relevance(tx, ty, tl, 3) == pytest.approx(_np_rs(x.reshape(n, -1), y, onehot), rel=1e-9)
+    assert similarity.relevance(tx, ty, tl, 3, "v_normalized") == similarity.relevance(tx, ty, tl, 3)
+    rs5 = np.mean([_np_rs(x.reshape(n, -1)[s:s + 5], y[s:s + 5], onehot[s:s + 5]) for s in range(0, 20, 5)])
+    assert similarity.relevance(tx, ty, tl, 3, "u_centered_batch5") == pytest.approx(rs5, rel=1e-9)
+    with pytest.raises(KDBenchError, match="fss_estimator.*u_centered"):
+        similarity.fss(tx, ty, "biased")
+
+
+def test_fss_estimators_on_independent_high_dim_features():
+    """Independent 1024-d features, n = 256: the reference's V-statistic on normalised rows
+    is ≈ 0.94, the U-centred estimator ≈ 0 (it is unbiased)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1024, generator=g, dtype=torch.float64)
+    y = torch.randn(256, 1024, generator=g, dtype=torch.float64)
+    assert similarity.fss(x, y, "v_normalized") == pytest.approx(0.94, abs=0.01)
+    assert abs(similarity.fss(x, y, "u_centered")) < 0.01
+
+
+def test_rs_stages_pair_the_same_stage():
+    torch.manual_seed(0)
+    s = [torch.randn(16, 4, 2, 2) for _ in range(3)]
+    b = [torch.randn(16, 4, 2, 2) for _ in range(3)]
+    labels = torch.arange(16) % 4
+    rs, res = similarity.rs_stages(s, b, labels, 4)
+    assert rs == [similarity.relevance(s[k], b[k], labels, 4) for k in range(3)]
+    assert res == [similarity.relevance(b[k], s[k], labels, 4) for k in range(3)]
+
+
 # ----------------------------------------------------------------- UniCAM
 def test_unicam_maps_shape_finite_and_swap():
     torch.manual_seed(0)
@@ -108,6 +195,43 @@ def test_unicam_maps_shape_finite_and_swap():
         unicam_map(s[:4], b[:4], labels[:4])
 
 
+def test_unicam_reference_target_pooled_embedding_and_minmax():
+    """The reference's default: RS of the pooled embeddings (feature_depth=1) explained on the
+    last stage, each map min-max scaled (pytorch-grad-cam scale_cam_image)."""
+    m_s, m_b = _model(seed=0), _model(seed=1)
+    torch.manual_seed(2)
+    x = torch.randn(16, 3, 16, 16)
+    labels = torch.arange(16) % 4
+    with torch.no_grad():
+        a_s = m_s.forward_features(x).stages[-1]
+        a_b = m_b.forward_features(x).stages[-1]
+        e_s, e_b = m_s.head.embed(a_s), m_b.head.embed(a_b)
+    d, r, score_d, score_r = unicam_maps(a_s, a_b, labels, num_classes=4, student_embed=m_s.head.embed,
+                                         base_embed=m_b.head.embed, return_scores=True)
+    assert score_d == pytest.approx(similarity.relevance(e_s, e_b, labels, 4), abs=1e-12)
+    assert score_r == pytest.approx(similarity.relevance(e_b, e_s, labels, 4), abs=1e-12)
+    # by hand: f = GAP(A) (the embedding), so ∂RS/∂A_k,ij = g_k / (h·w) and α_k = g_k / (h·w)
+    from kdbench import functional as KF
+
+    f = e_s.double().clone().requires_grad_(True)
+    score = KF.relevance_score(f, e_b.double(), labels, num_classes=4)
+    (g,) = torch.autograd.grad(score, f)
+    hw = a_s.shape[-1] * a_s.shape[-2]
+    alpha = np64(g) / hw
+    cam = np.maximum((alpha[:, :, None, None] * np64(a_s)).sum(1), 0)
+    cam = cam - cam.reshape(16, -1).min(1)[:, None, None]
+    cam = cam / (cam.reshape(16, -1).max(1)[:, None, None] + 1e-7)
+    np.testing.assert_allclose(np64(d), cam, rtol=1e-4, atol=1e-5)
+    assert (d.flatten(1).amax(1) <= 1).all() and (d.flatten(1).amin(1) == 0).all()
+    assert (d.flatten(1).amax(1) > 0.999).sum() >= 8
+    raw = unicam_map(a_s, e_b, labels, num_classes=4, embed_x=m_s.head.embed, minmax=False)
+    assert not torch.allclose(raw, d)
+
+
+def np64(t):
+    return t.detach().double().cpu().numpy()
+
+
 # ----------------------------------------------------------------- decision process
 def _separable(n, partitions, num_classes, seed):
     """Pooled 'stage features' whose stage-l block encodes the super-class π_l(y)."""
@@ -118,14 +242,16 @@ def _separable(n, partitions, num_classes, seed):
         g = hierarchy.class_to_group(part, num_classes)[y]
         centers = np.eye(len(part)) * 10.0
         feats.append(centers[g] + rng.normal(0, 0.5, (n, len(part))))
-    feats.append(rng.normal(size=(n, 3)))  # the last stage: ignored
     return feats, y
 
 
 def test_decision_consistency_one_on_separable_features_and_ari():
-    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]]]
+    # one partition per teacher stage (the last one's: the classes); the student's last
+    # stage is not probed (its decision is the classification)
+    truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]], [[k] for k in range(8)]]
     tr, ytr = _separable(400, truth, 8, 0)
     te, yte = _separable(200, truth, 8, 1)
+    tr[-1], te[-1] = np.zeros_like(tr[-1]), np.zeros_like(te[-1])  # ignored: a constant last stage
     dc, per_stage = hierarchy.decision_consistency(tr, ytr, te, yte, truth, 8)
     assert dc == pytest.approx(1.0) and per_stage == pytest.approx([1.0, 1.0])
     # noise features predict the partition at chance, well below 1
@@ -134,7 +260,7 @@ def test_decision_consistency_one_on_separable_features_and_ari():
                                             yte, truth, 8)
     assert low < 0.75
     # a single-super-class stage carries no decision: skipped
-    dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1]], 8)
+    dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1], truth[2]], 8)
     assert per1[0] is None and dc1 == pytest.approx(1.0)
 
     assert hierarchy.hierarchy_ari(truth, truth, 8) == pytest.approx(1.0)
@@ -286,6 +412,13 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     assert (rec["dataset"], rec["teacher"], rec["student"], rec["method"], rec["seed"], rec["teacher_seed"]) == \
         ("shapes", "resnet8", "resnet8", "kd", 0, 0)
     assert rec["n_eval"] == 32 and len(rec["fss_stages"]) == 3
+    assert rec["fss_estimator"] == "u_centered" and len(rec["rs_stages"]) == len(rec["rs_residual_stages"]) == 3
+    assert rec["rs"] == rec["rs_stages"][-1] and rec["rs_residual"] == rec["rs_residual_stages"][-1]
+    v = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "fss_estimator": "v_normalized"})
+    assert v["fss_estimator"] == "v_normalized" and v["fss"] != rec["fss"]
+    assert v["rs"] == rec["rs"] and v["expl_sim"] == rec["expl_sim"]  # the reference's RS is U-centred
+    with pytest.raises(KDBenchError, match="fss_estimator"):
+        evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "fss_estimator": "nope"})
     for key in ("agreement", "agreement_ood", "expl_sim", "epg", "fss", "rs", "rs_residual",
                 "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "hierarchy_ari"):
         assert isinstance(rec[key], float) and math.isfinite(rec[key]), key
@@ -308,7 +441,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
 
     # the cached partitions are reused (same key): plant the true hierarchy -> ARI 1
     blob = json.loads((tdir / PARTITIONS_FILE).read_text())
-    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy[:2]}))
+    (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy}))  # one per stage
     planted = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
     assert planted["hierarchy_ari"] == pytest.approx(1.0)
     (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "key": {"stale": True}}))  # another key: recomputed
@@ -443,3 +576,58 @@ def test_evaluation_hot_path_imports_no_sklearn_scipy_or_dynamo():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_teacher_eval_features_cached_once_exactly(trained):
+    """The teacher's pass over the evaluation subset is cached once per teacher run: a
+    record made from the cache equals the recomputed one exactly, the cached tensors equal
+    a fresh pass bit for bit, and a changed evaluation config (subset size) or a changed
+    teacher file invalidates it."""
+    from kdbench.engine import io as kio
+    from kdbench.engine.trainer import load_model
+    from kdbench.evaluation import run as erun
+
+    tmp, prof, results, tdir, dirs = trained
+    ds = _dataset(prof, results)
+    ev = {**prof["evaluation"], "figures": False}
+    cache = tdir / erun.EVAL_FEATURES_FILE
+    cache.unlink(missing_ok=True)
+    strip = lambda r: {k: v for k, v in r.items() if k != "eval_s"}
+    fresh = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+    assert cache.is_file()
+    blob = kio.load_torch(cache)  # weights_only=True
+    key = erun.teacher_eval_key(tdir, ds, ev["n_samples"], erun.BATCH_SIZE, "cpu")
+    assert blob["key"] == key
+
+    # the cached tensors are a fresh pass of the teacher, bit for bit
+    teacher, _ = load_model(tdir / "model.pt")
+    again = erun.collect({"teacher": teacher}, ds, erun.eval_subset(ds, ev["n_samples"]), torch.device("cpu"))
+    assert torch.equal(again["teacher"]["logits"], blob["logits"])
+    assert all(torch.equal(a, b) for a, b in zip(again["teacher"]["stages"], blob["stages"]))
+
+    # from the cache: the same record; the teacher's pass is not run again
+    calls = []
+    real = erun.collect
+
+    def spy(models, *a, **k):
+        calls.append(sorted(models))
+        return real(models, *a, **k)
+
+    erun.collect = spy
+    try:
+        cached = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+        assert calls[0] == ["base", "student"] and not any("teacher" in c for c in calls)
+        assert strip(cached) == strip(fresh)
+        # another evaluation subset: a stale cache is recomputed (and rewritten)
+        calls.clear()
+        other = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "n_samples": 16})
+        assert calls[0] == ["base", "student", "teacher"] and other["n_eval"] == 16
+        assert kio.load_torch(cache)["key"]["n_samples"] == 16
+    finally:
+        erun.collect = real
+    # a corrupt cache file is recomputed, not an error
+    cache.write_bytes(b"not a torch file")
+    assert strip(erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)) == strip(fresh)
+    assert erun.load_teacher_eval(tdir, key) is not None
+    # a retrained teacher (another model.pt) has another key
+    assert erun.load_teacher_eval(tdir, {**key, "teacher_sha": "0" * 16}) is None

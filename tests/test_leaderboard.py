@@ -1,27 +1,37 @@
 """The leaderboard on constructed evaluation records: columns, hand-checked means, stds and
-deltas, empty (never 0) metrics that do not apply, the rendered files, and compare's
-Welch p-values against scipy."""
+deltas, the paired statistics against scipy, Holm's correction, teacher rows, published
+numbers, the claims scorecard, empty (never 0) metrics that do not apply, the rendered
+files, and compare's paired tests."""
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
 from kdbench import leaderboard as lb
+from kdbench.board import claims as bclaims
+from kdbench.board import stats as bstats
 
 DESIGN_COLUMNS = ["dataset", "teacher", "student", "method", "n_seeds", "top1_mean", "top1_std", "top1_sel_mean",
                   "top1_ood_mean", "agreement_mean", "expl_sim_mean", "epg_mean", "fss_mean", "rs_mean",
-                  "delta_vs_kd", "delta_vs_vanilla", "params", "train_s_mean"]
+                  "ece_mean", "nll_mean", "delta_vs_kd", "delta_vs_kd_ci_lo", "delta_vs_kd_ci_hi",
+                  "delta_vs_kd_p", "delta_vs_kd_p_holm", "delta_vs_kd_test", "delta_vs_vanilla",
+                  "delta_vs_vanilla_ci_lo", "delta_vs_vanilla_ci_hi", "delta_vs_vanilla_p_holm", "hparams",
+                  "hparams_source", "params", "train_s_mean", "published_top1", "published_source",
+                  "delta_vs_published", "delta_vs_published_ci_lo", "delta_vs_published_ci_hi", "reproduces"]
 
 TOP1 = {"vanilla": [0.60, 0.62, 0.64], "kd": [0.70, 0.72, 0.74], "dkd": [0.75, 0.80, 0.85]}
+HPARAMS = {"vanilla": {}, "kd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0},
+           "dkd": {"alpha": 1.0, "beta": 2.0, "temperature": 4.0}}
 
 
 def record(dataset, method, seed, top1, *, ood=True, masks=True):
-    """An evaluation record as `kdbench evaluate` writes it."""
+    """An evaluation record as `kdbench leaderboard` collects it (evaluation + run + teacher)."""
     kd_like = method != "vanilla"
     return {
         "dataset": dataset, "teacher": "resnet14", "student": "resnet8", "method": method, "seed": seed,
@@ -33,6 +43,10 @@ def record(dataset, method, seed, top1, *, ood=True, masks=True):
         "unicam_epg_distilled": (0.6 if masks else None) if kd_like else None,
         "unicam_epg_residual": (0.3 if masks else None) if kd_like else None,
         "decision_consistency": 0.8, "hierarchy_ari": 1.0, "flops": 1.2e7, "eval_s": 3.0,
+        "ece": 0.05 + seed / 100, "nll": 1.0 - top1, "hparams": HPARAMS.get(method, {}),
+        "hparams_source": "tuned (8 trials, val)" if method == "dkd" else None,
+        "teacher_top1": 0.9 if dataset == "shapes" else 0.8, "teacher_top1_ood": 0.7 if ood else None,
+        "teacher_ece": 0.03, "teacher_nll": 0.35, "teacher_params": 175000, "teacher_train_s": 20.0,
     }
 
 
@@ -67,10 +81,11 @@ def test_columns(runs, board):
     for col in DESIGN_COLUMNS:
         assert col in board.columns, col
     for col in ["dataset", "teacher", "student", "method", "seed", "top1", "top1_sel", "top1_ood", "agreement",
-                "expl_sim", "epg", "fss", "rs", "train_s", "params", "fss_stages"]:
+                "expl_sim", "epg", "fss", "rs", "ece", "nll", "train_s", "params", "fss_stages", "hparams",
+                "hparams_source", "teacher_top1", "teacher_ece"]:
         assert col in runs.columns, col
     assert len(runs) == 9 + 4
-    assert len(board) == 3 + 2
+    assert len(board) == (1 + 3) + (1 + 2)             # a teacher row per cell
 
 
 def test_means_stds_deltas(board):
@@ -85,18 +100,100 @@ def test_means_stds_deltas(board):
     assert dkd["expl_sim_mean"] == pytest.approx(0.6)
     assert dkd["epg_mean"] == pytest.approx(0.41)
     assert dkd["rs_mean"] == pytest.approx(0.2)
+    assert dkd["ece_mean"] == pytest.approx(0.06) and dkd["nll_mean"] == pytest.approx(0.2)
     assert dkd["train_s_mean"] == pytest.approx(11.0)
     assert dkd["params"] == 78042
     assert dkd["delta_vs_kd"] == pytest.approx(0.08)
     assert dkd["delta_vs_vanilla"] == pytest.approx(0.18)
     assert kd["delta_vs_vanilla"] == pytest.approx(0.10)
-    assert kd["delta_vs_kd"] == pytest.approx(0.0)
+    assert kd["delta_vs_kd"] == pytest.approx(0.0) and math.isnan(kd["delta_vs_kd_ci_lo"])
     assert van["delta_vs_vanilla"] == pytest.approx(0.0)
-    # best first within the cell
+    # teacher first, then the students best first within the cell
     shapes = board[board["dataset"] == "shapes"]
-    assert list(shapes["method"]) == ["dkd", "kd", "vanilla"]
-    assert list(shapes["rank"]) == [1, 2, 3]
-    assert list(board["dataset"]) == ["shapes"] * 3 + ["plain"] * 2
+    assert list(shapes["method"]) == ["teacher", "dkd", "kd", "vanilla"]
+    assert list(shapes["rank"])[1:] == [1, 2, 3] and pd.isna(shapes["rank"].iloc[0])
+    assert list(board["dataset"]) == ["shapes"] * 4 + ["plain"] * 3
+
+
+def test_paired_delta_ci_and_p_match_scipy(board):
+    """Δ vs kd / vanilla: paired over seeds, CI = the paired t-interval, p = ttest_rel."""
+    for method, base in [("dkd", "kd"), ("dkd", "vanilla"), ("kd", "vanilla"), ("vanilla", "kd")]:
+        r = row(board, "shapes", method)
+        a, b = np.array(TOP1[method]), np.array(TOP1[base])
+        d = a - b
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        col = f"delta_vs_{base}"
+        assert r[f"{col}_test"] == "paired_t"
+        assert r[col] == pytest.approx(d.mean())
+        if d.std() > 0:
+            assert r[f"{col}_ci_lo"] == pytest.approx(d.mean() - half)
+            assert r[f"{col}_ci_hi"] == pytest.approx(d.mean() + half)
+            assert r[f"{col}_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    # a constant paired difference: zero-width interval, no spread to test
+    r = row(board, "shapes", "kd")
+    assert r["delta_vs_vanilla_ci_lo"] == pytest.approx(0.10) and r["delta_vs_vanilla_ci_hi"] == pytest.approx(0.10)
+    assert math.isnan(r["delta_vs_vanilla_p"]) and math.isnan(r["delta_vs_vanilla_p_holm"])
+    # by hand: dkd - kd = [0.05, 0.08, 0.11]: mean 0.08, sd 0.03, t(0.975, 2) = 4.302653
+    r = row(board, "shapes", "dkd")
+    assert r["delta_vs_kd_ci_lo"] == pytest.approx(0.08 - 4.302653 * 0.03 / math.sqrt(3), abs=1e-6)
+
+
+def test_holm_hand_computed():
+    assert bstats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = bstats.holm([0.02, float("nan"), 0.5, 0.001])     # NaN: not in the family (m = 3)
+    assert math.isnan(out[1]) and out[0] == pytest.approx(0.04) and out[2] == pytest.approx(0.5)
+    assert out[3] == pytest.approx(0.003)
+    assert bstats.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_board_holm_family_is_one_table(board):
+    """Family: every student method's Δ-vs-B comparison in one dataset x pair table; the
+    teacher row is not in it."""
+    shapes = board[board["dataset"] == "shapes"]
+    fam = shapes[shapes["method"].isin(["dkd", "vanilla"])]
+    assert fam["delta_vs_kd_p_holm"].tolist() == pytest.approx(bstats.holm(fam["delta_vs_kd_p"].tolist()),
+                                                                nan_ok=True)
+    assert not math.isnan(row(board, "shapes", "dkd")["delta_vs_kd_p_holm"])
+    assert math.isnan(row(board, "shapes", "teacher")["delta_vs_kd_p_holm"])
+    assert math.isnan(row(board, "shapes", "kd")["delta_vs_kd_p_holm"])
+
+
+def test_welch_only_when_seeds_do_not_pair():
+    recs = [record("shapes", "kd", s, 0.70 + s / 100) for s in range(3)]
+    recs += [record("shapes", "dkd", s, v) for s, v in zip((10, 11, 12), (0.75, 0.80, 0.86))]
+    board = lb.aggregate(lb.runs_frame(recs))
+    r = row(board, "shapes", "dkd")
+    a, b = [0.75, 0.80, 0.86], [0.70, 0.71, 0.72]
+    res = stats.ttest_ind(a, b, equal_var=False)
+    assert r["delta_vs_kd_test"] == "welch_t"
+    assert r["delta_vs_kd_p"] == pytest.approx(res.pvalue)
+    ci = res.confidence_interval(0.95)
+    assert (r["delta_vs_kd_ci_lo"], r["delta_vs_kd_ci_hi"]) == pytest.approx((ci.low, ci.high))
+
+
+def test_teacher_row(board):
+    t = row(board, "shapes", "teacher")
+    assert t["n_seeds"] == 1 and t["top1_mean"] == pytest.approx(0.9) and t["teacher_top1_mean"] == pytest.approx(0.9)
+    assert t["ece_mean"] == pytest.approx(0.03) and t["nll_mean"] == pytest.approx(0.35)
+    assert t["top1_ood_mean"] == pytest.approx(0.7) and t["params"] == 175000
+    assert math.isnan(t["agreement_mean"])               # does not apply to the teacher itself
+    # one teacher seed: its accuracy is a constant against kd's seeds (one-sample t)
+    kd = np.array(TOP1["kd"])
+    res = stats.ttest_1samp(0.9 - kd, 0.0)
+    ci = res.confidence_interval(0.95)
+    assert t["delta_vs_kd_test"] == "one_sample_t"
+    assert t["delta_vs_kd"] == pytest.approx(0.9 - kd.mean())
+    assert (t["delta_vs_kd_ci_lo"], t["delta_vs_kd_ci_hi"]) == pytest.approx((ci.low, ci.high))
+    assert t["delta_vs_kd_p"] == pytest.approx(res.pvalue)
+
+
+def test_hparams_and_source(board):
+    dkd, kd, van = (row(board, "shapes", m) for m in ("dkd", "kd", "vanilla"))
+    assert json.loads(dkd["hparams"]) == HPARAMS["dkd"] and dkd["hparams_source"] == "tuned (8 trials, val)"
+    assert json.loads(kd["hparams"]) == HPARAMS["kd"] and kd["hparams_source"] == "paper"   # default when absent
+    assert van["hparams_source"] == "paper"
+    recs = [record("shapes", "kd", 0, 0.7), dict(record("shapes", "kd", 1, 0.71), hparams={"kd_weight": 2.0})]
+    assert row(lb.aggregate(lb.runs_frame(recs)), "shapes", "kd")["hparams"] == "varies"
 
 
 def test_not_applicable_is_empty_never_zero(board, tmp_path, runs):
@@ -108,67 +205,215 @@ def test_not_applicable_is_empty_never_zero(board, tmp_path, runs):
     for col in ("top1_ood_mean", "epg_mean", "unicam_epg_distilled_mean", "agreement_ood_mean"):
         assert math.isnan(plain_kd[col]), col
     assert math.isnan(row(board, "plain", "vanilla")["delta_vs_kd"]) is False
-    paths = lb.write_board(runs, tmp_path, figures=False)
-    text = paths["board"].read_text().splitlines()
-    header = text[0].split(",")
-    plain = [line.split(",") for line in text[1:] if line.startswith("plain,")]
-    for line in plain:
-        cells = dict(zip(header, line))
-        assert cells["top1_ood_mean"] == "" and cells["epg_mean"] == ""
+    paths = lb.write_board(runs, tmp_path, figures=False, published_dir=tmp_path / "none")
+    raw = pd.read_csv(paths["board"], dtype=str, keep_default_na=False)   # the cells as written
+    for _, cells in raw[(raw["dataset"] == "plain") & (raw["method"] != "teacher")].iterrows():
+        assert cells["top1_ood_mean"] == "" and cells["epg_mean"] == "" and cells["published_top1"] == ""
         assert cells["top1_mean"] not in ("", "0")
     back = pd.read_csv(paths["board"])
-    assert back["top1_ood_mean"].isna().sum() == 2
+    assert back["top1_ood_mean"].isna().sum() == 3       # plain: kd, vanilla and its teacher
     assert (back["top1_ood_mean"].fillna(1) != 0).all()
 
 
 def test_delta_empty_without_baseline():
     recs = [record("shapes", "dkd", s, 0.7 + s / 100) for s in range(2)]
     board = lb.aggregate(lb.runs_frame(recs))
-    assert math.isnan(board.iloc[0]["delta_vs_kd"]) and math.isnan(board.iloc[0]["delta_vs_vanilla"])
-    assert board.iloc[0]["top1_std"] == pytest.approx(math.sqrt(0.5) / 100)
+    r = row(board, "shapes", "dkd")
+    assert math.isnan(r["delta_vs_kd"]) and math.isnan(r["delta_vs_vanilla"]) and r["delta_vs_kd_test"] is None
+    assert r["top1_std"] == pytest.approx(math.sqrt(0.5) / 100)
 
 
 def test_single_seed_std_is_empty():
     board = lb.aggregate(lb.runs_frame([record("shapes", "kd", 0, 0.7)]))
-    assert board.iloc[0]["n_seeds"] == 1 and math.isnan(board.iloc[0]["top1_std"])
+    r = row(board, "shapes", "kd")
+    assert r["n_seeds"] == 1 and math.isnan(r["top1_std"])
 
 
 def test_files_written(runs, tmp_path):
     paths = lb.write_board(runs, tmp_path, profile={"description": "unit test board",
-                                                    "datasets": {"shapes": {}, "plain": {}}}, figures=True)
+                                                    "datasets": {"shapes": {}, "plain": {}}}, figures=True,
+                           published_dir=tmp_path / "none")
     for key, path in paths.items():
         assert path.is_file() and path.stat().st_size > 0, key
         assert path.stat().st_mode & 0o044 == 0o044, key      # readable by others (not mkstemp's 0600)
     md = paths["md"].read_text()
     assert "## shapes" in md and "## plain" in md and "### resnet14 → resnet8" in md
-    assert "**80.00 ± 5.00**" in md and "+8.00" in md and "| – |" in md
+    assert "**80.00 ± 5.00**" in md and "+8.00 [+0.55, +15.45]" in md and "| –" in md
+    assert md.count("| teacher (resnet14)") == 2           # a teacher row in every table
+    assert "dkd" in md and "temperature=4 (tuned (8 trials, val))" in md and "(paper)" in md
+    assert "Holm" in md and "ECE" in md and "NLL" in md
     tex = paths["tex"].read_text()
     assert "\\begin{tabular}" in tex and "\\toprule" in tex and "80.00 $\\pm$ 5.00" in tex
+    assert tex.count("teacher (resnet14)") == 2 and "+8.00 [+0.55, +15.45]" in tex
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script>" in page and 'class="sortable"' in page
     assert 'id="ds-shapes"' in page and 'id="ds-plain"' in page and 'id="claims"' in page
+    assert page.count(">teacher (resnet14)<") == 2 and 'class="card"' in page
+    assert '+8.00<span class="ci">[+0.55, +15.45]</span>' in page     # the CI on a second line
     assert "data:image/png;base64," in page                  # self-contained: figures inline
     assert "http://" not in page and "https://" not in page  # nothing fetched
+    board = pd.read_csv(paths["board"])
+    assert (board["method"] == "teacher").sum() == 2        # and in the csv
     metrics = json.loads(paths["metrics"].read_text())
     assert metrics["shapes"]["resnet14__resnet8"]["dkd"]["top1_mean"] == pytest.approx(0.8)
     assert metrics["shapes"]["resnet14__resnet8"]["dkd"]["delta_vs_kd"] == pytest.approx(0.08)
+    assert metrics["shapes"]["resnet14__resnet8"]["teacher"]["top1_mean"] == pytest.approx(0.9)
     assert "top1_ood_mean" not in metrics["plain"]["resnet14__resnet8"]["kd"]   # NaN left out, not 0
     claims = pd.read_csv(paths["claims"])
     assert list(claims.columns)[:4] == ["claim", "paper", "method", "baseline"]
+    assert {"ci_lo", "ci_hi", "p_holm", "verdict"} <= set(claims.columns)
+    assert "## Scorecard" in paths["claims_md"].read_text()
     runs_back = pd.read_csv(paths["runs"])
     assert json.loads(runs_back["fss_stages"].iloc[0]) == [0.6, 0.7, 0.8]
 
 
-def test_compare_welch_matches_scipy(runs):
+def test_markdown_escapes_the_description(runs, tmp_path):
+    evil = "<script>alert(1)</script> & | pipes"
+    paths = lb.write_board(runs, tmp_path, profile={"description": evil}, figures=False,
+                           published_dir=tmp_path / "none")
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "<script>" not in md and "&lt;script>alert(1)&lt;/script> &amp; \\| pipes" in md
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
+    pub = tmp_path / "published"
+    pub.mkdir()
+    entries = [
+        {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "kd", "top1": 72.0,
+         "source": "toy paper, Table 1", "selection": "last", "runs": 3},
+        {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "dkd", "top1": 60.0,
+         "source": "toy paper, Table 2", "selection": "best", "runs": 5},
+        {"dataset": "shapes", "teacher": "resnet14", "method": "teacher", "top1": 91.5, "source": "toy teachers",
+         "runs": "unknown"},
+    ]
+    (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
+    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
+    board = pd.read_csv(paths["board"])
+    kd, dkd, t = (row(board, "shapes", m) for m in ("kd", "dkd", "teacher"))
+    m, lo, hi = bstats.mean_ci(TOP1["kd"])
+    assert kd["published_top1"] == pytest.approx(0.72) and kd["published_source"] == "toy paper, Table 1"
+    assert kd["delta_vs_published"] == pytest.approx(0.0, abs=1e-12)
+    assert (kd["delta_vs_published_ci_lo"], kd["delta_vs_published_ci_hi"]) == pytest.approx((lo - 0.72, hi - 0.72))
+    assert kd["reproduces"] == True  # noqa: E712  (read back from the csv)
+    assert dkd["reproduces"] == False and dkd["delta_vs_published"] == pytest.approx(0.20)  # noqa: E712
+    assert t["published_top1"] == pytest.approx(0.915) and pd.isna(t["reproduces"])   # one teacher seed: no CI
+    assert pd.isna(row(board, "plain", "kd")["published_top1"])
+    md = paths["md"].read_text()
+    assert "## Reproduction scorecard" in md and "Published %" in md
+    rep = md.split("## Reproduction scorecard")[1]
+    assert "| kd " in rep and "reproduces" in rep and "above" in rep and "no CI" in rep
+    page = paths["html"].read_text()
+    assert 'id="reproduction"' in page and "toy paper, Table 2" in page
+    assert "Publ.\\ (\\%)" in paths["tex"].read_text()
+
+
+def test_the_shipped_cifar100_file_renders_on_toy_runs(tmp_path):
+    """params/published/cifar100.yaml (the real data file) on a toy cifar100 board: the
+    reference columns and the reproduction scorecard appear for the rows it covers."""
+    from pathlib import Path
+
+    from kdbench.board import published
+
+    pub_dir = Path(__file__).resolve().parents[1] / "params" / "published"
+    if not (pub_dir / "cifar100.yaml").is_file():
+        pytest.skip("no params/published/cifar100.yaml in this checkout")
+    entries = published.load(["cifar100"], pub_dir)
+    kd = next(e for e in entries if e["teacher"] == "resnet56" and e["student"] == "resnet20" and e["method"] == "kd")
+    recs = []
+    for m, base in (("vanilla", 0.69), ("kd", kd["top1"] / 100)):
+        for s in range(3):
+            r = dict(record("cifar100", m, s, base + (s - 1) / 200), teacher="resnet56", student="resnet20")
+            recs.append(r)
+    paths = lb.write_board(lb.runs_frame(recs), tmp_path, figures=False, published_dir=pub_dir,
+                           profile={"datasets": ["cifar100"]})
+    board = pd.read_csv(paths["board"])
+    r = row(board, "cifar100", "kd")
+    assert r["published_top1"] == pytest.approx(kd["top1"] / 100) and r["reproduces"] == True  # noqa: E712
+    assert "RepDistiller" in r["published_source"]
+    assert row(board, "cifar100", "teacher")["published_top1"] > 0.7
+    assert "## Reproduction scorecard" in paths["md"].read_text()
+
+
+def test_published_file_errors(tmp_path):
+    from kdbench.board import published
+    from kdbench.errors import KDBenchError
+
+    (tmp_path / "shapes.yaml").write_text(yaml.safe_dump({"entries": [{"dataset": "shapes", "method": "kd"}]}))
+    with pytest.raises(KDBenchError, match="lacks teacher, top1, source"):
+        published.load(["shapes"], tmp_path)
+    (tmp_path / "shapes.yaml").write_text(yaml.safe_dump({"entries": [
+        {"dataset": "shapes", "teacher": "a", "student": "b", "method": "kd", "top1": 0.7066 * 1000, "source": "x"}]}))
+    with pytest.raises(KDBenchError, match="percentage"):
+        published.load(["shapes"], tmp_path)
+    assert published.load(["other"], tmp_path) == []
+
+
+def scorecard_runs():
+    """5 paired seeds: fcfd's top-1 clearly above kd's (holds), e2kd's agreement clearly
+    below (refuted), e2kd's explanation similarity noise around kd's (inconclusive)."""
+    recs = []
+    for s in range(5):
+        base = {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "seed": s}
+        kd = dict(base, method="kd", top1=0.70 + s / 100, agreement=0.80 + s / 200, expl_sim=0.50 + s / 50,
+                  unicam_epg_distilled=0.6 + s / 100, unicam_epg_residual=0.3)
+        recs.append(kd)
+        recs.append(dict(base, method="fcfd", top1=kd["top1"] + 0.10 + (0.01, -0.01, 0.0, 0.02, -0.005)[s],
+                         unicam_epg_distilled=0.5, unicam_epg_residual=0.5 + (0.01, -0.02, 0.0, 0.01, 0.005)[s]))
+        recs.append(dict(base, method="e2kd", top1=kd["top1"],
+                         agreement=kd["agreement"] - 0.20 + (0.01, -0.01, 0.0, 0.005, 0.002)[s],
+                         expl_sim=kd["expl_sim"] + (0.05, -0.06, 0.02, -0.03, 0.01)[s],
+                         unicam_epg_distilled=0.7, unicam_epg_residual=0.2 + s / 100))
+    return lb.runs_frame(recs)
+
+
+def test_scorecard_verdicts_on_synthetic_runs(tmp_path):
+    claims = bclaims.claims_table(scorecard_runs())
+    v = claims.set_index(["claim", "method"])["verdict"]
+    assert v[("fcfd_top1", "fcfd")] == "holds"
+    assert v[("e2kd_agreement", "e2kd")] == "refuted"
+    assert v[("e2kd_expl_sim", "e2kd")] == "inconclusive"
+    assert v[("tdd_decision", "tdd")] == "no data"
+    # Holm within the cell, and the verdict follows the corrected p
+    assert claims["p_holm"].tolist() == pytest.approx(bstats.holm(claims["p_value"].tolist()), nan_ok=True)
+    row_ = claims[claims["claim"] == "e2kd_expl_sim"].iloc[0]
+    assert row_["ci_lo"] < 0 < row_["ci_hi"]
+    card = bclaims.scorecard(claims)
+    assert card["cells"] == ["shapes: resnet14 → resnet8"]
+    by_claim = {r["claim"]: r["entries"]["shapes: resnet14 → resnet8"] for r in card["rows"]}
+    assert [r["claim"] for r in card["rows"]] == [c[0] for c in bclaims.CLAIMS] + ["unicam_epg"]
+    assert by_claim["fcfd_top1"]["verdict"] == "holds" and by_claim["e2kd_agreement"]["verdict"] == "refuted"
+    assert by_claim["e2kd_expl_sim"]["verdict"] == "inconclusive"
+    uni = by_claim["unicam_epg"]                             # kd and e2kd hold, fcfd does not: 2 of 3
+    assert uni["detail"].startswith("2 of 3 methods") and uni["verdict"] == "holds"
+
+    from kdbench.board.render.html import scorecard_html
+    from kdbench.board.render.markdown import render_claims_markdown
+
+    md = render_claims_markdown(claims, card)
+    top = md.split("## Every test")[0]
+    assert "## Scorecard" in top and "**holds**" in top and "**refuted**" in top and "**inconclusive**" in top
+    assert "2 of 3 methods: distilled > residual" in top
+    html_card = scorecard_html(card)
+    assert html_card.count("<tr>") == len(bclaims.CLAIMS) + 2     # header + one row per claim
+    assert 'class="v v-refuted"' in html_card
+
+
+def test_compare_paired_matches_scipy(runs):
     table = lb.compare(runs, "dkd")
     assert set(table["other"]) == {"kd", "vanilla"}
     for _, r in table.iterrows():
-        a, b = TOP1["dkd"], TOP1[r["other"]]
-        assert r["diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
-        assert r["p_value"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        a, b = np.array(TOP1["dkd"]), np.array(TOP1[r["other"]])
+        res = stats.ttest_rel(a, b)
+        assert r["test"] == "paired_t" and r["n_pairs"] == 3
+        assert r["diff"] == pytest.approx((a - b).mean())
+        assert r["p_value"] == pytest.approx(res.pvalue)
+        ci = res.confidence_interval(0.95)
+        assert (r["ci_lo"], r["ci_hi"]) == pytest.approx((ci.low, ci.high))
+    assert table["p_holm"].tolist() == pytest.approx(bstats.holm(table["p_value"].tolist()))
     assert list(table["other"]) == ["vanilla", "kd"]        # largest difference first
     text = lb.format_compare(table)
-    assert "vs vanilla" in text and "+18.000" in text
+    assert "vs vanilla" in text and "+18.000" in text and "paired" in text and "Holm" in text
 
     # another metric, and a cell where the method is missing (plain has no dkd) is skipped
     t2 = lb.compare(runs, "kd", metric="expl_sim", others=["vanilla"])
@@ -183,6 +428,7 @@ def test_compare_one_seed_has_no_p_value():
                           record("shapes", "vanilla", 1, 0.62)])
     t = lb.compare(runs, "kd")
     assert math.isnan(t.iloc[0]["p_value"]) and t.iloc[0]["diff"] == pytest.approx(0.09)
+    assert t.iloc[0]["test"] is None or pd.isna(t.iloc[0]["test"])
 
 
 def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
@@ -213,9 +459,10 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     tdir.mkdir(parents=True)
     (tdir / "metrics.json").write_text(json.dumps({"top1": 0.9}))
 
-    assert main(["leaderboard", "--params", str(params), "--no-figures"]) == 0
+    assert main(["leaderboard", "--params", str(params), "--no-figures", "--published", str(tmp_path / "none")]) == 0
     board = pd.read_csv(results / "leaderboard" / "leaderboard.csv")
-    assert board["teacher_top1_mean"].tolist() == pytest.approx([0.9, 0.9, 0.9])
+    assert board["teacher_top1_mean"].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.9])
+    assert board["method"].iloc[0] == "teacher" and board["top1_mean"].iloc[0] == pytest.approx(0.9)
     runs = pd.read_csv(results / "leaderboard" / "runs.csv")
     assert sorted(runs["config_hash"].unique()) == ["h0", "h1", "h2"]
 
@@ -223,6 +470,29 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert main(["compare", "dkd", "--params", str(params), "--format", "csv"]) == 0
     out = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert out.loc[out["other"] == "kd", "p_value"].iloc[0] == pytest.approx(
-        stats.ttest_ind(TOP1["dkd"], TOP1["kd"], equal_var=False).pvalue)
+        stats.ttest_rel(TOP1["dkd"], TOP1["kd"]).pvalue)
+    assert (out["test"] == "paired_t").all()
     assert main(["compare", "nope", "--runs", str(results / "leaderboard" / "runs.csv")]) == 2
     assert "unknown method on the board 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="needs headless Chromium (apt-get install -y chromium)")
+def test_screenshot_script_at_1400px(runs, tmp_path):
+    """scripts/screenshot_board.py renders the page at 1400 px; its layout check finds the
+    scorecard, every verdict and every table within the window (and finds them off-screen
+    in a window too narrow for the tables)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=tmp_path / "none")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_board.py"
+    ok = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "b.png"),
+                         "--width", "1400", "--height", "1200"], capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "within the window" in ok.stdout
+    narrow = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "n.png"),
+                             "--width", "500", "--height", "600"], capture_output=True, text=True, timeout=180)
+    assert narrow.returncode == 1 and "off-screen" in narrow.stdout

@@ -63,6 +63,23 @@ def test_forward_features_contract(arch):
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_forward_taps_contract(arch):
+    """One tap per stage (TDD's teacher features), shaped like that stage's output; the
+    same logits as forward_features; no hook left behind."""
+    m = _model(arch).eval()
+    x = _input(arch)
+    with torch.no_grad():
+        f = m.forward_taps(x)
+        plain = m.forward_features(x)
+    taps = f.extra["taps"]
+    assert len(taps) == m.num_stages and "taps" not in plain.extra
+    assert torch.allclose(f.logits, plain.logits)
+    for tap, out, c in zip(taps, plain.stages, m.stage_channels):
+        assert tap.shape == (2, c) + tuple(out.shape[2:])
+    assert not any(mod._forward_hooks for mod in m.tap_modules())
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_forward_from_reproduces_logits(arch):
     model = _model(arch).eval()
     with torch.no_grad():

@@ -35,7 +35,9 @@ SNAKEMAKE = str(BIN / "snakemake")
 TEN_METHODS = ["vanilla", "kd", "fitnet", "at", "dkd", "tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
 DESIGN_COLUMNS = ["dataset", "teacher", "student", "method", "n_seeds", "top1_mean", "top1_std", "top1_sel_mean",
                   "top1_ood_mean", "agreement_mean", "expl_sim_mean", "epg_mean", "fss_mean", "rs_mean",
-                  "delta_vs_kd", "delta_vs_vanilla", "params", "train_s_mean"]
+                  "ece_mean", "nll_mean", "delta_vs_kd", "delta_vs_kd_ci_lo", "delta_vs_kd_ci_hi",
+                  "delta_vs_kd_p_holm", "delta_vs_vanilla", "delta_vs_vanilla_ci_lo", "delta_vs_vanilla_ci_hi",
+                  "delta_vs_vanilla_p_holm", "hparams", "hparams_source", "params", "train_s_mean"]
 BOARD_FILES = ["runs.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.html",
                "metrics.json", "claims.csv", "claims.md", "accuracy.png", "accuracy_vs_agreement.png", "ood_vs_id.png"]
 
@@ -184,6 +186,58 @@ def test_slurm_profile_dry_run(bad_repo):
     assert job_counts(out)["distill"] == 300
 
 
+def _training_jobs(out: str):
+    """(resources line, shell command) of every teacher/distill job of a dry-run -p."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule )", out):
+        if block.startswith(("rule teacher:", "rule distill:")):
+            jobs.append((re.search(r"resources: (.*)", block).group(1),
+                         re.search(r"Shell command: (.*)", block).group(1) if "Shell command:" in block else
+                         block.strip().splitlines()[-1]))
+    return jobs
+
+
+def _assert_ddp_jobs(out: str, n: int):
+    jobs = _training_jobs(out)
+    assert len(jobs) == 306, len(jobs)  # 6 teachers + 300 students
+    for resources, cmd in jobs:
+        assert f"nproc={n}" in resources and f"gpu={n}" in resources, resources
+        assert f"torchrun --standalone --nproc-per-node {n} -m kdbench.cli " in cmd, cmd
+
+
+def test_slurm_profile_dry_run_ddp(bad_repo):
+    """Multi-GPU jobs: nproc_per_node=2 -> every training job asks for 2 GPUs and one task
+    (the torchrun launcher), and runs under torchrun."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/slurm",
+                     "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    _assert_ddp_jobs(out, 2)
+    for resources, _ in _training_jobs(out):
+        assert "tasks=1" in resources and "tasks_per_gpu=0" in resources, resources
+    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+
+
+def test_kubernetes_profile_dry_run_ddp(bad_repo, tmp_path):
+    """The Kubernetes profile (GPU requests per job, fs storage on a shared volume), with
+    DDP resources; the storage prefix is moved to a temporary folder for the test."""
+    pytest.importorskip("snakemake_executor_plugin_kubernetes")
+    pytest.importorskip("snakemake_storage_plugin_fs")
+    proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/kubernetes",
+                     "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2",
+                     "--default-storage-prefix", str(tmp_path / "store"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "workflow/profiles/kubernetes" in out
+    _assert_ddp_jobs(out, 2)
+    for resources, _ in _training_jobs(out):
+        assert "gpu_manufacturer=nvidia" in resources, resources
+    evaluate = out[out.index("rule evaluate:"):]
+    assert "gpu=1" in re.search(r"resources: (.*)", evaluate).group(1)
+    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+
+
 # ----------------------------------------------------------------------------- smoke run
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
@@ -210,17 +264,24 @@ def test_smoke_board_has_every_column(smoke):
     board = pd.read_csv(board_dir / "leaderboard.csv")
     for col in DESIGN_COLUMNS:
         assert col in board.columns, col
+    teacher = board[board["method"] == "teacher"]
+    assert len(teacher) == 1 and teacher.index[0] == 0      # the teacher row heads its table
+    for col in ("top1_mean", "top1_ood_mean", "ece_mean", "nll_mean", "delta_vs_kd", "delta_vs_kd_ci_lo"):
+        assert teacher[col].notna().all(), col
+    board = board[board["method"] != "teacher"]
     assert sorted(board["method"]) == sorted(TEN_METHODS)
     assert (board["n_seeds"] == 2).all()
     for col in ("top1_mean", "top1_std", "top1_sel_mean", "top1_ood_mean", "agreement_mean", "expl_sim_mean",
-                "epg_mean", "fss_mean", "params", "train_s_mean", "delta_vs_kd", "delta_vs_vanilla"):
+                "epg_mean", "fss_mean", "ece_mean", "nll_mean", "params", "train_s_mean", "delta_vs_kd",
+                "delta_vs_vanilla"):
         assert board[col].notna().all(), col                  # shapes has OOD, masks: everything applies
     assert board.loc[board["method"] != "vanilla", "rs_mean"].notna().all()
     assert board.loc[board["method"] == "kd", "delta_vs_kd"].iloc[0] == 0
+    assert (board["delta_vs_kd_test"].dropna() == "paired_t").all() and board["hparams_source"].notna().all()
     runs = pd.read_csv(board_dir / "runs.csv")
     assert len(runs) == 20 and set(runs["seed"]) == {0, 1}
     metrics = json.loads((board_dir / "metrics.json").read_text())
-    assert set(metrics["shapes"]["resnet14__resnet8"]) == set(TEN_METHODS)
+    assert set(metrics["shapes"]["resnet14__resnet8"]) == set(TEN_METHODS) | {"teacher"}
     page = (board_dir / "leaderboard.html").read_text()
     assert "Claims" in page and "sortable" in page and "data:image/png;base64," in page
 
@@ -317,7 +378,7 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
         assert "resuming after epoch" in (logs / f"{seed_dir}.log").read_text()
     assert not list(runs_dir.glob("s*/checkpoint.pt"))
     board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
-    assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd"])
+    assert sorted(board["method"]) == sorted(TEN_METHODS + ["half_kd", "teacher"])
     row = board[board["method"] == "half_kd"].iloc[0]
     assert row["n_seeds"] == 2 and 0 <= row["top1_mean"] <= 1 and not pd.isna(row["delta_vs_kd"])
 
@@ -327,6 +388,7 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     assert cmp.returncode == 0, cmp.stderr
     table = pd.read_csv(__import__("io").StringIO(cmp.stdout))
     assert sorted(table["other"]) == sorted(TEN_METHODS) and table["p_value"].notna().any()
+    assert (table["test"] == "paired_t").all() and table["p_holm"].notna().any()
 
 
 # ----------------------------------------------------------------------------- DVC

@@ -162,8 +162,16 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
                 raise DataCacheError(path, name, problem) from None
             print(f"[kdbench] {path} {problem}: rebuilding it", file=sys.stderr, flush=True)
         else:
-            if _plain(ds.options) == _plain(options):
+            from kdbench.data.base import DATASETS
+
+            version = getattr(DATASETS.get(name), "generator_version", None)  # a builder's own version, if any
+            same_version = (ds.meta or {}).get("generator_version") == version
+            if _plain(ds.options) == _plain(options) and same_version:
                 return ds
+            if not rebuild and not same_version:
+                raise DataCacheError(path, name, f"was made by another version of the {name!r} generator "
+                                                 f"({(ds.meta or {}).get('generator_version')!r}, this one is "
+                                                 f"{version!r})")
             if not rebuild:
                 stored, wanted = _plain(ds.options), _plain(options)
                 diff = ", ".join(f"{k}={stored.get(k)!r} in the file vs {wanted.get(k)!r} here"

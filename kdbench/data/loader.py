@@ -5,23 +5,37 @@
      "index": int64 N (row indices into the split), "mask": bool N×H×W (when the split
      has masks), **aligned}
 
+A training loader made with ``strong_view=True`` (in-memory splits; MLKD asks for it
+through ``Distiller.loader_options``) adds ``"image_strong"``: the same images under their
+own crop/flip and the batched RandAugment + Cutout of :mod:`kdbench.data.randaugment`,
+normalised the same way. Its randomness comes from a second generator seeded by
+``(seed, epoch, 1)``, so ``image`` and every other key are bit-identical with and without it.
+
 Randomness (shuffle, crop offsets, flips) comes from a ``torch.Generator`` seeded by
 ``(seed, epoch)`` only, so the batches of an epoch are a pure function of the data, seed
 and epoch: a resumed run sees exactly the same batches. Call ``set_epoch(epoch)`` before
 iterating (like ``DistributedSampler``); the epoch does not advance by itself.
+
+``shard=(rank, world_size)`` (data-parallel jobs, ``kdbench.engine.distributed``): every
+batch is this rank's contiguous slice of the global batch of ``batch_size`` images the
+single-process loader yields (same permutation, crops and flips), so the ranks' slices of
+a step together are exactly that batch; ``len()`` is unchanged.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from kdbench.data.base import Dataset, FileSplit, Split
-from kdbench.errors import UnknownChoiceError
+from kdbench.data.randaugment import draw_strong_params, strong_augment
+from kdbench.errors import KDBenchError, UnknownChoiceError
 
-RESERVED_KEYS = ("image", "label", "index", "mask")
+RESERVED_KEYS = ("image", "label", "index", "mask", "image_strong")
+#: the extra seed word of the strong view's generator (the weak view's stream is untouched)
+STRONG_STREAM = 1
 
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
@@ -31,8 +45,26 @@ def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+def epoch_generator(seed: int, epoch: int, *more: int) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, *more))
+
+
+def _shard_bounds(s: int, e: int, shard: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """This rank's contiguous part [s', e') of the global batch rows [s, e)."""
+    if shard is None:
+        return s, e
+    rank, world = shard
+    m = e - s
+    return s + m * rank // world, s + m * (rank + 1) // world
+
+
+def _check_shard(shard) -> Optional[Tuple[int, int]]:
+    if shard is None:
+        return None
+    rank, world = int(shard[0]), int(shard[1])
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    return (rank, world) if world > 1 else None
 
 
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -48,12 +80,16 @@ class InMemoryLoader:
     gather from an ``unfold`` view of the zero-padded data (no per-sample Python loop);
     the same crop/flip applies to the mask and every spatial aligned tensor.
     ``drop_last`` drops the last incomplete batch, except when the split is smaller than
-    one batch (then the epoch is one smaller batch)."""
+    one batch (then the epoch is one smaller batch). ``strong_view`` (training only) adds
+    ``image_strong`` (see the module docstring)."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, seed: int, device, mean, std,
                  crop_pad: int = 0, flip: bool = False, aligned: Optional[Dict[str, torch.Tensor]] = None,
-                 drop_last: bool = False):
+                 drop_last: bool = False, strong_view: bool = False,
+                 shard: Optional[Tuple[int, int]] = None):
         self.device = torch.device(device)
+        self.strong_view = bool(strong_view) and bool(train)
+        self.shard = _check_shard(shard)
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.drop_last, self.epoch = bool(drop_last), 0
         self.n = len(split)
@@ -119,9 +155,15 @@ class InMemoryLoader:
                 fl = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
                 oy, ox, fl = oy.to(self.device), ox.to(self.device), fl.to(self.device)
             order = order.to(self.device)
+            if self.strong_view:
+                gs = epoch_generator(self.seed, self.epoch, STRONG_STREAM)
+                s_oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gs).to(self.device)
+                s_ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gs).to(self.device)
+                s_fl = (torch.rand(n, generator=gs) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)).to(self.device)
+                s_params = draw_strong_params(n, gs)
         nb = len(self)
         for b in range(nb):
-            s, e = b * bs, min(n, (b + 1) * bs)
+            s, e = _shard_bounds(b * bs, min(n, (b + 1) * bs), self.shard)
             if self.train:
                 idx = order[s:e]
             else:
@@ -144,9 +186,19 @@ class InMemoryLoader:
             else:
                 for key, (t, spatial, view) in self._tensors.items():
                     batch[key] = t[idx] if self.train else t[s:e]
+            if self.strong_view:
+                batch["image_strong"] = self._strong(idx, s_oy[s:e], s_ox[s:e], s_fl[s:e],
+                                                     {k: v[s:e] for k, v in s_params.items()})
             batch["image"] = batch["image"].float().mul_(self.scale).add_(self.shift)
             batch["index"] = idx
             yield batch
+
+    def _strong(self, idx, by, bx, bf, params) -> torch.Tensor:
+        """The strong view of rows ``idx``: own crop/flip, RandAugment + Cutout, normalised."""
+        t, _, view = self._tensors["image"]
+        out = view[idx, :, by, bx] if view is not None else t[idx]
+        out = torch.where(bf.view(-1, 1, 1, 1), out.flip(-1), out)
+        return strong_augment(out, params).mul_(self.scale).add_(self.shift)
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -188,13 +240,30 @@ class _EpochSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
 
 
+class _ShardBatches(torch.utils.data.Sampler):
+    """The global batches of an epoch sampler, each cut to this rank's slice."""
+
+    def __init__(self, sampler: _EpochSampler, batch_size: int, drop_last: bool, shard):
+        self.sampler, self.batch_size, self.drop_last, self.shard = sampler, batch_size, drop_last, shard
+
+    def __len__(self) -> int:
+        return _num_batches(len(self.sampler), self.batch_size, self.drop_last)
+
+    def __iter__(self):
+        order, bs = list(self.sampler), self.batch_size
+        for b in range(len(self)):
+            s, e = _shard_bounds(b * bs, min(len(order), (b + 1) * bs), self.shard)
+            yield order[s:e]
+
+
 class FileLoader:
     """Batches of a ``FileSplit`` through a ``DataLoader`` with ``num_workers`` workers:
     PIL decode + torchvision transforms (train: RandomResizedCrop + flip; eval: resize +
     centre crop), sampler and per-sample randomness seeded by (seed, epoch)."""
 
     def __init__(self, split: FileSplit, batch_size: int, *, train: bool, seed: int, device, mean, std,
-                 augment: dict, image_size: int, num_workers: int = 0, drop_last: bool = False):
+                 augment: dict, image_size: int, num_workers: int = 0, drop_last: bool = False,
+                 shard: Optional[Tuple[int, int]] = None):
         from torchvision import transforms as T
 
         self.device = torch.device(device)
@@ -207,9 +276,15 @@ class FileLoader:
             tf = [T.Resize(int(augment.get("eval_resize", int(size * 256 / 224)))), T.CenterCrop(size)]
         self.images = _FileImages(split, T.Compose(tf + norm), seed, random=bool(train))
         self.sampler = _EpochSampler(self.n, seed, shuffle=bool(train))
-        self.loader = torch.utils.data.DataLoader(
-            self.images, batch_size=self.batch_size, sampler=self.sampler, num_workers=int(num_workers),
-            drop_last=self.drop_last and self.n >= self.batch_size, pin_memory=self.device.type == "cuda")
+        shard = _check_shard(shard)
+        if shard is None:
+            self.loader = torch.utils.data.DataLoader(
+                self.images, batch_size=self.batch_size, sampler=self.sampler, num_workers=int(num_workers),
+                drop_last=self.drop_last and self.n >= self.batch_size, pin_memory=self.device.type == "cuda")
+        else:
+            self.loader = torch.utils.data.DataLoader(
+                self.images, batch_sampler=_ShardBatches(self.sampler, self.batch_size, self.drop_last, shard),
+                num_workers=int(num_workers), pin_memory=self.device.type == "cuda")
 
     def set_epoch(self, epoch: int) -> None:
         self.images.epoch = self.sampler.epoch = int(epoch)
@@ -229,12 +304,15 @@ Loader = Union[InMemoryLoader, FileLoader]
 
 def make_loader(dataset: Dataset, split: Union[str, Split, FileSplit], batch_size: int, *, train: bool,
                 seed: int = 0, device="cpu", aligned: Optional[Dict[str, torch.Tensor]] = None,
-                num_workers: int = 0, drop_last: Optional[bool] = None) -> Loader:
+                num_workers: int = 0, drop_last: Optional[bool] = None, strong_view: bool = False,
+                shard: Optional[Tuple[int, int]] = None) -> Loader:
     """A loader over ``dataset``'s ``split`` (a name or a split object, e.g. a few-shot
     subset). ``train`` turns on shuffling and the dataset's augmentation; ``drop_last``
     defaults to ``train``. ``aligned``: extra per-image tensors, row-aligned with the split:
     N×H×W / N×C×H×W ones get exactly the crop/flip of their image, N / N×K ones are only
-    indexed (in-memory splits only). ``num_workers`` applies to file splits."""
+    indexed (in-memory splits only). ``num_workers`` applies to file splits.
+    ``strong_view``: training batches also carry ``image_strong`` (in-memory splits only).
+    ``shard``: ``(rank, world_size)`` of a data-parallel job (see the module docstring)."""
     if isinstance(split, str):
         if split not in dataset.splits:
             raise UnknownChoiceError(f"split of dataset {dataset.name!r}", split, dataset.splits)
@@ -246,11 +324,15 @@ def make_loader(dataset: Dataset, split: Union[str, Split, FileSplit], batch_siz
     if isinstance(split, Split):
         return InMemoryLoader(split, batch_size, train=train, seed=seed, device=device, mean=dataset.mean,
                               std=dataset.std, crop_pad=int(aug.get("crop_pad", 0) or 0),
-                              flip=bool(aug.get("flip", False)), aligned=aligned, drop_last=drop_last)
+                              flip=bool(aug.get("flip", False)), aligned=aligned, drop_last=drop_last,
+                              strong_view=strong_view, shard=shard)
     if isinstance(split, FileSplit):
         if aligned:
             raise ValueError("aligned tensors are only supported for in-memory splits")
+        if strong_view and train:
+            raise KDBenchError(f"dataset {dataset.name!r}: the strong augmented view (MLKD) is only "
+                               "available for in-memory datasets, not for file splits")
         return FileLoader(split, batch_size, train=train, seed=seed, device=device, mean=dataset.mean,
                           std=dataset.std, augment=aug, image_size=dataset.image_size,
-                          num_workers=num_workers, drop_last=drop_last)
+                          num_workers=num_workers, drop_last=drop_last, shard=shard)
     raise TypeError(f"split must be a split name, Split or FileSplit, got {type(split).__name__}")

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 import torch
 
 from kdbench.config import RunConfig
+from kdbench.engine import distributed as kdist
 from kdbench.engine import io as kio
 from kdbench.engine.optim import SGD, learning_rate
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
@@ -110,6 +111,26 @@ def predict_split(predict, dataset, split, device, batch_size: int = 512) -> tor
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
+@torch.no_grad()
+def split_logits(predict, dataset, split, device, batch_size: int = 512) -> torch.Tensor:
+    """The logits over a whole split (un-augmented, in order), on the CPU."""
+    from kdbench.data.loader import make_loader
+
+    out = [predict(batch["image"]).cpu() for batch in make_loader(dataset, split, batch_size, train=False,
+                                                                            device=device)]
+    return torch.cat(out) if out else torch.zeros(0, dataset.num_classes)
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``ece`` (15 bins) and ``nll`` of a split's logits (None for an empty split)."""
+    from kdbench import functional as KF
+
+    if len(labels) == 0:
+        return {"ece": None, "nll": None}
+    return {"ece": float(KF.expected_calibration_error(logits, labels, n_bins=15)),
+            "nll": float(KF.nll(logits, labels))}
+
+
 def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
     return float((preds == labels).float().mean()) if len(labels) else float("nan")
 
@@ -129,10 +150,10 @@ def ood_score(dataset, preds, split) -> float:
 class Progress:
     """A tqdm bar on interactive terminals, one line per epoch in logs."""
 
-    def __init__(self, total_epochs: int, steps: int, name: str):
-        self.interactive = sys.stderr.isatty()
+    def __init__(self, total_epochs: int, steps: int, name: str, enabled: bool = True):
+        self.interactive = sys.stderr.isatty() and enabled
         self.total, self.steps, self.name = total_epochs, steps, name
-        self.bar = None
+        self.bar, self.enabled = None, enabled
 
     def epoch_start(self, epoch: int):
         if self.interactive:
@@ -147,6 +168,8 @@ class Progress:
     def epoch_end(self, epoch: int, row: dict):
         if self.bar is not None:
             self.bar.close()
+        if not self.enabled:
+            return
         terms = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss"))
         print(f"[{self.name}] epoch {epoch + 1}/{self.total} {terms} val_top1={row['val_top1']:.4f} "
               f"lr={row['lr']:.4g} ({row['epoch_s']:.1f}s)", file=sys.stderr, flush=True)
@@ -212,6 +235,12 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     set_deterministic()
     device = select_device(cfg.device)
     r = cfg.recipe
+    world = kdist.current()  # None: one process (torchrun jobs: kdbench.engine.distributed)
+    main = world is None or world.is_main
+    if not main:
+        tracker = None  # rank 0 alone writes checkpoints, outputs and the MLflow record
+    if world is not None:
+        world.check_batch_size(r["batch_size"], "batch_size")  # before any work
 
     ds = load_dataset(cfg.dataset, cfg.dataset_options, results_dir)
     train_split = ds.splits["train"]
@@ -243,14 +272,22 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     if cfg.channels_last and device.type == "cuda":
         distiller = distiller.to(memory_format=torch.channels_last)
 
-    def loader_for(split, batch_size, train, aligned=None):
-        return make_loader(ds, split, batch_size, train=train, seed=cfg.seed, device=device, aligned=aligned)
+    def loader_for(split, batch_size, train, aligned=None, **options):
+        return make_loader(ds, split, batch_size, train=train, seed=cfg.seed, device=device, aligned=aligned,
+                           **options)
 
     ctx = TrainContext(dataset=ds, train_split=train_split, device=device, batch_size=r["batch_size"],
-                       seed=cfg.seed, make_loader=loader_for)
+                       seed=cfg.seed, make_loader=loader_for,
+                       info={"teacher_path": None if teacher_path is None else Path(teacher_path)})
     distiller.prepare(ctx)
     aligned = distiller.aligned_tensors() or None
-    train_loader = loader_for(train_split, r["batch_size"], True, aligned)
+    if world is None:
+        train_loader = loader_for(train_split, r["batch_size"], True, aligned, **distiller.loader_options())
+    else:  # this rank's slice of every global batch; BN over the global batch
+        world.check_batch_size(min(r["batch_size"], len(train_split)), "batch_size")
+        train_loader = loader_for(train_split, r["batch_size"], True, aligned, shard=(world.rank, world.size),
+                                  **distiller.loader_options())
+        kdist.convert_batchnorm(distiller, cuda=device.type == "cuda", skip=distiller.teacher)
     if len(train_loader) == 0:
         raise KDBenchError(f"batch_size {r['batch_size']} is larger than the {len(train_split)} training images")
     optimizer = _optimizer(distiller, cfg)
@@ -262,6 +299,11 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     train_time = 0.0
     best_state, best_epoch, best_val = None, -1, -1.0
     state = _load_checkpoint(ckpt_path, cfg)
+    if state is not None and int(state.get("world_size", 1)) != (1 if world is None else world.size):
+        raise kdist.DistributedError(
+            f"checkpoint {ckpt_path} was written by a job of {int(state.get('world_size', 1))} process(es); "
+            f"resume it with the same number (this job has {1 if world is None else world.size}), "
+            f"or delete the checkpoint to start afresh")
     if state is not None:
         distiller.load_trainable_state(state["distiller"])
         optimizer.load_state_dict(state["optimizer"])
@@ -286,8 +328,12 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
                 else nullcontext())
-    progress = Progress(r["epochs"], len(train_loader), name)
+    progress = Progress(r["epochs"], len(train_loader), name, enabled=main)
     predict = distiller.predict
+    loss_fn = distiller.loss
+    if cfg.compile and device.type == "cuda":  # opt-in; CPU runs stay eager (bit-identical)
+        loss_fn = torch.compile(distiller.loss)
+    trained = kdist.trained_parameters(optimizer) if world is not None else None
     end_epoch = r["epochs"] if max_epochs is None else min(r["epochs"], start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -301,19 +347,24 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         steps = 0
         for step, batch in enumerate(train_loader):
             with autocast:
-                terms = distiller.loss(batch)
+                terms = loss_fn(batch)
             total = sum(terms.values())
             if not bool(torch.isfinite(total)):
                 raise NonFiniteLossError(epoch + 1, step + 1, {k: float(v) for k, v in terms.items()})
             optimizer.zero_grad()
             total.backward()
+            if world is not None:
+                world.average_gradients(trained)
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             steps += 1
             if n_images >= 0:
-                n_images += batch["label"].shape[0]
+                n_images += batch["label"].shape[0] * (1 if world is None else world.size)
             progress.step()
+        if world is not None:
+            distiller.sync_state(world)
+            sums = _mean_over_ranks(sums, world)
         distiller.on_epoch_end(epoch)
         epoch_train_s = time.time() - t0
         train_time += epoch_train_s
@@ -327,18 +378,24 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
             best_val, best_epoch = val_top1, epoch
             best_state = {k: v.detach().clone() for k, v in distiller.trainable_state().items()}
         keys = list(row)
-        kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash, "distiller": distiller.trainable_state(),
-                        "best_state": best_state, "best_epoch": best_epoch,
-                        "optimizer": optimizer.state_dict(),
-                        "rng": rng_state(), "train_s": train_time, "n_images": n_images, "history_keys": keys,
-                        "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
-                                                dtype=torch.float64)}, ckpt_path)
+        if main:
+            kio.save_torch({"epoch": epoch, "config_hash": cfg.config_hash,
+                            "world_size": 1 if world is None else world.size, "distiller": distiller.trainable_state(),
+                            "best_state": best_state, "best_epoch": best_epoch,
+                            "optimizer": optimizer.state_dict(),
+                            "rng": rng_state(), "train_s": train_time, "n_images": n_images,
+                            "history_keys": keys,
+                            "history": torch.tensor([[float(h.get(k, math.nan)) for k in keys] for h in history],
+                                                    dtype=torch.float64)}, ckpt_path)
         progress.epoch_end(epoch, row)
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
 
     if end_epoch < r["epochs"]:
         return {"interrupted_after_epoch": end_epoch}
+    if not main:  # the other ranks wait until rank 0 has written the outputs
+        world.barrier()
+        return {"rank": world.rank}
 
     # ---- final outputs
     distiller.eval()
@@ -347,7 +404,9 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     def test_accuracy() -> float:
         return accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
 
-    top1 = test_accuracy()
+    test_logits = split_logits(predict, ds, "test", device, r["eval_batch_size"])
+    top1 = accuracy(test_logits.argmax(1), ds.splits["test"].labels)
+    calib = calibration(test_logits, ds.splits["test"].labels)  # the last model, like top1
     if best_epoch == len(history) - 1:
         top1_sel = top1
     else:
@@ -366,6 +425,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         "params": sum(p.numel() for p in distiller.student.parameters()),
         "n_train": len(train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
         "device": str(device), "hparams": cfg.hparams,
+        "hparams_source": getattr(cfg, "hparams_source", None) or "paper", **calib,
     }
     if "test_ood" in ds.splits:
         split = ds.splits["test_ood"]
@@ -379,4 +439,17 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_artifacts([out_dir / "metrics.json", out_dir / "history.csv", out_dir / "artifacts.json"])
         tracker.finish()
+    if world is not None:
+        world.barrier()
     return metrics
+
+
+def _mean_over_ranks(sums: Dict[str, torch.Tensor], world) -> Dict[str, torch.Tensor]:
+    """The epoch's summed loss terms averaged over the ranks (the logged loss is the
+    global batch's)."""
+    if not sums:
+        return sums
+    keys = list(sums)
+    flat = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).reshape(()) for k in keys])
+    world.all_reduce_sum(flat)
+    return {k: v / world.size for k, v in zip(keys, flat)}

@@ -3,7 +3,8 @@ coarse-to-fine tree? (``decision_consistency``), and does the teacher's tree mat
 true hierarchy? (``hierarchy_ari``).
 
 The teacher's per-stage partitions come from :mod:`kdbench.methods.tdd` (the same
-derivation TDD trains with) and are cached per teacher run in ``partitions.json``.
+tree TDD trains with: derived once on the full training split and cached beside the
+teacher in ``hierarchy.json``).
 
 The probes are sklearn's default ``StandardScaler`` + ``LogisticRegression`` (C = 1,
 L-BFGS) re-done in torch float64 (:func:`fit_probe`), and the ARI is the contingency-table
@@ -266,29 +267,35 @@ def adjusted_rand_index(labels_a, labels_b) -> float:
 
 
 def stage_for_partitions(n_student: int, n_teacher: int) -> List[Tuple[int, int]]:
-    """(student stage, teacher stage) pairs for every student stage except the last, at
-    the same relative depth (``stage_pairs``); the teacher stage is clamped below the
-    teacher's last stage (partitions exist for stages 0..n_t-2 only)."""
+    """(student stage, teacher stage): for every teacher stage the student stage at the
+    same relative depth, where TDD puts the auxiliary head of that stage's partition
+    (``TDD.head_stages``), except those on the student's last stage (the evaluation spec:
+    intermediate decisions; the last stage's decision is the classification itself)."""
     from kdbench.methods.adapters import stage_pairs
 
-    return [(i, min(j, n_teacher - 2)) for i, j in stage_pairs(n_student, n_teacher)[: n_student - 1]]
+    return [(s, t) for t, s in stage_pairs(n_teacher, n_student) if s < n_student - 1]
 
 
 def decision_consistency(train_feats: Sequence[np.ndarray], train_labels: np.ndarray,
                          test_feats: Sequence[np.ndarray], test_labels: np.ndarray,
                          partitions: Sequence[Partition], num_classes: int,
                          n_teacher_stages: Optional[int] = None) -> Tuple[Optional[float], List[Optional[float]]]:
-    """Mean probe accuracy over student stages (all but the last) predicting the teacher's
-    super-class π_l(y) of each image's true class from the pooled stage features.
+    """Mean probe accuracy, over the teacher's stages l whose TDD head sits on an
+    intermediate student stage (:func:`stage_for_partitions`), of a probe on that student
+    stage's pooled features predicting the teacher's super-class π_l(y) of each image's
+    true class: the decisions TDD trains, where it trains them (one entry per such pair
+    in the per-stage list).
 
-    ``train_feats[i]`` / ``test_feats[i]``: pooled features (n × C_i) of student stage i
-    (the last stage may be included; it is ignored). ``partitions[l]``: the teacher's
-    partition at teacher stage l (l = 0..n_t-2). Stages whose partition has a single
-    super-class carry no decision (the probe would be trivially right) and are skipped
-    (None in the per-stage list); if every stage is skipped the mean is None.
+    ``train_feats[i]`` / ``test_feats[i]``: pooled features (n × C_i) of student stage i.
+    ``partitions[l]``: the teacher's partition at teacher stage l (l = 0..n_t-1, as
+    :func:`kdbench.methods.tdd.cached_teacher_tree` derives them). Stages whose partition
+    has a single super-class carry no decision (the probe would be trivially right) and
+    are skipped (None in the per-stage list); if every stage is skipped the mean is None.
     """
     n_s = len(train_feats)
-    n_t = (len(partitions) + 1) if n_teacher_stages is None else n_teacher_stages
+    n_t = len(partitions) if n_teacher_stages is None else n_teacher_stages
+    if len(partitions) != n_t:
+        raise ValueError(f"{len(partitions)} partitions for a teacher of {n_t} stages (one per stage expected)")
     train_labels = np.asarray(train_labels)
     test_labels = np.asarray(test_labels)
     per_stage: List[Optional[float]] = []
@@ -323,3 +330,75 @@ def hierarchy_ari(partitions: Sequence[Partition], hierarchy: Optional[Sequence[
     if part is None:
         return None
     return adjusted_rand_index(class_to_group(hierarchy[0], num_classes), class_to_group(part, num_classes))
+
+
+@torch.no_grad()
+def pooled_features(model, dataset, split, *, features: str = "stages", batch_size: int = 256,
+                    device=None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Global-average-pooled per-stage features (float32 CPU, N×C_l, one per stage) of
+    ``model`` (eval mode, no augmentation) over ``split`` (a name or a split object), and
+    the labels. ``features``: ``stages`` (the stage outputs) or ``taps``
+    (:meth:`StagedNet.forward_taps`: an early pre-activation block output per stage)."""
+    from kdbench.data.loader import make_loader
+
+    if features not in ("stages", "taps"):
+        raise ValueError(f"features must be 'stages' or 'taps', got {features!r}")
+    was = model.training
+    model.eval()
+    if device is None:
+        device = next(model.parameters()).device
+    feats: List[List[torch.Tensor]] = []
+    labels = []
+    try:
+        for batch in make_loader(dataset, split, batch_size, train=False, device=device):
+            if features == "taps":
+                out = model.forward_taps(batch["image"]).extra["taps"]
+            else:
+                out = model.forward_features(batch["image"]).stages
+            feats.append([t.float().mean(dim=(2, 3)).cpu() for t in out])
+            labels.append(batch["label"].cpu())
+    finally:
+        model.train(was)
+    return [torch.cat([b[i] for b in feats]) for i in range(len(feats[0]))], torch.cat(labels)
+
+
+def stage_probe_table(model, dataset, *, n_train: int = 2000, features: str = "stages",
+                      train_split: str = "train", test_split: str = "test") -> List[dict]:
+    """Per stage: linear-probe (:func:`fit_probe`) test accuracy for the dataset's coarsest
+    true groups (``hierarchy[0]``) and for the classes, fit on the first ``n_train``
+    images of ``train_split``. Each row: stage, coarse, fine, their chance levels (the
+    majority group / class share of the test labels) and chance-normalised accuracies
+    (acc - chance) / (1 - chance)."""
+    if not dataset.hierarchy:
+        raise ValueError(f"{dataset.name} has no ground-truth hierarchy")
+    train = dataset.splits[train_split]
+    if len(train) > n_train:
+        train = train.subset(torch.arange(int(n_train)))
+    tr_f, tr_y = pooled_features(model, dataset, train, features=features)
+    te_f, te_y = pooled_features(model, dataset, test_split, features=features)
+    lookup = class_to_group(dataset.hierarchy[0], dataset.num_classes)
+    rows = []
+    for stage, (a, b) in enumerate(zip(tr_f, te_f)):
+        row = {"stage": stage}
+        for name, ytr, yte in (("coarse", lookup[tr_y.numpy()], lookup[te_y.numpy()]),
+                               ("fine", tr_y.numpy(), te_y.numpy())):
+            acc = probe_accuracy(a.numpy(), ytr, b.numpy(), yte)
+            chance = float(np.bincount(yte).max() / len(yte))
+            row.update({name: acc, f"{name}_chance": chance, f"{name}_norm": (acc - chance) / (1 - chance)})
+        rows.append(row)
+    return rows
+
+
+def tree_ari(linkage_matrix, hierarchy: Optional[Sequence[Partition]], num_classes: int) -> Optional[float]:
+    """Adjusted Rand index between the dataset's true coarse groups ``hierarchy[0]`` and one
+    stage's Ward tree of the teacher's class means (``linkage_matrix``: scipy's (K-1)×4,
+    as :func:`kdbench.methods.tdd.derive_partition` records it) cut into as many groups
+    (``fcluster(maxclust)``): does the tree itself hold the true coarse split, whatever
+    TDD's purity walk then makes of it? None without a hierarchy."""
+    if not hierarchy or linkage_matrix is None or len(linkage_matrix) == 0:
+        return None
+    from scipy.cluster.hierarchy import fcluster
+
+    z = np.asarray(linkage_matrix, dtype=np.float64)
+    cut = fcluster(z, t=len(hierarchy[0]), criterion="maxclust")
+    return adjusted_rand_index(class_to_group(hierarchy[0], num_classes), cut)

@@ -5,12 +5,22 @@ Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per
 only (``forward_from``); one pass of the student over a train subset for the probes; the
 deployed model over the full test / test_ood splits for accuracy and agreement. What
 depends on the teacher alone is computed once per teacher and cached (atomically) in its
-run dir: its TDD partitions (``partitions.json``) and its test / test_ood predictions
-(``teacher_predictions.json``).
+run dir: its TDD tree (``hierarchy.json``, shared with TDD's training), its test / test_ood
+predictions (``teacher_predictions.json``) and its pass over the evaluation subset — stage outputs,
+logits and Grad-CAM maps, which FSS, expl_sim and agreement use (``eval_features.pt``,
+keyed by the teacher file, dataset content, subset, batch size, device type and torch
+version; loaded with ``weights_only=True``). All of it is on un-augmented images with the
+teacher in eval mode, so the cached values are exactly the recomputed ones; nothing that
+depends on augmentation is cached.
 
 Conventions (see ``specs/evaluation.md``):
 - The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
   seed-0 permutation of the test split — the same images for every run of a dataset.
+- FSS / RS: ``evaluation.fss_estimator`` (``u_centered`` default, ``v_normalized``,
+  ``u_centered_batch5``: see :mod:`kdbench.evaluation.similarity`), recorded as
+  ``fss_estimator``; RS per stage (``rs_stages``, ``rs_residual_stages``) and ``rs`` /
+  ``rs_residual`` = the last stage. UniCAM maps follow the reference (pooled-embedding
+  target, min-max scaled maps: :mod:`kdbench.explain.unicam`).
 - Accuracy and agreement use the *deployed* model (``Distiller.predict``; CID's
   intervention head). Grad-CAM, FSS, RS, UniCAM and the probes use the plain student
   network (the StagedNet: the deployed model of every method except CID, whose
@@ -33,22 +43,24 @@ import torch
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
 
-EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8}
+EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8,
+                 "fss_estimator": "u_centered"}
 #: seed of the permutations that pick the evaluation / probe / partition subsets
 SUBSET_SEED = 0
-#: training images the teacher's TDD partitions are derived on (a fixed-seed subset)
-PARTITION_SAMPLES = 4096
-PARTITIONS_FILE = "partitions.json"
 PREDICTIONS_FILE = "teacher_predictions.json"
-TDD_DEFAULTS = {"purity_k": 20, "purity_threshold": 0.2}
+#: the teacher's TDD tree beside its model (kdbench.methods.tdd.HIERARCHY_FILE)
+PARTITIONS_FILE = "hierarchy.json"
+#: the teacher's pass over the evaluation subset (stage outputs, logits, Grad-CAM maps)
+EVAL_FEATURES_FILE = "eval_features.pt"
 BATCH_SIZE = 256
 
 RECORD_KEYS = (
     "dataset", "teacher", "student", "method", "seed", "teacher_seed",
     "top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params",
-    "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "rs", "rs_residual",
+    "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "fss_estimator",
+    "rs", "rs_residual", "rs_stages", "rs_residual_stages",
     "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
-    "hierarchy_ari", "flops", "n_eval", "eval_s",
+    "hierarchy_ari", "hierarchy_ari_tree", "hierarchy_ari_tree_stages", "flops", "n_eval", "eval_s",
 )
 
 
@@ -113,30 +125,15 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *, tdd_hparams: Optional[dict] = None,
-                              n_images: int = PARTITION_SAMPLES) -> List[List[List[int]]]:
-    """The teacher's per-stage TDD partitions (``kdbench.methods.tdd.teacher_partitions``
-    on a fixed-seed subset of ``n_images`` training images), cached in
-    ``teacher_dir/partitions.json``. The cache is keyed by the teacher file's hash, the
-    dataset fingerprint, the subset size and the TDD hyperparameters; it is written
-    atomically, so parallel jobs of the same teacher at worst write identical content."""
-    from kdbench.methods.tdd import teacher_partitions
+def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
+                              tdd_hparams: Optional[dict] = None) -> List[List[List[int]]]:
+    """The teacher's per-stage TDD partitions: exactly the tree TDD trains with
+    (:func:`kdbench.methods.tdd.cached_teacher_tree`: derived once on the full training
+    split, cached in ``teacher_dir/hierarchy.json``)."""
+    from kdbench.methods.tdd import cached_teacher_tree
 
-    hp = {**TDD_DEFAULTS, **{k: v for k, v in (tdd_hparams or {}).items() if k in TDD_DEFAULTS}}
-    train = dataset.splits["train"]
-    idx = subset_indices(len(train), n_images)
-    key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
-           "n_images": int(len(idx)), "subset_seed": SUBSET_SEED, "purity_k": int(hp["purity_k"]),
-           "purity_threshold": float(hp["purity_threshold"])}
-
-    def compute():
-        parts = teacher_partitions(teacher, dataset, train.subset(idx), purity_k=int(hp["purity_k"]),
-                                   purity_threshold=float(hp["purity_threshold"]), batch_size=BATCH_SIZE,
-                                   device=device)
-        parts = [[sorted(int(c) for c in g) for g in p] for p in parts]
-        return {"partitions": parts, "num_superclasses": [len(p) for p in parts]}
-
-    return _cached_json(Path(teacher_dir) / PARTITIONS_FILE, key, compute)["partitions"]
+    return cached_teacher_tree(teacher, Path(teacher_dir) / "model.pt", dataset, hparams=tdd_hparams,
+                               device=device, batch_size=BATCH_SIZE)["partitions"]
 
 
 def _cached_json(path: Path, key: dict, compute) -> dict:
@@ -172,7 +169,44 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
 
 
+def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int, device) -> Dict[str, Any]:
+    """What the teacher's evaluation pass depends on: the teacher file, the dataset
+    content, the evaluation subset (size and seed), the batch size and the device type
+    (float results may differ between them), and the torch version."""
+    return {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+            "split": "test", "n_samples": int(n_samples), "subset_seed": SUBSET_SEED, "batch_size": int(batch_size),
+            "device": torch.device(device).type, "torch": str(torch.__version__), "version": 1}
+
+
+def load_teacher_eval(teacher_dir: Path, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cached teacher pass (``teacher_dir/eval_features.pt``, ``weights_only`` load)
+    when it exists and was made under ``key``; else None (missing, unreadable, stale)."""
+    from kdbench.engine import io as kio
+
+    path = Path(teacher_dir) / EVAL_FEATURES_FILE
+    if not path.is_file():
+        return None
+    try:
+        blob = kio.load_torch(path)
+    except Exception:  # truncated / corrupt: recompute (and overwrite)
+        return None
+    return blob if blob.get("key") == key else None
+
+
+def save_teacher_eval(teacher_dir: Path, key: Dict[str, Any], stages, logits, gradcam) -> None:
+    """Atomically: parallel evaluate jobs of one teacher at worst write identical files."""
+    from kdbench.engine import io as kio
+
+    kio.save_torch({"key": key, "stages": list(stages), "logits": logits, "gradcam": gradcam},
+                   Path(teacher_dir) / EVAL_FEATURES_FILE)
+
+
 # --------------------------------------------------------------------------- the record
+def _max(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return float(max(values)) if values else None
+
+
 def _mean(values) -> Optional[float]:
     values = [v for v in values if v is not None]
     return float(sum(values) / len(values)) if values else None
@@ -199,6 +233,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     set_deterministic()
     device = torch.device(device)
     ev = {**EVAL_DEFAULTS, **(evaluation or {})}
+    similarity.check_estimator(ev["fss_estimator"])  # bad input: fail before any work
     student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
     for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
         if not p.is_file():
@@ -251,42 +286,64 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
                                                  t_preds["test_ood"])
 
     # ---- one pass per model over the fixed evaluation subset
+    # (the teacher's part is the same for every student of the teacher: un-augmented
+    # images, the teacher in eval mode; it is cached once per teacher run, keyed by
+    # everything it depends on, and recomputed when any of it changes)
     subset = eval_subset(ds, int(ev["n_samples"]))
-    models = {"teacher": teacher, "student": student, **({"base": base} if base is not None else {})}
-    data = collect(models, ds, subset, device, batch_size, last_only=("base",),
-                   keep_images=max(1, int(ev["figure_images"])))
+    tkey = teacher_eval_key(teacher_dir, ds, int(ev["n_samples"]), batch_size, device)
+    cached = load_teacher_eval(teacher_dir, tkey)
+    models = {**({"teacher": teacher} if cached is None else {}), "student": student,
+              **({"base": base} if base is not None else {})}
+    data = collect(models, ds, subset, device, batch_size, keep_images=max(1, int(ev["figure_images"])))
     labels, masks = data["labels"], data["masks"]
     rec["n_eval"] = int(len(labels))
     size = data["size"]
-    T, S = data["teacher"], data["student"]
+    T = data["teacher"] if cached is None else {"stages": cached["stages"], "logits": cached["logits"]}
+    S = data["student"]
 
     # Grad-CAM: teacher and student for the teacher's class; student for the true class
     t_cls = T["logits"].argmax(1)
-    cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+    if cached is None:
+        cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+        cam_t = cam_t.cpu()
+        save_teacher_eval(teacher_dir, tkey, T["stages"], T["logits"], cam_t)
+    else:
+        cam_t = cached["gradcam"]
     cam_s, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=t_cls.to(device), size=size)
-    cam_t, cam_s = cam_t.cpu(), cam_s.cpu()
+    cam_s = cam_s.cpu()
     rec["expl_sim"] = explanations.expl_sim(cam_t, cam_s)
     if masks is not None:
         cam_gt, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=labels.to(device), size=size)
         rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
 
-    # FSS (per stage pair) and, against the base, RS and the UniCAM maps
+    # FSS (per stage pair) and, against the base, RS (per stage; rs = the last stage) and
+    # the UniCAM maps; evaluation.fss_estimator names the estimator (similarity.py)
     n_eval = rec["n_eval"]
+    estimator = rec["fss_estimator"] = ev["fss_estimator"]
     if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
-        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"])
+        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"], estimator)
         rec["fss"] = _mean(rec["fss_stages"])
     uni_d = uni_r = None
     if base is not None and n_eval >= 8:
         B = data["base"]
-        # rs / rs_residual are the targets of the two UniCAM maps: computed once, with them
-        uni_d, uni_r, rec["rs"], rec["rs_residual"] = unicam_maps(
-            S["stages"][-1], B["stages"][-1], labels, num_classes=num_classes, size=size, return_scores=True)
+        rec["rs_stages"], rec["rs_residual_stages"] = similarity.rs_stages(
+            S["stages"], B["stages"], labels, num_classes, estimator)
+        rec["rs"], rec["rs_residual"] = rec["rs_stages"][-1], rec["rs_residual_stages"][-1]
+        # the reference's UniCAM target: RS of the pooled embeddings, maps min-max scaled
+        uni_d, uni_r = unicam_maps(S["stages"][-1].to(device), B["stages"][-1].to(device), labels.to(device),
+                                   num_classes=num_classes, size=size, student_embed=student.head.embed,
+                                   base_embed=base.head.embed)
+        uni_d, uni_r = uni_d.cpu(), uni_r.cpu()
         if masks is not None:
             rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
 
     # decision process: probes on pooled student stages vs the teacher's partitions
-    partitions = cached_teacher_partitions(teacher, teacher_dir, ds, device, tdd_hparams=tdd_hparams)
+    from kdbench.methods.tdd import cached_teacher_tree
+
+    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tdd_hparams, device=device,
+                               batch_size=BATCH_SIZE)
+    partitions = tree["partitions"]
     train = ds.splits["train"]
     probe_split = train.subset(subset_indices(len(train), int(ev["probe_train_samples"])))
     P = collect({"student": student}, ds, probe_split, device, batch_size, pooled_only=True)
@@ -296,6 +353,10 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
     rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
     rec["hierarchy_ari"] = hierarchy.hierarchy_ari(partitions, ds.hierarchy, num_classes)
+    if ds.hierarchy:  # the Ward tree itself, cut at the true coarse level, per teacher stage
+        rec["hierarchy_ari_tree_stages"] = [hierarchy.tree_ari(t.get("linkage"), ds.hierarchy, num_classes)
+                                            for t in tree.get("trees", [])]
+        rec["hierarchy_ari_tree"] = _max(rec["hierarchy_ari_tree_stages"])
 
     # efficiency
     rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))

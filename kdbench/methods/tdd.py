@@ -1,24 +1,34 @@
-"""tdd — Tree-like Decision Distillation (Song et al., CVPR 2021).
+"""tdd — Tree-like Decision Distillation (Song et al., CVPR 2021; reference:
+zju-vipa/KamalEngine, examples/distillation/tdd + kamal/distillation/TDD).
 
 The teacher decides coarse-to-fine: early stages already separate groups of classes,
 later stages the classes themselves. TDD reads that "decision tree" off the teacher once
-(``prepare``) and asks the student to take the same intermediate decisions.
+and asks the student to take the same intermediate decisions.
 
-1. The frozen teacher (eval, no augmentation) runs over the training split; every stage
-   except the last is global-average-pooled to one vector per image (:func:`stage_features`).
+1. The frozen teacher (eval, no augmentation) runs over the dataset's **full** training
+   split (never the students' few-shot split); every stage's *tap*
+   (``teacher_features: tap``: :meth:`StagedNet.forward_taps`, an early block's
+   pre-activation output, the reference's ``layer*.2.bn2`` for resnet56; ``stage``: the
+   stage output) is global-average-pooled to one vector per image (:func:`stage_features`).
 2. Per stage (:func:`derive_partition`): Ward agglomerative clustering (scipy) of the K
    class means gives a binary tree. A node's mean is the mean of its two children's
    means; its purity is the fraction of the ``purity_k`` training images nearest to that
    mean (squared L2, same stage features) whose label lies in the node. A depth-first walk
-   from the root (left child first) makes a leaf, or a node whose purity is below
-   ``purity_threshold``, one super-class and descends into the children of every other
-   node. Super-classes are numbered in walk order. One partition per teacher stage
-   0..n_t-2: coarse early, fine late (the rule of the authors' reference code, KamalEngine
-   ``merge_tree``). :func:`teacher_partitions` is the whole derivation
-   for a teacher and a dataset split (the evaluation's ``decision_consistency`` reuses it).
-3. The student gets, for each partitioned teacher stage l, an auxiliary head h_l (GAP +
-   linear to |P_l| super-classes) on the student stage at the same relative depth
-   (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage).
+   from the root (left child first) makes a leaf, or a node whose purity is below τ, one
+   super-class and descends into the children of every other node (KamalEngine
+   ``merge_tree``). τ = ``purity_threshold``: ``auto`` = 2/K (the reference's 0.2 at
+   K = 10), or a number (:func:`resolve_purity_threshold`). One partition per teacher
+   stage, the last included. Note what the rule does: a node whose classes are separated
+   from the rest has a pure neighbourhood and is split further, so a representation with
+   clean clusters yields singletons at every stage, whatever its tree looks like (the
+   tree itself is recorded too: ``trees`` in the cache).
+   :func:`cached_teacher_tree` is the whole derivation for a teacher file, cached beside
+   it (``hierarchy.json``); training (``prepare``) and the evaluation
+   (``decision_consistency``, ``hierarchy_ari``) read the same file.
+3. The student gets, for each teacher stage l, an auxiliary head h_l (GAP + linear to
+   |P_l| super-classes) on the student stage at the same relative depth
+   (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage), on every stage
+   as the reference (its layer1..layer3 heads).
    L_tree = Σ_l CE_w(h_l(F_s), π_l(y)), super-class j weighted 1/|j| (its number of
    classes) — ``F.cross_entropy(weight=...)``, i.e. the weighted mean
    Σ_i w_{π(y_i)} CE_i / Σ_i w_{π(y_i)}.
@@ -34,7 +44,11 @@ does nothing when the loaded state says it already ran.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,25 +65,37 @@ Partition = List[List[int]]
 
 
 # --------------------------------------------------------------------------- derivation
+#: where the teacher's per-stage vectors come from (hyperparameter ``teacher_features``)
+FEATURE_SOURCES = ("tap", "stage")
+
+
 @torch.no_grad()
 def stage_features(teacher: nn.Module, batches: Iterable[dict], num_images: int,
-                   stages: Optional[Sequence[int]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """GAP'd stage outputs of ``teacher`` for every image of ``batches`` (loader dicts with
-    ``image``, ``label``, ``index``), placed by ``index``: a list (one per stage, default
-    every stage but the last) of float32 CPU tensors N×C_l, and the int64 labels (N,).
-    The teacher is put in eval mode (and restored)."""
+                   stages: Optional[Sequence[int]] = None, features: str = "tap"
+                   ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """GAP'd per-stage features of ``teacher`` for every image of ``batches`` (loader dicts
+    with ``image``, ``label``, ``index``), placed by ``index``: a list (one per stage,
+    default every stage) of float32 CPU tensors N×C_l, and the int64 labels (N,).
+    ``features``: ``tap`` (:meth:`StagedNet.forward_taps`, an early pre-activation block
+    output per stage, as the reference) or ``stage`` (the stage outputs). The teacher is
+    put in eval mode (and restored)."""
+    if features not in FEATURE_SOURCES:
+        raise KDBenchError(f"tdd: teacher_features {features!r} is not one of {list(FEATURE_SOURCES)}")
     was = teacher.training
     teacher.eval()
     n_stages = teacher.num_stages
-    stages = list(range(n_stages - 1)) if stages is None else list(stages)
+    stages = list(range(n_stages)) if stages is None else list(stages)
     feats: List[Optional[torch.Tensor]] = [None] * len(stages)
     labels = torch.full((num_images,), -1, dtype=torch.long)
     try:
         for batch in batches:
             idx = batch["index"].long().cpu()
-            out = teacher.forward_features(batch["image"])
+            if features == "tap":
+                outs = teacher.forward_taps(batch["image"]).extra["taps"]
+            else:
+                outs = teacher.forward_features(batch["image"]).stages
             for slot, s in enumerate(stages):
-                pooled = out.stages[s].float().mean(dim=(2, 3)).cpu()
+                pooled = outs[s].float().mean(dim=(2, 3)).cpu()
                 if feats[slot] is None:
                     feats[slot] = torch.zeros(num_images, pooled.shape[1], dtype=torch.float32)
                 feats[slot][idx] = pooled
@@ -81,6 +107,21 @@ def stage_features(teacher: nn.Module, batches: Iterable[dict], num_images: int,
     return [f for f in feats], labels
 
 
+def resolve_purity_threshold(value, num_classes: int) -> float:
+    """τ as a number: ``auto`` is 2/K, the kNN purity a two-class node has by chance
+    (KamalEngine's 0.2 at K = 10); a number in [0, 1] is used as it is."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return 2.0 / int(num_classes)
+        try:
+            value = float(value)
+        except ValueError:
+            raise KDBenchError(f"tdd: purity_threshold {value!r} is neither 'auto' nor a number in [0, 1]") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise KDBenchError(f"tdd: purity_threshold {value!r} is neither 'auto' nor a number in [0, 1]")
+    return float(value)
+
+
 def _sq_distances(features: torch.Tensor, center: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Squared L2 distances (float64) of every row of ``features`` to ``center``."""
     out = torch.empty(features.shape[0], dtype=torch.float64)
@@ -90,13 +131,17 @@ def _sq_distances(features: torch.Tensor, center: torch.Tensor, chunk: int = 819
 
 
 def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     purity_k: int = 20, purity_threshold: float = 0.2) -> Tuple[Partition, List[float]]:
+                     purity_k: int = 20, purity_threshold: float = 0.25, tree: Optional[dict] = None
+                     ) -> Tuple[Partition, List[float]]:
     """One stage's partition of the classes (the module docstring's step 2).
 
     ``features``: N×d per-image vectors, ``labels``: (N,) class ids in [0, num_classes).
     Returns the super-classes (lists of class ids, in depth-first walk order, each sorted)
     and, per super-class, the purity of its node (for a leaf: of its single class).
-    Every class needs at least one image."""
+    Every class needs at least one image. When ``tree`` is a dict it receives the whole
+    Ward tree: ``linkage`` (scipy's (K-1)×4 matrix as lists) and ``nodes`` (every merge
+    node in linkage order: its classes and its purity), for diagnostics and
+    :func:`kdbench.evaluation.hierarchy.tree_ari`."""
     from scipy.cluster.hierarchy import linkage
 
     features = torch.as_tensor(features).detach().cpu()
@@ -108,6 +153,8 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         missing = torch.nonzero(counts[:num_classes] == 0).flatten().tolist()
         raise KDBenchError(f"tdd: classes {missing[:10]} have no training image; cannot build the tree")
     if num_classes == 1:
+        if tree is not None:
+            tree.update(linkage=[], nodes=[])
         return [[0]], [1.0]
     onehot = F.one_hot(labels, num_classes).double()
     means = (onehot.T @ features.double()) / counts.double()[:, None]  # K×d, float64
@@ -131,6 +178,9 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         inside[node_classes[node]] = True
         return float(inside[labels[nearest]].double().mean())
 
+    if tree is not None:
+        tree["linkage"] = [[int(a), int(b), float(dist), int(n)] for a, b, dist, n in z.tolist()]
+        tree["nodes"] = [{"classes": node_classes[n], "purity": round(purity(n), 6)} for n in sorted(children)]
     root = num_classes + len(children) - 1
     partition: Partition = []
     purities: List[float] = []
@@ -151,33 +201,115 @@ def derive_partition(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 
 
 def partitions_from_features(features: Sequence[torch.Tensor], labels: torch.Tensor, num_classes: int,
-                             purity_k: int = 20, purity_threshold: float = 0.2
+                             purity_k: int = 20, purity_threshold="auto", trees: Optional[list] = None
                              ) -> Tuple[List[Partition], List[List[float]]]:
-    """:func:`derive_partition` for every stage's features."""
+    """:func:`derive_partition` for every stage's features (``trees``: a list that gets
+    each stage's Ward tree, see ``derive_partition(tree=)``)."""
+    tau = resolve_purity_threshold(purity_threshold, num_classes)
     parts, purities = [], []
     for f in features:
-        p, q = derive_partition(f, labels, num_classes, purity_k, purity_threshold)
+        t = {} if trees is not None else None
+        p, q = derive_partition(f, labels, num_classes, purity_k, tau, tree=t)
+        if trees is not None:
+            trees.append(t)
         parts.append(p)
         purities.append(q)
     return parts, purities
 
 
 def teacher_partitions(teacher: nn.Module, dataset, split="train", *, purity_k: int = 20,
-                       purity_threshold: float = 0.2, batch_size: int = 256,
-                       device=None, return_purity: bool = False):
-    """The teacher's per-stage partitions (stages 0..n_t-2, coarse to fine), derived on
-    ``split`` (a name in ``dataset.splits`` or a split object) without augmentation —
-    exactly what TDD trains with. Each partition is a list of super-classes (lists of
-    class ids). With ``return_purity=True`` also the per-super-class node purities."""
+                       purity_threshold="auto", features: str = "tap", batch_size: int = 256,
+                       device=None, return_purity: bool = False, trees: Optional[list] = None):
+    """The teacher's per-stage partitions (every stage, coarse to fine), derived on
+    ``split`` (a name in ``dataset.splits`` or a split object; default the full training
+    split) without augmentation. Each partition is a list of super-classes (lists of class
+    ids). With ``return_purity=True`` also the per-super-class node purities."""
     from kdbench.data.loader import make_loader
 
     split_obj = dataset.splits[split] if isinstance(split, str) else split
     if device is None:
         device = next(teacher.parameters()).device
+    tau = resolve_purity_threshold(purity_threshold, dataset.num_classes)
     loader = make_loader(dataset, split, batch_size, train=False, device=device)
-    feats, labels = stage_features(teacher, loader, len(split_obj))
-    parts, purities = partitions_from_features(feats, labels, dataset.num_classes, purity_k, purity_threshold)
+    feats, labels = stage_features(teacher, loader, len(split_obj), features=features)
+    parts, purities = partitions_from_features(feats, labels, dataset.num_classes, purity_k, tau, trees=trees)
     return (parts, purities) if return_purity else parts
+
+
+#: the teacher's tree, cached beside its model file (``results/teachers/<d>/<arch>/s<seed>/``)
+HIERARCHY_FILE = "hierarchy.json"
+#: bump when the derivation changes, so that every cached tree is derived again
+DERIVATION_VERSION = 2
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def tree_settings(hparams: Optional[dict], num_classes: int) -> Dict[str, Any]:
+    """The hyperparameters the tree depends on, resolved (τ as a number)."""
+    from kdbench.config import method_hparams
+
+    defaults = method_hparams("tdd", None, "?", None)
+    hp = {**defaults, **{k: v for k, v in (hparams or {}).items() if k in TREE_KEYS}}
+    return {"purity_k": int(hp["purity_k"]),
+            "purity_threshold": resolve_purity_threshold(hp["purity_threshold"], num_classes),
+            "teacher_features": str(hp["teacher_features"])}
+
+
+#: the tdd hyperparameters that decide the teacher's tree
+TREE_KEYS = ("purity_k", "purity_threshold", "teacher_features")
+
+
+def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: Optional[dict] = None,
+                        device=None, batch_size: int = 256) -> Dict[str, Any]:
+    """The teacher's tree, derived once on the dataset's **full** training split and
+    cached beside the teacher's model file (``<teacher dir>/hierarchy.json``): training
+    (TDD's ``prepare``) and evaluation (``decision_consistency``, ``hierarchy_ari``) both
+    read it, so both use the same partitions. Works for any teacher file (trained here or
+    placed there by hand): the cache is keyed by the file's hash, the dataset fingerprint,
+    the tree hyperparameters (``purity_k``, τ resolved, ``teacher_features``) and
+    :data:`DERIVATION_VERSION`; another key means "derive again". Written atomically; the
+    derivation is deterministic, so jobs that race write the same content. Where the
+    directory is read-only the tree is derived and returned without caching.
+
+    Returns ``{"key", "partitions", "purities", "num_superclasses", "trees", "class_names"}``
+    (``trees``: each stage's whole Ward tree, see :func:`derive_partition`)."""
+    from kdbench.engine import io as kio
+
+    teacher_path = Path(teacher_path)
+    settings = tree_settings(hparams, dataset.num_classes)
+    train = dataset.splits["train"]
+    key = {"teacher_sha": _file_sha(teacher_path), "dataset": dataset.name,
+           "dataset_fingerprint": dataset.fingerprint, "split": "train", "n_images": int(len(train)),
+           **settings, "version": DERIVATION_VERSION}
+    path = teacher_path.parent / HIERARCHY_FILE
+    if path.is_file():
+        try:
+            blob = json.loads(path.read_text())
+            if blob.get("key") == key:
+                return blob
+        except ValueError:
+            pass
+    trees: List[dict] = []
+    parts, purities = teacher_partitions(
+        teacher, dataset, "train", purity_k=settings["purity_k"], purity_threshold=settings["purity_threshold"],
+        features=settings["teacher_features"], batch_size=batch_size, device=device, return_purity=True,
+        trees=trees)
+    blob = {"key": key, "partitions": [[sorted(int(c) for c in g) for g in p] for p in parts],
+            "purities": [[round(float(q), 6) for q in row] for row in purities],
+            "num_superclasses": [len(p) for p in parts], "trees": trees,
+            "class_names": list(getattr(dataset, "class_names", None) or [])}
+    try:
+        kio.write_json(blob, path)
+    except OSError as err:  # a read-only teacher dir: use the tree uncached
+        print(f"[tdd] could not cache the teacher's tree in {path} ({err}); using it uncached",
+              file=sys.stderr, flush=True)
+    return json.loads(json.dumps(blob))
 
 
 def partition_to_map(partition: Partition, num_classes: int) -> torch.Tensor:
@@ -208,17 +340,28 @@ def superclass_weights(mapping: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the method
 @register_method("tdd")
 class TDD(KD):
-    hparam_names = KD.hparam_names + ("tree_weight", "purity_threshold", "purity_k")
+    hparam_names = KD.hparam_names + ("tree_weight", "purity_threshold", "purity_k", "teacher_features")
+
+    @classmethod
+    def check_hparams(cls, hparams: dict) -> None:
+        """The declared names, then τ's form (``auto`` or a number in [0, 1]) and
+        ``teacher_features`` (one of :data:`FEATURE_SOURCES`), before any work starts."""
+        super().check_hparams(hparams)
+        resolve_purity_threshold(hparams["purity_threshold"], 2)
+        if hparams["teacher_features"] not in FEATURE_SOURCES:
+            raise KDBenchError(f"tdd: teacher_features {hparams['teacher_features']!r} is not one of "
+                               f"{list(FEATURE_SOURCES)}")
 
     def __init__(self, student, teacher, num_classes, hparams, **kw):
         super().__init__(student, teacher, num_classes, hparams, **kw)
         n_t, n_s = teacher.num_stages, student.num_stages
-        #: teacher stages with a partition, and the student stage each one's head sits on
-        self.tree_stages = list(range(n_t - 1))
-        self.head_stages = [s for _, s in stage_pairs(n_t, n_s)[: n_t - 1]]
-        self.register_buffer("tree_maps", torch.full((n_t - 1, num_classes), -1, dtype=torch.long))
+        #: teacher stages with a partition (all, the last included, as the reference), and the
+        #: student stage each one's head sits on
+        self.tree_stages = list(range(n_t))
+        self.head_stages = [s for _, s in stage_pairs(n_t, n_s)]
+        self.register_buffer("tree_maps", torch.full((n_t, num_classes), -1, dtype=torch.long))
         #: node purity of every super-class (row l, column j), NaN beyond |P_l|: for artifacts
-        self.register_buffer("tree_purity", torch.full((n_t - 1, num_classes), math.nan, dtype=torch.float64))
+        self.register_buffer("tree_purity", torch.full((n_t, num_classes), math.nan, dtype=torch.float64))
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
         self.tree_heads = nn.ModuleList()
         self.class_names: Optional[List[str]] = None
@@ -233,7 +376,7 @@ class TDD(KD):
 
     def set_partitions(self, partitions: Sequence[Partition],
                        purities: Optional[Sequence[Sequence[float]]] = None) -> None:
-        """Install partitions (one per teacher stage 0..n_t-2, optionally with their
+        """Install partitions (one per teacher stage 0..n_t-1, optionally with their
         super-classes' purities) and build the heads."""
         if len(partitions) != len(self.tree_stages):
             raise KDBenchError(f"tdd: expected {len(self.tree_stages)} partitions, got {len(partitions)}")
@@ -269,15 +412,26 @@ class TDD(KD):
 
     # -- hooks ------------------------------------------------------------------------
     def prepare(self, ctx: TrainContext) -> None:
+        """The teacher's tree, from the dataset's **full** training split (never the
+        students' few-shot split): read from (or written to) the cache beside the teacher
+        file when the context names it (``ctx.info["teacher_path"]``), the same tree the
+        evaluation reads; derived uncached otherwise."""
         names = getattr(ctx.dataset, "class_names", None)
         self.class_names = list(names) if names is not None else None
         if bool(self.prepared):  # restored from a checkpoint: nothing to derive
             return
-        h = self.hparams
-        loader = ctx.make_loader(ctx.train_split, ctx.batch_size, train=False)
-        feats, labels = stage_features(self.teacher, loader, len(ctx.train_split))
-        parts, purities = partitions_from_features(feats, labels, self.num_classes,
-                                                   int(h["purity_k"]), float(h["purity_threshold"]))
+        teacher_path = (ctx.info or {}).get("teacher_path")
+        if teacher_path is not None and Path(teacher_path).is_file():
+            tree = cached_teacher_tree(self.teacher, teacher_path, ctx.dataset, hparams=self.hparams,
+                                       device=ctx.device, batch_size=ctx.batch_size)
+            parts, purities = tree["partitions"], tree["purities"]
+        else:
+            s = tree_settings(self.hparams, self.num_classes)
+            full = ctx.dataset.splits["train"]
+            loader = ctx.make_loader(full, ctx.batch_size, train=False)
+            feats, labels = stage_features(self.teacher, loader, len(full), features=s["teacher_features"])
+            parts, purities = partitions_from_features(feats, labels, self.num_classes, s["purity_k"],
+                                                       s["purity_threshold"])
         self.set_partitions(parts, purities)
 
     def extra_modules(self):
@@ -296,8 +450,10 @@ class TDD(KD):
             if not any(math.isnan(p) for p in purity):
                 entry["purity"] = [round(p, 6) for p in purity]
             out.append(entry)
-        return {"partitions": out, "purity_k": int(self.hparams["purity_k"]),
-                "purity_threshold": float(self.hparams["purity_threshold"])}
+        s = tree_settings(self.hparams, self.num_classes)
+        return {"partitions": out, "purity_k": s["purity_k"], "purity_threshold": s["purity_threshold"],
+                "purity_threshold_setting": self.hparams["purity_threshold"],
+                "teacher_features": s["teacher_features"]}
 
     # -- loss ---------------------------------------------------------------------------
     def tree_loss(self, stage_outputs: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Sequence, Type
 
 from torch import nn
 
-from kdbench.models.staged import Head, StagedNet, kaiming_init_
+from kdbench.models.staged import Head, StagedNet, block_taps, kaiming_init_
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -37,6 +37,7 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus the (projected) input, then ReLU."""
 
     expansion = 1
+    tap_attr = "bn2"  # the residual branch's last BN (StagedNet.tap_modules)
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -80,7 +81,15 @@ class ResNet(StagedNet):
             c = w * block.expansion
         super().__init__(stem, stages, Head(c, num_classes))
         self._set_stage_channels([w * block.expansion for w in widths])
+        self._block_type = block
         kaiming_init_(self)
+
+    def tap_modules(self):
+        """The last BN of the residual branch (``bn2``; ``bn3`` in a Bottleneck) of the
+        :func:`~kdbench.models.staged.tap_block`-th block of every stage: its output is the
+        pre-activation branch output, before the shortcut addition and ReLU (KamalEngine's
+        ``layer*.2.bn2`` for resnet56)."""
+        return block_taps(self.stages, self._block_type, self._block_type.tap_attr)
 
 
 def cifar_resnet(depth: int, num_classes: int = 100, width: int = 1) -> ResNet:

@@ -19,6 +19,7 @@ class Bottleneck(nn.Module):
     """1x1-BN-ReLU, 3x3(stride)-BN-ReLU, 1x1(4x)-BN, plus the (projected) input, ReLU."""
 
     expansion = 4
+    tap_attr = "bn3"  # the residual branch's last BN (StagedNet.tap_modules)
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()

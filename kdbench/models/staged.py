@@ -6,6 +6,7 @@ method written once works for every architecture.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Sequence
@@ -117,6 +118,45 @@ class StagedNet(nn.Module):
         outs, emb, logits = self._run(k + 1, feat, keep=return_features)
         return Features(outs, emb, logits) if return_features else logits
 
+    def tap_modules(self) -> List[nn.Module]:
+        """One module per stage whose output is that stage's *tap*: the early, pre-activation
+        block output TDD reads the teacher's decisions from (KamalEngine pools
+        ``layer{1,2,3}.2.bn2`` of resnet56: the 3rd of 9 blocks, before the residual
+        addition and ReLU). Families override this (:func:`tap_block` picks the block):
+
+        - CIFAR ResNets and the CIFAR-stem ResNet18/34/50: ``bn2`` (Bottleneck: ``bn3``)
+          of block ceil(n/3) - 1 — the reference's layer for resnet56;
+        - WRN: ``conv2`` of that block (a pre-activation block's branch ends there);
+        - the default — MobileNetV2 (whose stage output is already the linear,
+          pre-activation bottleneck output), VGG, ShuffleNet, timm models — is the
+          stage itself (its output): the nearest equivalent without a per-family rule."""
+        return list(self.stages)
+
+    def forward_taps(self, x: torch.Tensor) -> Features:
+        """:meth:`forward_features` plus ``extra["taps"]``: the output of every
+        :meth:`tap_modules` module in this pass (one tensor N×C×h×w per stage, in the
+        autograd graph). ``forward_features`` itself is unchanged."""
+        taps: List[torch.Tensor | None] = [None] * self.num_stages
+        modules = self.tap_modules()
+        if len(modules) != self.num_stages:
+            raise ValueError(f"{self.arch}: tap_modules() gave {len(modules)} modules for {self.num_stages} stages")
+
+        def keep(slot):
+            def hook(_module, _inputs, output):
+                taps[slot] = output
+            return hook
+
+        handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
+        try:
+            f = self.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if any(t is None for t in taps):
+            raise RuntimeError(f"{self.arch}: a tap module did not run in forward_features")
+        f.extra["taps"] = taps
+        return f
+
     @torch.no_grad()
     def infer_stage_shapes(self, input_size: int, in_chans: int = 3) -> List[tuple]:
         """(C, H, W) of every stage output for a square input: used to check that a
@@ -140,6 +180,26 @@ class StagedNet(nn.Module):
 
     def _set_stage_channels(self, channels: Sequence[int]) -> None:
         self._stage_channels = [int(c) for c in channels]
+
+
+def tap_block(num_blocks: int) -> int:
+    """Index of the block of a stage of ``num_blocks`` residual blocks whose pre-activation
+    output is the stage's tap: the last block of the stage's first third, ceil(n/3) - 1
+    (resnet56, n = 9: block 2, the reference's ``layer*.2``; resnet32: 1; resnet20, wrn_16_x: 0)."""
+    if num_blocks < 1:
+        raise ValueError(f"a stage needs at least one block, got {num_blocks}")
+    return max(0, math.ceil(num_blocks / 3) - 1)
+
+
+def block_taps(stages: Sequence[nn.Module], block_type, attr: str) -> List[nn.Module]:
+    """For every stage (an iterable of modules), ``getattr(block, attr)`` of its
+    :func:`tap_block`-th module of type ``block_type`` (other modules, e.g. a final BN, are
+    not counted)."""
+    out = []
+    for stage in stages:
+        blocks = [m for m in stage if isinstance(m, block_type)]
+        out.append(getattr(blocks[tap_block(len(blocks))], attr))
+    return out
 
 
 def kaiming_init_(model: nn.Module, linear_std: float | None = None,

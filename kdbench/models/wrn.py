@@ -21,7 +21,7 @@ from functools import partial
 from torch import nn
 
 from kdbench.models.resnet_cifar import conv3x3
-from kdbench.models.staged import Head, StagedNet, kaiming_init_
+from kdbench.models.staged import Head, StagedNet, block_taps, kaiming_init_
 
 
 class PreActBlock(nn.Module):
@@ -65,6 +65,13 @@ class WideResNet(StagedNet):
         super().__init__(stem, stages, Head(c, num_classes))
         self._set_stage_channels(widths)
         kaiming_init_(self, linear_zero_bias=True)
+
+    def tap_modules(self):
+        """``conv2`` of the :func:`~kdbench.models.staged.tap_block`-th block of every stage:
+        in a pre-activation block the residual branch ends with that conv, so its output is
+        the branch before the shortcut addition (the nearest equivalent of a post-activation
+        ResNet's ``bn2``; the BN-ReLU that follows belongs to the next block)."""
+        return block_taps(self.stages, PreActBlock, "conv2")
 
 
 WRN_PATTERN = re.compile(r"wrn_(\d+)_(\d+)")

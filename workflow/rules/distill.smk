@@ -18,18 +18,21 @@ rule distill:
         model=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/model.pt"),
         metrics=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/metrics.json"),
     params:
+        kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         # recipe + the method's hyperparameters (params/methods/<method>.yaml): editing them
         # re-runs exactly the affected jobs; adding a method to the profile runs only its jobs
         config_hash=lambda w: student_config(P, w.dataset, w.teacher, w.student, w.method, int(w.seed)).config_hash,
     log:
         r("logs/students/{dataset}/{teacher}__{student}/{method}/s{seed}.log"),
-    threads: THREADS
+    threads: THREADS * NPROC  # THREADS per process
     # before the short evaluate jobs, which then fill the cores at the end of the run
     priority: 10
     resources:
         mem_mb=8000,
         runtime=24 * 60,
+        nproc=NPROC,
+        gpu=JOB_GPUS,
     shell:
         # the previous attempt's log is kept as LOG.1
-        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; {params.kdbench} distill --params {PARAMS:q} --dataset {wildcards.dataset:q} --teacher {wildcards.teacher:q} "
         "--student {wildcards.student:q} --method {wildcards.method:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"

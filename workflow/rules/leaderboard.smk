@@ -17,6 +17,8 @@ rule leaderboard:
                   for d, t, s, m, seed in board_runs()],
         teachers=sorted({str(run_paths(R, "teacher", d, t, teacher_seed(seed)) / "metrics.json")
                          for d, t, s, m, seed in board_runs()}),
+        # published numbers shown beside ours (kdbench leaderboard --published, default params/published)
+        published=[f"params/published/{d}.yaml" for d in DATASETS if os.path.exists(f"params/published/{d}.yaml")],
     output:
         runs=f"{BOARD}/runs.csv",
         board=f"{BOARD}/leaderboard.csv",

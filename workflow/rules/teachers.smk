@@ -10,18 +10,21 @@ rule teacher:
         model=r("teachers/{dataset}/{arch}/s{seed}/model.pt"),
         metrics=r("teachers/{dataset}/{arch}/s{seed}/metrics.json"),
     params:
+        kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         # re-run exactly when the run's config (recipe, data options, ...) changes
         config_hash=lambda w: teacher_config(P, w.dataset, w.arch, int(w.seed)).config_hash,
     log:
         r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
-    threads: THREADS
+    threads: THREADS * NPROC  # THREADS per process
     # teachers first: each one unblocks every student of its dataset and pair (without
     # this, a teacher scheduled late leaves the other cores idle at the end of the run)
     priority: 20
     resources:
         mem_mb=8000,
         runtime=24 * 60,
+        nproc=NPROC,
+        gpu=JOB_GPUS,
     shell:
         # the previous attempt's log is kept as LOG.1
-        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; {params.kdbench} train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
         "--arch {wildcards.arch:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"

@@ -1,0 +1,150 @@
+"""Collection: the per-run records of a profile, as ``runs.csv``.
+
+One record per student run (dataset, teacher, student, method, seed): the evaluation
+record ``results/evals/{dataset}/{teacher}__{student}/{method}/s{seed}.json`` (written by
+``kdbench evaluate``), completed from the run's own ``metrics.json`` (epochs, config hash,
+calibration, the hyperparameters it ran with and their source) and from its teacher's
+``metrics.json`` (``teacher_*`` columns: the teacher rows of the board are built from them).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+KEYS = ["dataset", "teacher", "student", "method"]
+CELL = ["dataset", "teacher", "student"]
+
+#: per-seed metrics aggregated into <name>_mean / <name>_std, in board order
+METRICS = [
+    "top1", "top1_sel", "top1_ood", "agreement", "agreement_ood", "expl_sim", "epg",
+    "fss", "rs", "rs_residual", "unicam_epg_distilled", "unicam_epg_residual",
+    "decision_consistency", "hierarchy_ari", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
+]
+#: the teacher's numbers carried on every run (from the teacher's metrics.json): the
+#: teacher row of a cell is built from these, column <name> of the teacher row = teacher_<name>
+TEACHER_METRICS = ["top1", "top1_sel", "top1_ood", "ece", "nll", "train_s", "params", "epochs"]
+#: constant per row (the student's size), taken from the first seed
+CONSTANTS = ["params", "flops", "epochs"]
+#: per-run columns of runs.csv besides KEYS and METRICS
+RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", "fss_stages", "hparams",
+             "hparams_source", "config_hash", "dataset_fingerprint"]
+#: what the board says when a run record has no hparams_source (runs before the tuning stage)
+DEFAULT_SOURCE = "paper"
+#: read from the student run's metrics.json (the evaluation record wins where it has a value)
+FROM_TRAIN = ("epochs", "best_epoch", "config_hash", "dataset_fingerprint", "train_s", "train_img_s", "params",
+              "top1", "top1_sel", "top1_ood", "ece", "nll", "hparams", "hparams_source")
+
+
+def num(x) -> Optional[float]:
+    """A JSON number or None (NaN, None, bool and non-numbers are None)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def expected_runs(profile: dict) -> List[dict]:
+    """Every student run of a profile: dataset, teacher, student, method, seed, teacher_seed."""
+    out = []
+    t_seed = profile.get("teacher_seed", 0)
+    for dataset in profile["datasets"]:
+        for pair in profile["pairs"]:
+            for method in profile["methods"]:
+                for seed in profile["seeds"]:
+                    out.append({"dataset": dataset, "teacher": pair["teacher"], "student": pair["student"],
+                                "method": method, "seed": int(seed),
+                                "teacher_seed": int(seed) if t_seed is None else int(t_seed)})
+    return out
+
+
+def eval_path(results_dir: os.PathLike, dataset: str, teacher: str, student: str, method: str, seed: int) -> Path:
+    return Path(results_dir) / "evals" / dataset / f"{teacher}__{student}" / method / f"s{seed}.json"
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *, strict: bool = False) -> List[dict]:
+    """The flat per-run records of a profile (see the module docstring). Missing
+    evaluations are an error with ``strict``, else skipped with a warning."""
+    from kdbench.config import run_paths
+
+    root = Path(results_dir if results_dir is not None else profile.get("results_dir", "results"))
+    records, missing = [], []
+    for run in expected_runs(profile):
+        ev_path = eval_path(root, run["dataset"], run["teacher"], run["student"], run["method"], run["seed"])
+        ev = read_json(ev_path)
+        if ev is None:
+            missing.append(ev_path)
+            continue
+        sdir = run_paths(root, "student", run["dataset"], run["student"], run["seed"],
+                         teacher=run["teacher"], method=run["method"])
+        train = read_json(sdir / "metrics.json") or {}
+        t_seed = ev.get("teacher_seed") if ev.get("teacher_seed") is not None else run["teacher_seed"]
+        tdir = run_paths(root, "teacher", run["dataset"], run["teacher"], t_seed)
+        teacher = read_json(tdir / "metrics.json") or {}
+        rec = {k: train.get(k) for k in FROM_TRAIN}
+        rec.update({k: v for k, v in ev.items() if v is not None or k not in rec})
+        rec.update({k: run[k] for k in KEYS + ["seed"]})
+        rec.setdefault("teacher_seed", run["teacher_seed"])
+        if rec.get("teacher_seed") is None:
+            rec["teacher_seed"] = t_seed
+        for k in TEACHER_METRICS:
+            rec[f"teacher_{k}"] = teacher.get(k)
+        records.append(rec)
+    if missing:
+        listing = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        msg = f"{len(missing)} of {len(missing) + len(records)} runs have no evaluation yet: {listing}"
+        if strict:
+            from kdbench.errors import KDBenchError
+
+            raise KDBenchError(msg + " (run the pipeline: snakemake --cores all)")
+        print(f"[kdbench] warning: {msg}", file=sys.stderr)
+    return records
+
+
+def hparams_text(value) -> str:
+    """A run's hyperparameters as compact, sorted JSON (the runs.csv form); '' for none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def runs_frame(records: Iterable[dict]):
+    """runs.csv as a DataFrame: one row per run, the standard columns first (missing ones
+    empty), any further record keys after them."""
+    import pandas as pd
+
+    records = [dict(r) for r in records]
+    for r in records:
+        if isinstance(r.get("fss_stages"), (list, tuple)):
+            r["fss_stages"] = json.dumps([num(v) for v in r["fss_stages"]])
+        r["hparams"] = hparams_text(r.get("hparams"))
+        if not r.get("hparams_source"):
+            r["hparams_source"] = DEFAULT_SOURCE
+        for m in METRICS:
+            if m in r:
+                r[m] = num(r[m])
+    teacher_cols = [f"teacher_{k}" for k in TEACHER_METRICS if f"teacher_{k}" not in METRICS]
+    base = (KEYS + ["seed", "teacher_seed"] + METRICS + teacher_cols
+            + [c for c in RUN_EXTRA if c not in ("seed", "teacher_seed")])
+    extra = sorted({k for r in records for k in r} - set(base))
+    extra = [k for k in extra if not any(isinstance(r.get(k), (dict, list)) for r in records)]
+    df = pd.DataFrame.from_records(records, columns=base + extra)
+    for m in METRICS + teacher_cols:
+        df[m] = pd.to_numeric(df[m], errors="coerce").astype("float64")
+    df["seed"] = pd.to_numeric(df["seed"]).astype("int64") if len(df) else df["seed"]
+    return df.reset_index(drop=True)

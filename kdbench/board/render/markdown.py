@@ -1,0 +1,108 @@
+"""leaderboard.md and claims.md (pandas ``DataFrame.to_markdown``, i.e. tabulate's
+GitHub-style pipe tables). Every text that comes from the profile or the runs is
+HTML-escaped (Markdown passes raw HTML through: a ``<script>`` in a description must not)
+and has its ``|`` escaped."""
+from __future__ import annotations
+
+from kdbench.board.render import text as T
+
+
+def esc(s) -> str:
+    """& and < as entities (no tag, no entity can start), | escaped for the pipe tables."""
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+
+
+def _table(frame, aligns) -> str:
+    frame = frame.map(esc)
+    frame.columns = [esc(c) for c in frame.columns]
+    return frame.to_markdown(index=False, colalign=aligns, disable_numparse=True)
+
+
+def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None) -> str:
+    lines = [f"# {esc(title)}", ""]
+    if note:
+        lines += [esc(note), ""]
+    lines += [T.NOTES + " Best student top-1 per table in bold.", ""]
+    columns = T.columns_for(board)
+    aligns = ["left" if k in ("text", "hparams") else "right" for _, _, k in columns]
+    current = None
+    for d, t, s, g in T.cells(board):
+        if d != current:
+            lines += [f"## {esc(d)}", ""]
+            current = d
+        lines += [f"### {esc(t)} → {esc(s)}", ""]
+        frame = T.display_frame(g, columns)
+        best = T.best_index(g)
+        if best is not None:
+            frame.loc[best, "Top-1 %"] = f"**{frame.loc[best, 'Top-1 %']}**"
+        lines += [_table(frame, aligns), ""]
+    if reproduction is not None and len(reproduction):
+        lines += ["## Reproduction scorecard", "", REPRO_NOTE, "", _table(reproduction_frame(reproduction),
+                                                                         ["left"] * 3 + ["right"] * 3 + ["left"] * 2),
+                  ""]
+    return "\n".join(lines)
+
+
+REPRO_NOTE = ("Published top-1 (params/published/) against ours: reproduces = the published value lies inside "
+              "the 95 % t-interval of our mean over seeds; below / above = our interval lies entirely below / "
+              "above it; no CI = fewer than two seeds.")
+
+
+def reproduction_frame(rep):
+    import pandas as pd
+
+    rows = []
+    for _, r in rep.iterrows():
+        rows.append([r["dataset"], f"{r['teacher']} → {r['student']}", r["method"],
+                     T.fmt(r["top1_mean"] * 100, 2), T.fmt(r["published_top1"] * 100, 2),
+                     T.fmt_delta_ci(r["delta_vs_published"], r["delta_vs_published_ci_lo"],
+                                    r["delta_vs_published_ci_hi"]), r["outcome"], r["published_source"]])
+    return pd.DataFrame(rows, columns=["Dataset", "Pair", "Method", "Ours %", "Published %",
+                                       "Δ [our 95 % CI]", "Outcome", "Source"])
+
+
+def scorecard_frame(card):
+    """The claims scorecard as strings: one row per claim, one column per cell."""
+    import pandas as pd
+
+    rows = []
+    for r in card["rows"]:
+        row = [r["statement"]]
+        for label in card["cells"]:
+            e = r["entries"].get(label)
+            if e is None:
+                row.append(T.DASH)
+                continue
+            detail = "" if e.get("folded") or not e["detail"] else f" ({e['detail']})"
+            row.append(f"{T.entry_text(e, r['metric'])} **{e['verdict']}**{detail}")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["Claim"] + list(card["cells"]))
+
+
+def render_claims_markdown(claims, card=None) -> str:
+    from kdbench.board.claims import scorecard
+
+    lines = ["# Claims", ""]
+    if claims is None or len(claims) == 0:
+        return "\n".join(lines + ["No claim could be tested on these runs.", ""])
+    card = card if card is not None else scorecard(claims)
+    if card["rows"] and card["cells"]:
+        lines += ["## Scorecard", "", T.SCORECARD_NOTE, ""]
+        frame = scorecard_frame(card)
+        lines += [_table(frame, ["left"] * len(frame.columns)), ""]
+    lines += ["## Every test", "", "One row per claim and cell (UniCAM: one row per distilled method); p_value "
+              "uncorrected, p_holm Holm-corrected within the cell; `test` says which test gave p.", ""]
+    cols = list(claims.columns)
+    body = claims.copy().astype(object)
+    for c in cols:
+        body[c] = [_claim_cell(c, v) for v in claims[c]]
+    lines += [_table(body, ["left"] * len(cols)), ""]
+    return "\n".join(lines)
+
+
+def _claim_cell(col, v) -> str:
+    if col == "holds":
+        return T.DASH if T.isnan(v) or v is None else ("yes" if bool(v) else "no")
+    if isinstance(v, float):
+        return T.fmt_p(v) if col in ("p_value", "p_holm") else T.fmt(v, 4)
+    return T.DASH if v is None or T.isnan(v) else str(v)

@@ -1,0 +1,181 @@
+"""How a board cell reads: the displayed columns and their formatting, shared by every
+renderer (Markdown, LaTeX, HTML). Accuracies and deltas in % / points; "–" = does not apply."""
+from __future__ import annotations
+
+import json
+import math
+from typing import List, Tuple
+
+from kdbench.board.stats import isnan
+
+DASH = "–"
+#: accuracy-like columns: fractions in the CSVs, % in the rendered tables
+PERCENT = {"top1", "top1_sel", "top1_ood", "agreement", "agreement_ood", "teacher_top1"}
+
+#: what the rendered tables show: (column, header, kind)
+DISPLAY: List[Tuple[str, str, str]] = [
+    ("method", "Method", "text"),
+    ("n_seeds", "n", "int"),
+    ("top1", "Top-1 %", "meanstd"),
+    ("delta_vs_kd", "Δ KD [95 % CI]", "deltaci"),
+    ("delta_vs_kd_p_holm", "p KD", "p"),
+    ("delta_vs_vanilla", "Δ vanilla [95 % CI]", "deltaci"),
+    ("delta_vs_vanilla_p_holm", "p van.", "p"),
+    ("top1_sel_mean", "Sel %", "pct"),
+    ("top1_ood_mean", "OOD %", "pct"),
+    ("agreement_mean", "Agree %", "pct"),
+    ("expl_sim_mean", "Expl sim", "num"),
+    ("epg_mean", "EPG", "num"),
+    ("fss_mean", "FSS", "num"),
+    ("rs_mean", "RS", "num"),
+    ("decision_consistency_mean", "Dec. cons.", "num"),
+    ("ece_mean", "ECE", "num"),
+    ("nll_mean", "NLL", "num"),
+    ("params", "Params (M)", "mparams"),
+    ("train_s_mean", "Train s", "sec"),
+    ("hparams", "Hyperparameters (source)", "hparams"),
+]
+#: added when a published value exists for some row of the board
+PUBLISHED_DISPLAY: List[Tuple[str, str, str]] = [
+    ("published_top1", "Published %", "pct"),
+    ("delta_vs_published", "Δ published [our 95 % CI]", "deltaci"),
+]
+
+NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanilla: the paired top-1 difference "
+         "in points against kd / vanilla on the same dataset and pair (same seed = same data order and "
+         "initialisation), with its paired 95 % t-interval over seeds; p KD / p van.: the paired t-test's p-value, "
+         "Holm-corrected within the family of one table (every student method's comparison against that baseline "
+         "in this dataset × pair; the teacher row is a reference, not in the family; Welch's test where seeds do "
+         "not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
+         "negative log-likelihood, both on the test split. Hyperparameters: what the row ran with, and where "
+         "they came from (paper = the method's published defaults; tuned (N trials, val) = selected on the "
+         "validation split). – = does not apply.")
+
+
+def fmt(x, digits: int = 3) -> str:
+    return DASH if isnan(x) else f"{x:.{digits}f}"
+
+
+def fmt_p(p) -> str:
+    if isnan(p):
+        return DASH
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_delta_ci(d, lo, hi, scale: float = 100.0, digits: int = 2) -> str:
+    if isnan(d):
+        return DASH
+    s = f"{d * scale:+.{digits}f}"
+    if not (isnan(lo) or isnan(hi)):
+        s += f" [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
+    return s
+
+
+def hparams_display(value, source) -> str:
+    text = "" if isnan(value) else str(value)
+    try:
+        hp = json.loads(text) if text else {}
+    except ValueError:
+        hp = None
+    if isinstance(hp, dict):
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in hp.items())
+    else:
+        shown = text
+    src = "" if isnan(source) else str(source)
+    if not shown and not src:
+        return DASH
+    return f"{shown or 'none'} ({src})" if src else shown
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def method_display(row) -> str:
+    if row["method"] == "teacher":
+        return f"teacher ({row['teacher']})"
+    return str(row["method"])
+
+
+def cell_text(row, col: str, kind: str) -> str:
+    if kind == "text":
+        return method_display(row) if col == "method" else str(row[col])
+    if kind == "int":
+        return DASH if isnan(row[col]) else str(int(row[col]))
+    if kind == "meanstd":
+        m, s = row[f"{col}_mean"], row[f"{col}_std"]
+        if isnan(m):
+            return DASH
+        return f"{m * 100:.2f}" + ("" if isnan(s) else f" ± {s * 100:.2f}")
+    if kind == "deltaci":
+        return fmt_delta_ci(row[col], row.get(f"{col}_ci_lo"), row.get(f"{col}_ci_hi"))
+    if kind == "hparams":
+        return hparams_display(row.get("hparams"), row.get("hparams_source"))
+    v = row[col]
+    if isnan(v):
+        return DASH
+    if kind == "p":
+        return fmt_p(v)
+    if kind == "pct":
+        return f"{v * 100:.2f}"
+    if kind == "mparams":
+        return f"{v / 1e6:.3f}"
+    if kind == "sec":
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def sort_value(row, col: str, kind: str) -> str:
+    v = row[f"{col}_mean"] if kind == "meanstd" else row.get(col)
+    if kind in ("text", "hparams"):
+        return cell_text(row, col, kind)
+    return "" if isnan(v) else repr(float(v))
+
+
+def columns_for(board) -> List[Tuple[str, str, str]]:
+    cols = list(DISPLAY)
+    if "published_top1" in board.columns and board["published_top1"].notna().any():
+        cols += PUBLISHED_DISPLAY
+    return cols
+
+
+def cells(board):
+    """(dataset, teacher, student, rows) per table, in board order."""
+    for (d, t, s), g in board.groupby(["dataset", "teacher", "student"], sort=False):
+        yield d, t, s, g
+
+
+def best_index(g):
+    """The index of the best student row of a table (None without top-1)."""
+    st = g[g["method"] != "teacher"]["top1_mean"].dropna()
+    return None if st.empty else st.idxmax()
+
+
+def display_frame(g, columns):
+    """The table of one cell as strings (pandas DataFrame, the headers as columns)."""
+    import pandas as pd
+
+    return pd.DataFrame([[cell_text(row, c, k) for c, _, k in columns] for _, row in g.iterrows()],
+                        columns=[h for _, h, _ in columns], index=g.index)
+
+
+def entry_text(entry, metric: str) -> str:
+    """A scorecard entry's Δ and CI (points for accuracies, 3 decimals otherwise)."""
+    if entry.get("folded"):
+        return entry["detail"]
+    if metric in PERCENT:
+        return fmt_delta_ci(entry["delta"], entry["ci_lo"], entry["ci_hi"], 100.0, 1)
+    return fmt_delta_ci(entry["delta"], entry["ci_lo"], entry["ci_hi"], 1.0, 3)
+
+
+SCORECARD_NOTE = ("Δ = method − baseline over paired seeds, [95 % CI] (points for accuracies). Verdict: holds / "
+                  "refuted = the Holm-corrected paired t-test (family: every claim test of one dataset × pair) "
+                  "gives p < 0.05 and Δ has / has not the claimed sign (the CI then excludes 0); inconclusive = "
+                  "the CI straddles 0, or excludes it only before the correction, or no test is possible (fewer "
+                  "than two paired seeds, or the same difference on every seed); no data = the method did not "
+                  "run there. UniCAM folds its per-method rows: k of m methods hold, the verdict by majority. "
+                  "Full detail: claims.csv.")

@@ -1,0 +1,130 @@
+"""The board's statistics: differences over seeds with a 95 % CI, and Holm's correction.
+
+Every run of a seed shares its data order and initialisation with the runs of the same
+seed of every other method (kdbench seeds the data loader and the student from the run's
+seed), so two methods' seeds *pair*: :func:`difference` uses a paired t-test and the
+paired t-interval over the seeds both sides have. Only when fewer than two seeds pair up
+(e.g. a method run on other seeds) it falls back to Welch's t-test and the
+Welch-Satterthwaite interval over all seeds, and says so in ``test``.
+
+:func:`holm` adjusts a family of p-values (Holm 1979, step-down): sort ascending,
+p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)). The board's families are defined where it
+calls it (:mod:`kdbench.board.aggregate`, :mod:`kdbench.board.claims`,
+:mod:`kdbench.board.compare`).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, Optional, Sequence
+
+ALPHA = 0.05
+CONFIDENCE = 0.95
+
+PAIRED, WELCH, ONE_SAMPLE = "paired_t", "welch_t", "one_sample_t"
+
+
+def isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def series(df, method: str, metric: str):
+    """Per-seed values of ``metric`` for ``method`` (mean over duplicate seeds, NaN
+    dropped), indexed by seed and sorted."""
+    import pandas as pd
+
+    if metric not in df.columns:
+        return pd.Series(dtype=float)
+    sub = df[df["method"] == method]
+    vals = pd.to_numeric(sub[metric], errors="coerce").to_numpy(dtype=float)
+    s = pd.Series(vals, index=sub["seed"].to_numpy()).dropna()
+    return s.groupby(level=0).mean().sort_index()
+
+
+def _empty(a, b) -> Dict:
+    return {"delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p_value": math.nan, "n": 0,
+            "n_a": int(len(a)), "n_b": int(len(b)), "a_mean": math.nan, "b_mean": math.nan, "test": None}
+
+
+def difference(a, b, confidence: float = CONFIDENCE) -> Dict:
+    """a − b for two per-seed series (indexed by seed): ``delta`` (mean difference),
+    ``ci_lo`` / ``ci_hi`` (two-sided ``confidence`` interval), ``p_value`` (two-sided),
+    ``n`` (paired seeds, or the smaller side for Welch), ``n_a`` / ``n_b``, the two means
+    over the seeds used, and ``test`` (``paired_t``, ``welch_t`` or None: fewer than two
+    values on a side leave the CI and p empty, the delta is still the difference of means).
+    The same paired difference on every seed gives a zero-width CI and no p-value."""
+    from scipy import stats
+
+    out = _empty(a, b)
+    if len(a) == 0 or len(b) == 0:
+        return out
+    common = a.index.intersection(b.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(common) >= 2:
+            x, y = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
+            res = stats.ttest_rel(x, y)
+            out.update(n=int(len(common)), test=PAIRED)
+        else:
+            x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+            out["n"] = int(min(len(x), len(y)))
+            res = stats.ttest_ind(x, y, equal_var=False) if len(x) >= 2 and len(y) >= 2 else None
+            if res is not None:
+                out["test"] = WELCH
+        out["a_mean"], out["b_mean"] = float(x.mean()), float(y.mean())
+        out["delta"] = out["a_mean"] - out["b_mean"]
+        if res is not None:
+            p = float(res.pvalue)
+            ci = res.confidence_interval(confidence)
+            lo, hi = float(ci.low), float(ci.high)
+            out["p_value"] = p if not math.isnan(p) else math.nan
+            if out["test"] == PAIRED and float((x - y).std()) == 0.0:
+                # the same difference on every seed (common when accuracies are quantised by a
+                # small test set): a zero-width interval and no test (t is undefined; scipy's
+                # p = 0 would call two identical seeds significant)
+                out["ci_lo"] = out["ci_hi"] = out["delta"]
+                out["p_value"] = math.nan
+            elif not (math.isnan(lo) or math.isnan(hi)):
+                out["ci_lo"], out["ci_hi"] = lo, hi
+    return out
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE):
+    """(mean, lo, hi): the t-interval of a mean (lo / hi NaN with fewer than two values)."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray([x for x in values if not isnan(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def holm(p_values: Sequence[Optional[float]]):
+    """Holm-adjusted p-values in the input order; NaN / None stay NaN and do not count in
+    the family size m."""
+    idx = [i for i, p in enumerate(p_values) if not isnan(p)]
+    out = [math.nan] * len(p_values)
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: float(p_values[i]))):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+def verdict(delta: float, p_adjusted: float, direction: str = "higher", alpha: float = ALPHA) -> str:
+    """``holds`` / ``refuted`` when the Holm-adjusted p is below ``alpha`` and the difference
+    has / has not the claimed sign, ``inconclusive`` otherwise (the CI straddles 0, or it
+    excludes 0 only before the correction, or there is no p-value), ``no data`` when there is
+    no difference."""
+    if isnan(delta):
+        return "no data"
+    if isnan(p_adjusted) or p_adjusted >= alpha:
+        return "inconclusive"
+    good = delta > 0 if direction == "higher" else delta < 0
+    return "holds" if good else "refuted"
