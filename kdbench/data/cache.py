@@ -168,11 +168,10 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
             same_version = (ds.meta or {}).get("generator_version") == version
             if _plain(ds.options) == _plain(options) and same_version:
                 return ds
-            if not rebuild and not same_version:
-                raise DataCacheError(path, name, f"was made by another version of the {name!r} generator "
-                                                 f"({(ds.meta or {}).get('generator_version')!r}, this one is "
-                                                 f"{version!r})")
-            if not rebuild:
+            if not same_version:  # stale output of an older generator (not another profile): rebuilt
+                print(f"[kdbench] {path} was made by another version of the {name!r} generator: rebuilding it",
+                      file=sys.stderr, flush=True)
+            elif not rebuild:
                 stored, wanted = _plain(ds.options), _plain(options)
                 diff = ", ".join(f"{k}={stored.get(k)!r} in the file vs {wanted.get(k)!r} here"
                                  for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k))
