@@ -102,6 +102,67 @@ def cmd_distill(args) -> int:
     return _train(args, cfg, Path(out), teacher_path, profile)
 
 
+def cmd_tune_trial(args) -> int:
+    """One tuning trial: a student trained on the trial's candidate values, scored on the
+    validation split only (its dataset has no test split). A diverged trial is a result."""
+    from kdbench.config import check_in_profile, run_paths
+    from kdbench.engine import io as kio
+    from kdbench.engine.trainer import CHECKPOINT, NonFiniteLossError, run, trial_metrics
+    from kdbench.errors import KDBenchError
+    from kdbench.tuning import trial_config, trial_dir, tuning_of
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    if not tuning_of(profile):
+        raise KDBenchError(f"{args.params} has no tuning: block (tuning: {{trials: N, seeds: [...]}})")
+    cfg = trial_config(profile, args.dataset, args.teacher, args.student, args.method, args.trial, args.seed)
+    out = Path(args.out or trial_dir(profile["results_dir"], args.dataset, args.teacher, args.student,
+                                     args.method, args.trial, args.seed))
+    if not args.force and _finished(out, cfg):
+        print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
+        return 0
+    teacher_path = None
+    if cfg.teacher is not None:
+        teacher_path = run_paths(profile["results_dir"], "teacher", args.dataset, args.teacher,
+                                 cfg.teacher_seed) / "model.pt"
+    try:
+        metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=None)
+    except NonFiniteLossError as err:
+        metrics = trial_metrics(cfg, val_top1=None, val_top1_best=None, diverged=True, error=str(err))
+        kio.write_json(metrics, out / "metrics.json")
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        print(f"trial {args.trial} diverged ({err}): recorded, it scores lowest -> {out}", file=sys.stderr)
+        return 0
+    print(f"trial {args.trial} {cfg.hparams} val_top1={metrics['val_top1']:.4f} -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_select(args) -> int:
+    import json
+
+    from kdbench.config import check_in_profile
+    from kdbench.tuning import write_selection
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    path = write_selection(profile, args.dataset, args.teacher, args.student, args.method)
+    rec = json.loads(path.read_text())
+    print(f"{args.method}: trial {rec['trial']} of {rec['n_trials']} {rec['values']} "
+          f"(val {rec['score']}) -> {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_export(args) -> int:
+    from kdbench.engine.io import write_text
+    from kdbench.tuning import export, export_path
+
+    profile = _profile(args)
+    out = args.out or export_path(profile["results_dir"])
+    write_text(export(profile, args.params), out)
+    print(f"selection of {args.params} -> {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_prepare_data(args) -> int:
     from kdbench.data.cache import load_dataset, prepared_path
 
@@ -271,6 +332,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("tune-trial", help="one hyperparameter-tuning trial, scored on the validation split",
+                       description="Train trial TRIAL of the profile's tuning (tuning: {trials, seeds}) for one "
+                                   "dataset, pair and method: trial 0 = the paper values, then the method's search "
+                                   "space (params/methods/METHOD.yaml search:). The test split is never read. "
+                                   "Writes results/tuning/D/T__S/M/tK/sN/metrics.json.")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="one of the profile's tuning.seeds")
+    p.set_defaults(func=cmd_tune_trial)
+
+    p = sub.add_parser("tune-select", help="pick the trial with the best validation accuracy",
+                       description="Read every trial of one dataset, pair and method and write selection.json: "
+                                   "every trial's values and validation accuracy, and the winner (highest mean over "
+                                   "the tuning seeds; ties: the lowest trial number).")
+    _common(p, run=False)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True)
+    p.set_defaults(func=cmd_tune_select)
+
+    p = sub.add_parser("tune-export", help="all of a profile's selections as one file (params/tuned/*.yaml)",
+                       description="Collect the selections of a tuning profile into one YAML file with its "
+                                   "provenance (trials, seeds, every trial's validation accuracy). A profile uses it "
+                                   "with tuned: FILE.")
+    _common(p, run=False)
+    p.add_argument("--out", type=Path, help="output file (default: RESULTS_DIR/tuning/tuned.yaml)")
+    p.set_defaults(func=cmd_tune_export)
 
     p = sub.add_parser("evaluate", help="interpretability + accuracy evaluation of one student run",
                        description="Evaluate a trained student run (and its teacher and vanilla base): accuracy, "

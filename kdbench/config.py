@@ -182,6 +182,9 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
     for pair in full["pairs"]:
         for method in full["methods"]:
             method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
+    from kdbench.tuning import validate_tuning
+
+    validate_tuning(full, source)
     return full
 
 
@@ -190,20 +193,30 @@ def load_profile(path: os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- methods
+METHOD_FILE_KEYS = ("defaults", "types", "search", "pairs")
+
+
+def method_file(method: str, params_dir: Optional[Path] = None) -> Path:
+    return (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+
+
 def method_hparams(method: str, teacher: Optional[str], student: str,
-                   overrides: Optional[dict] = None, params_dir: Optional[Path] = None) -> dict:
+                   overrides: Optional[dict] = None, params_dir: Optional[Path] = None,
+                   tuned: Optional[dict] = None) -> dict:
     """A method's hyperparameters: params/methods/<method>.yaml ``defaults``, then its
-    ``pairs["teacher->student"]`` entry, then the profile's ``method_params[method]``.
-    Validated against the method's declared names."""
+    ``pairs["teacher->student"]`` entry, then ``tuned`` (the values a tuning selection
+    chose, kdbench.tuning), then the profile's ``method_params[method]`` (a value the
+    profile sets explicitly is fixed, never tuned). Validated against the method's
+    declared names."""
     from kdbench.methods import get_method
 
     cls = get_method(method)
-    path = (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+    path = method_file(method, params_dir)
     if path.is_file():
         spec = load_yaml(path)
         for key in spec:
-            if key not in ("defaults", "pairs"):
-                raise UnknownChoiceError(f"key in {path}", key, ["defaults", "pairs"])
+            if key not in METHOD_FILE_KEYS:
+                raise UnknownChoiceError(f"key in {path}", key, METHOD_FILE_KEYS)
         hp = dict(spec.get("defaults") or {})
         hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
     elif cls.default_hparams is not None:
@@ -212,6 +225,7 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
         hp = {}
     else:
         raise ParamsError(f"method {method!r} has no hyperparameter file {path}")
+    hp.update(tuned or {})
     hp.update((overrides or {}).get(method, {}) or {})
     cls.check_hparams(hp)
     return hp
@@ -236,6 +250,12 @@ class RunConfig:
     threads: int = 1
     precision: str = "fp32"
     channels_last: bool = False
+    #: where ``hparams`` came from: "paper" (params/methods defaults), "tuned (N trials,
+    #: val)" (a selection on the validation split, kdbench.tuning) or, for a tuning
+    #: trial, "trial K/N"
+    hparams_source: str = "paper"
+    #: the tuning trial this run is (None: a benchmark run). A trial never reads the test split.
+    trial: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -260,19 +280,30 @@ def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConf
         precision=profile["precision"], channels_last=profile["channels_last"])
 
 
-def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> RunConfig:
+def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int,
+                   *, tuned: Optional[dict] = None, hparams_source: Optional[str] = None,
+                   trial: Optional[int] = None) -> RunConfig:
+    """The run config of one student. Its hyperparameters: the method's paper values, or
+    the values the profile's tuning selected for (dataset, pair, method) (kdbench.tuning:
+    a ``tuned:`` selection file, or the ``tuning:`` trials' selection under results/).
+    ``tuned``/``hparams_source`` given explicitly (tuning trials) skip that look-up."""
     from kdbench.methods import get_method
 
+    if tuned is None and hparams_source is None:
+        from kdbench.tuning import selected_values
+
+        tuned, hparams_source = selected_values(profile, dataset, teacher, student, method)
     needs_teacher = get_method(method).needs_teacher
     t_seed = profile.get("teacher_seed")
     return RunConfig(
         kind="student", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=student,
         method=method, seed=seed, recipe=dict(profile["student_train"]),
-        hparams=method_hparams(method, teacher, student, profile.get("method_params")),
+        hparams=method_hparams(method, teacher, student, profile.get("method_params"), tuned=tuned),
         teacher=teacher if needs_teacher else None,
         teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,
         device=profile["device"], threads=profile["threads"],
-        precision=profile["precision"], channels_last=profile["channels_last"])
+        precision=profile["precision"], channels_last=profile["channels_last"],
+        hparams_source=hparams_source or "paper", trial=trial)
 
 
 def check_in_profile(profile: dict, dataset: str, teacher: Optional[str], student: Optional[str], method: Optional[str]) -> None:
