@@ -7,11 +7,15 @@ rule data:
     params:
         # the dataset's options: changing them rebuilds the data (and, by mtime, what follows)
         options=lambda w: P["datasets"][w.dataset],
+        profile=PROFILE_ARG,
+        overrides=SET_ARG,
     log:
         r("logs/data/{dataset}.log"),
+    conda:
+        "../../environment.yml"
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "kdbench prepare-data --params {PARAMS:q} --dataset {wildcards.dataset:q}{SET} > {log:q} 2>&1"
+        "kdbench prepare-data --params {params.profile:q} --dataset {wildcards.dataset:q}{params.overrides} > {log:q} 2>&1"
