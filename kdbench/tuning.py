@@ -370,7 +370,7 @@ def export(profile: dict, source: str) -> str:
            "entries": entries}
     header = (f"# Hyperparameters selected on the validation split by the tuning profile {source}:\n"
               f"# {int(tuning['trials'])} trials per (dataset, pair, method), seeds {list(tuning['seeds'])}.\n"
-              f"# Regenerate: snakemake --cores all --configfile {source} tune\n"
+              f"# Regenerate: snakemake --cores all tune --configfile {source}\n"
               f"#             cp {export_path(profile['results_dir'])} <this file>\n")
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
 
