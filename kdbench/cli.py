@@ -195,8 +195,18 @@ def cmd_list(args) -> int:
 
 def cmd_validate(args) -> int:
     profile = _profile(args)
-    n = len(profile["datasets"]) * len(profile["pairs"]) * len(profile["methods"]) * len(profile["seeds"])
-    print(f"{args.params}: valid ({n} student runs)")
+    from kdbench.tuning import tuned_methods, tuning_of
+
+    cells = len(profile["datasets"]) * len(profile["pairs"])
+    n = cells * len(profile["methods"]) * len(profile["seeds"])
+    tuning = tuning_of(profile)
+    extra = ""
+    if tuning:
+        trials = cells * len(tuned_methods(profile)) * tuning["trials"] * len(tuning["seeds"])
+        extra = f"; tuning: {tuning['trials']} trials x {len(tuning['seeds'])} seeds per tuned method, {trials} trial runs"
+    elif profile.get("tuned"):
+        extra = f"; hyperparameters from {profile['tuned']}"
+    print(f"{args.params}: valid ({n} student runs{extra})")
     return 0
 
 

@@ -410,21 +410,21 @@ def test_tuning_profile_end_to_end(tmp_path):
     from kdbench.tuning import candidates
 
     repo = copy_repo(tmp_path / "repo")
-    params = write_params(repo, "smoke_tune.yaml", methods=["vanilla", "kd", "e2kd"], seeds=[0],
+    params = write_params(repo, "smoke_tune.yaml", methods=["vanilla", "kd"], seeds=[0],
                           tuning={"trials": 2, "seeds": [100]})
     dry = snakemake(repo, "-n", "--configfile", params)
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
     assert job_counts(dry.stdout + dry.stderr) == profile_counts(repo / params)
 
     students = repo / "results" / "students" / "shapes" / "resnet14__resnet8"
-    targets = [f"results/students/shapes/resnet14__resnet8/{m}/s0/metrics.json" for m in ("kd", "e2kd")]
+    targets = ["results/students/shapes/resnet14__resnet8/kd/s0/metrics.json"]
     proc = snakemake(repo, *targets, "results/tuning/tuned.yaml", "--configfile", params)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert job_counts(out) == {"data": 1, "teacher": 1, "tune_trial": 4, "tune_select": 2, "tune_export": 1,
-                               "distill": 2}
+    assert job_counts(out) == {"data": 1, "teacher": 1, "tune_trial": 2, "tune_select": 1, "tune_export": 1,
+                               "distill": 1}
     prof = yaml.safe_load((repo / params).read_text())
-    for method in ("kd", "e2kd"):
+    for method in ("kd",):
         sel = json.loads((repo / "results" / "tuning" / "shapes" / "resnet14__resnet8" / method / "selection.json")
                          .read_text())
         assert [t["trial"] for t in sel["trials"]] == [0, 1] and all(len(t["val_top1"]) == 1 for t in sel["trials"])
@@ -440,13 +440,13 @@ def test_tuning_profile_end_to_end(tmp_path):
 
     # the exported selection, used as a profile's tuned: file, gives the same runs
     exported = yaml.safe_load((repo / "results" / "tuning" / "tuned.yaml").read_text())
-    assert exported["protocol"]["trials"] == 2 and len(exported["entries"]) == 2
+    assert exported["protocol"]["trials"] == 2 and len(exported["entries"]) == 1
     os.chdir(repo)
     try:
         frozen = dict(prof, tuned="results/tuning/tuned.yaml")
         frozen.pop("tuning")
         frozen = validate_profile(frozen)
-        for method in ("kd", "e2kd"):
+        for method in ("kd",):
             run = json.loads((students / method / "s0" / "metrics.json").read_text())
             assert student_config(frozen, "shapes", "resnet14", "resnet8", method, 0).config_hash == run["config_hash"]
             assert len(candidates(validate_profile(dict(prof)), "resnet14", "resnet8", method)) == 2
