@@ -200,6 +200,16 @@ def method_file(method: str, params_dir: Optional[Path] = None) -> Path:
     return (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
 
 
+@lru_cache(maxsize=256)
+def _method_spec(path: str, mtime_ns: int) -> dict:
+    return load_yaml(path)
+
+
+def load_method_spec(path: Path) -> dict:
+    """A params/methods file, read once per version of it (the DAG asks for it per job)."""
+    return copy.deepcopy(_method_spec(str(path), os.stat(path).st_mtime_ns))
+
+
 def method_hparams(method: str, teacher: Optional[str], student: str,
                    overrides: Optional[dict] = None, params_dir: Optional[Path] = None,
                    tuned: Optional[dict] = None) -> dict:
@@ -213,7 +223,7 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
     cls = get_method(method)
     path = method_file(method, params_dir)
     if path.is_file():
-        spec = load_yaml(path)
+        spec = load_method_spec(path)
         for key in spec:
             if key not in METHOD_FILE_KEYS:
                 raise UnknownChoiceError(f"key in {path}", key, METHOD_FILE_KEYS)

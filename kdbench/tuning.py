@@ -23,6 +23,7 @@ validation split only, and the selection the benchmark runs then use.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -76,12 +77,12 @@ def check_axis(method: str, name: str, axis, default, where: str) -> None:
 def search_space(method: str, params_dir: Optional[Path] = None, fixed=()) -> Dict[str, dict]:
     """The method's ``search`` axes (in file order), checked; ``fixed`` names are left out
     (a profile's ``method_params`` fix them)."""
-    from kdbench.config import load_yaml, method_file
+    from kdbench.config import load_method_spec, method_file
 
     path = method_file(method, params_dir)
     if not path.is_file():
         return {}
-    spec = load_yaml(path)
+    spec = load_method_spec(path)
     space = spec.get("search") or {}
     defaults = spec.get("defaults") or {}
     if not isinstance(space, dict):
@@ -127,6 +128,18 @@ def max_trials(space: Dict[str, dict], base: dict) -> Optional[int]:
 
 
 def candidate_values(space: Dict[str, dict], base: dict, trials: int) -> List[dict]:
+    """The values of the search axes of trials 0..trials-1 (see :func:`_candidate_values`)."""
+    key = json.dumps([space, {k: base[k] for k in space}, trials], default=repr)  # axis order matters
+    return copy.deepcopy(_cached_candidates(key))
+
+
+@lru_cache(maxsize=1024)
+def _cached_candidates(key: str) -> List[dict]:
+    space, base, trials = json.loads(key)
+    return _candidate_values(space, base, trials)
+
+
+def _candidate_values(space: Dict[str, dict], base: dict, trials: int) -> List[dict]:
     """The values of the search axes of trials 0..trials-1: trial 0 = ``base`` (the paper
     values), then the grid (every axis a list of choices) or the unscrambled Sobol' points
     1, 2, ... mapped onto the axes, skipping a point whose (rounded) values an earlier trial
