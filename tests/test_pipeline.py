@@ -302,7 +302,8 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     import pandas as pd
 
     repo, _ = smoke
-    env = env_for(repo.parent, PYTHONPATH=str(make_plugin(tmp_path / "plugins")))
+    plugins = str(make_plugin(tmp_path / "plugins"))
+    env = env_for(repo.parent, PYTHONPATH=os.pathsep.join(p for p in (plugins, os.environ.get("PYTHONPATH")) if p))
     prof = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
     params = write_params(repo, "smoke_plugin.yaml", methods=prof["methods"] + ["half_kd"])
 
