@@ -41,6 +41,13 @@ def _profile(args):
     return validate_profile(raw, source=args.params)
 
 
+def _profile_ref(args) -> str:
+    """The profile as named on this command line (--params and any --set), for hints."""
+    import shlex
+
+    return " ".join([shlex.quote(str(args.params))] + [f"--set {shlex.quote(o)}" for o in args.overrides])
+
+
 def _tracker(profile, args, out: Path):
     from kdbench.tracking import SPOOL_NAME, Tracker
 
@@ -85,6 +92,33 @@ def cmd_train_teacher(args) -> int:
     cfg = teacher_config(profile, args.dataset, args.arch, args.seed)
     out = args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed)
     return _train(args, cfg, Path(out), None, profile)
+
+
+def cmd_import_teacher(args) -> int:
+    from kdbench.config import check_in_profile, run_paths
+    from kdbench.teachers import import_teacher
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, None, args.arch, None)
+    out = Path(args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed))
+    metrics = import_teacher(profile, args.dataset, args.arch, args.seed, out, params=_profile_ref(args),
+                             tracker=_tracker(profile, args, out), force=args.force)
+    rep = metrics.get("reported_top1")
+    print(f"{args.dataset}/{args.arch}: test top1 {100 * metrics['top1']:.2f}%"
+          + (f" (the source reports {100 * rep:.2f}%)" if rep is not None else "") + f" -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_fetch_teachers(args) -> int:
+    from kdbench.teachers import fetch_teachers, used_teachers
+
+    profile = _profile(args)
+    if not used_teachers(profile):
+        print(f"{args.params}: the profile names no external teachers (key `teachers`)", file=sys.stderr)
+        return 0
+    lines = fetch_teachers(profile, download=args.download, params=_profile_ref(args))
+    print("\n".join(lines))
+    return 0 if all(line.startswith("OK") for line in lines) else 1
 
 
 def cmd_distill(args) -> int:
@@ -194,7 +228,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from kdbench.teachers import verify_teachers
+
     profile = _profile(args)
+    verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
     from kdbench.tuning import tuned_methods, tuning_of
 
     cells = len(profile["datasets"]) * len(profile["pairs"])
@@ -329,6 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="architecture (kdbench list archs)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("import-teacher", help="use an external teacher checkpoint (the profile's `teachers`)",
+                       description="Load the checkpoint the profile names for (DATASET, ARCH) under `teachers` "
+                                   "(RepDistiller/mdistiller layout; torch.load weights_only), check its sha256 and "
+                                   "keys, measure its test accuracy once and write the train-teacher outputs "
+                                   "(model.pt, metrics.json with top1, reported_top1 and source).")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True, help="architecture (kdbench list archs)")
+    p.add_argument("--seed", type=int, default=0, help="the teacher seed directory to write (s<seed>)")
+    p.set_defaults(func=cmd_import_teacher)
+
+    p = sub.add_parser("fetch-teachers", help="check (and with --download, fetch) a profile's external teachers",
+                       description="For every external teacher the profile uses: say whether its file is where "
+                                   "kdbench looks, and check its sha256 and keys. Only with --download (and "
+                                   "internet) are missing files fetched from their url.")
+    _common(p, run=False)
+    p.add_argument("--download", action="store_true", help="download missing files from their url")
+    p.set_defaults(func=cmd_fetch_teachers)
 
     p = sub.add_parser("distill", help="train a student with a distillation method",
                        description="Distil TEACHER into STUDENT with METHOD (vanilla = the student alone) using "

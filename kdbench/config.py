@@ -176,9 +176,13 @@ def with_defaults(profile: dict) -> dict:
 def validate_profile(profile: dict, source: str = "params") -> dict:
     """Validate a profile (structure, then names, then method hyperparameters); returns
     it with defaults filled in. Raises a KDBenchError naming the problem."""
+    from kdbench.teachers import check_teacher_specs, inline_teachers_file
+
+    profile = inline_teachers_file(profile, source)  # `teachers: file.yaml` -> its mapping
     validate_structure(profile, source)
     validate_names(profile, source)
     full = with_defaults(profile)
+    check_teacher_specs(full, source)
     for pair in full["pairs"]:
         for method in full["methods"]:
             method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
@@ -193,6 +197,7 @@ def load_profile(path: os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- methods
+#: top-level keys of params/methods/<m>.yaml (``types`` and ``search``: contract 1)
 METHOD_FILE_KEYS = ("defaults", "types", "search", "pairs")
 
 

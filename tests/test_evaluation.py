@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
+from kdbench.errors import KDBenchError
 from kdbench.evaluation import accuracy as acc
 from kdbench.explain import gradcam_maps, unicam_map, unicam_maps
 from kdbench.models import create_model
@@ -84,6 +85,92 @@ def test_rs_is_near_zero_for_random_labels_and_high_for_label_features():
     assert abs(similarity.relevance(informative, informative, labels, 4)) < 1e-6
 
 
+# ----------------------------------------------------------------- FSS estimators
+def _np_dist(x):
+    x = x.reshape(len(x), -1)
+    return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+
+
+def _np_ucentre(x):
+    a, n = _np_dist(x), len(x)
+    big = a - a.sum(1, keepdims=True) / (n - 2) - a.sum(0, keepdims=True) / (n - 2) + a.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(big, 0.0)
+    return big
+
+
+def _np_uinner(a, b):
+    n = len(a)
+    return (a * b).sum() / (n * (n - 3))  # diagonals are 0
+
+
+def _np_ucorr(a, b):
+    return _np_uinner(a, b) / np.sqrt(_np_uinner(a, a) * _np_uinner(b, b))
+
+
+def _np_u_dcor(x, y):
+    return _np_ucorr(_np_ucentre(x), _np_ucentre(y))
+
+
+def _np_v_dcor_normalized(x, y):
+    """gadhane/UniCAM pdCor.Distance_Correlation, written from its formula."""
+    def centred(z):
+        z = z.reshape(len(z), -1)
+        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        a = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1) + 1e-12)
+        return a - a.mean(0, keepdims=True) - a.mean(1, keepdims=True) + a.mean()
+
+    a, b = centred(x), centred(y)
+    return (a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean() + 1e-9)
+
+
+def _np_rs(x, y, onehot):
+    a, b, l = _np_ucentre(x), _np_ucentre(y), _np_ucentre(onehot)
+    ar = a - _np_uinner(a, b) / _np_uinner(b, b) * b
+    return _np_ucorr(ar, l)
+
+
+def test_fss_estimators_match_independent_numpy():
+    rng = np.random.default_rng(0)
+    n = 23  # 4 batches of 5 and a dropped one of 3
+    x = rng.normal(size=(n, 3, 2, 2))
+    y = np.concatenate([x.reshape(n, -1)[:, :5] ** 2, rng.normal(size=(n, 4))], 1)
+    tx, ty = torch.tensor(x), torch.tensor(y)
+    assert similarity.fss(tx, ty, "u_centered") == pytest.approx(_np_u_dcor(x, y), rel=1e-10)
+    assert similarity.fss(tx, ty, "v_normalized") == pytest.approx(_np_v_dcor_normalized(x, y), rel=1e-10)
+    batch5 = np.mean([_np_u_dcor(x[s:s + 5], y[s:s + 5]) for s in range(0, 20, 5)])
+    assert similarity.fss(tx, ty, "u_centered_batch5") == pytest.approx(batch5, rel=1e-10)
+    assert len({round(similarity.fss(tx, ty, e), 6) for e in similarity.FSS_ESTIMATORS}) == 3
+    labels = rng.integers(0, 3, n)
+    onehot = np.eye(3)[labels]
+    tl = torch.tensor(labels)
+    assert similarity.relevance(tx, ty, tl, 3) == pytest.approx(_np_rs(x.reshape(n, -1), y, onehot), rel=1e-9)
+    assert similarity.relevance(tx, ty, tl, 3, "v_normalized") == similarity.relevance(tx, ty, tl, 3)
+    rs5 = np.mean([_np_rs(x.reshape(n, -1)[s:s + 5], y[s:s + 5], onehot[s:s + 5]) for s in range(0, 20, 5)])
+    assert similarity.relevance(tx, ty, tl, 3, "u_centered_batch5") == pytest.approx(rs5, rel=1e-9)
+    with pytest.raises(KDBenchError, match="fss_estimator.*u_centered"):
+        similarity.fss(tx, ty, "biased")
+
+
+def test_fss_estimators_on_independent_high_dim_features():
+    """Independent 1024-d features, n = 256: the reference's V-statistic on normalised rows
+    is ≈ 0.94, the U-centred estimator ≈ 0 (it is unbiased)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1024, generator=g, dtype=torch.float64)
+    y = torch.randn(256, 1024, generator=g, dtype=torch.float64)
+    assert similarity.fss(x, y, "v_normalized") == pytest.approx(0.94, abs=0.01)
+    assert abs(similarity.fss(x, y, "u_centered")) < 0.01
+
+
+def test_rs_stages_pair_the_same_stage():
+    torch.manual_seed(0)
+    s = [torch.randn(16, 4, 2, 2) for _ in range(3)]
+    b = [torch.randn(16, 4, 2, 2) for _ in range(3)]
+    labels = torch.arange(16) % 4
+    rs, res = similarity.rs_stages(s, b, labels, 4)
+    assert rs == [similarity.relevance(s[k], b[k], labels, 4) for k in range(3)]
+    assert res == [similarity.relevance(b[k], s[k], labels, 4) for k in range(3)]
+
+
 # ----------------------------------------------------------------- UniCAM
 def test_unicam_maps_shape_finite_and_swap():
     torch.manual_seed(0)
@@ -106,6 +193,43 @@ def test_unicam_maps_shape_finite_and_swap():
     assert rs_res == pytest.approx(similarity.relevance(b, s, labels, 4), abs=1e-12)
     with pytest.raises(ValueError, match="at least 8"):
         unicam_map(s[:4], b[:4], labels[:4])
+
+
+def test_unicam_reference_target_pooled_embedding_and_minmax():
+    """The reference's default: RS of the pooled embeddings (feature_depth=1) explained on the
+    last stage, each map min-max scaled (pytorch-grad-cam scale_cam_image)."""
+    m_s, m_b = _model(seed=0), _model(seed=1)
+    torch.manual_seed(2)
+    x = torch.randn(16, 3, 16, 16)
+    labels = torch.arange(16) % 4
+    with torch.no_grad():
+        a_s = m_s.forward_features(x).stages[-1]
+        a_b = m_b.forward_features(x).stages[-1]
+        e_s, e_b = m_s.head.embed(a_s), m_b.head.embed(a_b)
+    d, r, score_d, score_r = unicam_maps(a_s, a_b, labels, num_classes=4, student_embed=m_s.head.embed,
+                                         base_embed=m_b.head.embed, return_scores=True)
+    assert score_d == pytest.approx(similarity.relevance(e_s, e_b, labels, 4), abs=1e-12)
+    assert score_r == pytest.approx(similarity.relevance(e_b, e_s, labels, 4), abs=1e-12)
+    # by hand: f = GAP(A) (the embedding), so ∂RS/∂A_k,ij = g_k / (h·w) and α_k = g_k / (h·w)
+    from kdbench import functional as KF
+
+    f = e_s.double().clone().requires_grad_(True)
+    score = KF.relevance_score(f, e_b.double(), labels, num_classes=4)
+    (g,) = torch.autograd.grad(score, f)
+    hw = a_s.shape[-1] * a_s.shape[-2]
+    alpha = np64(g) / hw
+    cam = np.maximum((alpha[:, :, None, None] * np64(a_s)).sum(1), 0)
+    cam = cam - cam.reshape(16, -1).min(1)[:, None, None]
+    cam = cam / (cam.reshape(16, -1).max(1)[:, None, None] + 1e-7)
+    np.testing.assert_allclose(np64(d), cam, rtol=1e-4, atol=1e-5)
+    assert (d.flatten(1).amax(1) <= 1).all() and (d.flatten(1).amin(1) == 0).all()
+    assert (d.flatten(1).amax(1) > 0.999).sum() >= 8
+    raw = unicam_map(a_s, e_b, labels, num_classes=4, embed_x=m_s.head.embed, minmax=False)
+    assert not torch.allclose(raw, d)
+
+
+def np64(t):
+    return t.detach().double().cpu().numpy()
 
 
 # ----------------------------------------------------------------- decision process
@@ -286,6 +410,13 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     assert (rec["dataset"], rec["teacher"], rec["student"], rec["method"], rec["seed"], rec["teacher_seed"]) == \
         ("shapes", "resnet8", "resnet8", "kd", 0, 0)
     assert rec["n_eval"] == 32 and len(rec["fss_stages"]) == 3
+    assert rec["fss_estimator"] == "u_centered" and len(rec["rs_stages"]) == len(rec["rs_residual_stages"]) == 3
+    assert rec["rs"] == rec["rs_stages"][-1] and rec["rs_residual"] == rec["rs_residual_stages"][-1]
+    v = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "fss_estimator": "v_normalized"})
+    assert v["fss_estimator"] == "v_normalized" and v["fss"] != rec["fss"]
+    assert v["rs"] == rec["rs"] and v["expl_sim"] == rec["expl_sim"]  # the reference's RS is U-centred
+    with pytest.raises(KDBenchError, match="fss_estimator"):
+        evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "fss_estimator": "nope"})
     for key in ("agreement", "agreement_ood", "expl_sim", "epg", "fss", "rs", "rs_residual",
                 "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "hierarchy_ari"):
         assert isinstance(rec[key], float) and math.isfinite(rec[key]), key

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from kdbench.data import build_dataset
 from kdbench.data.loader import make_loader
 from kdbench.errors import KDBenchError
 from kdbench.methods import TrainContext, get_method
+from kdbench.methods.base import PairError
 from kdbench.methods.fcfd import frozen_bn_stats
 from kdbench.methods.tdd import derive_partition, teacher_partitions
 from kdbench.models import create_model
@@ -99,9 +101,14 @@ def test_params_files_validate_and_share_kd_weights():
     for m in SEED_METHODS:
         hp = method_hparams(m, TEACHER, STUDENT)
         assert set(hp) == set(get_method(m).hparam_names)
-    for m in ("tdd", "e2kd", "e2kd_frozen"):  # kd's weights, so the difference isolates the extra term
+    for m in ("tdd", "e2kd_kdmatched"):  # kd's weights, so the difference isolates the extra term
         hp = method_hparams(m, TEACHER, STUDENT)
         assert {k: hp[k] for k in kd} == kd
+    for m in ("e2kd", "e2kd_frozen"):  # the paper's form (reference sweeps): no CE, KD weight 1
+        hp = method_hparams(m, TEACHER, STUDENT)
+        assert hp["ce_weight"] == 0 and hp["kd_weight"] == 1 and hp["temperature"] in (1, 5)
+        assert hp["explanation_weight"] in (1, 5, 10)
+    assert get_method("e2kd_kdmatched").__mro__[1] is get_method("e2kd")
     assert method_hparams("cid", "wrn_40_2", "wrn_16_2")["sample_weight"] == 65
     assert method_hparams("cid", "resnet50", "mobilenetv2")["class_weight"] == 0.1
     assert method_hparams("fcfd", "resnet56", "resnet20")["feature_weight"] == 0.02
@@ -224,17 +231,20 @@ def test_cid_terms_prototypes_and_intervention(ds16):
     assert float(terms["class"].detach()) == pytest.approx(np.mean(per_class), rel=1e-4)
     assert float(terms["kd"].detach()) == pytest.approx(np_kd(np64(fs.logits), zt, T), rel=1e-5)
     # prototypes: p_t[y]-weighted means of the detached embeddings, built at the warm-up's end
+    # (an absent class gets zeros, as the reference's context_new); used from the next epoch on
     d.on_epoch_end(0)
-    assert bool(d.prototypes_ready)
+    assert bool(d.next_ready) and not bool(d.prototypes_ready)
+    assert torch.equal(d.predict(x), d.student(x))  # the warm-up's validation: still the plain student
     w = np_softmax(zt / T)[np.arange(len(yn)), yn]
     for k in range(8):
         sel = yn == k
         want = (w[sel, None] * f[sel]).sum(0) / w[sel].sum() if sel.any() else np.zeros(f.shape[1])
-        np.testing.assert_allclose(np64(d.prototypes[k]), want, rtol=1e-5, atol=1e-6)
-    assert d.prototypes.grad_fn is None and not d.prototypes.requires_grad
+        np.testing.assert_allclose(np64(d.next_prototypes[k]), want, rtol=1e-5, atol=1e-6)
+    assert d.next_prototypes.grad_fn is None and not d.next_prototypes.requires_grad
     assert float(d.proto_weight.sum()) == 0.0  # accumulators reset
     # after the warm-up: CE on the intervention head's output
     d.on_epoch_start(1)
+    assert bool(d.prototypes_ready) and not bool(d.next_ready)
     d.eval()
     with torch.no_grad():
         terms = d.loss(batch)
@@ -249,6 +259,66 @@ def test_cid_terms_prototypes_and_intervention(ds16):
     reg = {id(p) for p in d.regressor.parameters()}
     assert [g["weight_decay"] for g in groups if {id(p) for p in g["params"]} == reg] == [0.0]
     assert all(g["weight_decay"] == 5e-4 for g in groups if not reg & {id(p) for p in g["params"]})
+
+
+def test_cid_deployed_prototypes_are_the_ones_trained_with(ds16):
+    """The trainer's order (epoch start, steps, epoch end, then validation/test/save): what
+    ``predict`` and the saved state use after epoch e are the prototypes epoch e trained
+    with (the reference's ``context_old``), never the ones just built from epoch e."""
+    d = build("cid", ds16, epochs=3)  # warm-up: 1 epoch
+    opt = torch.optim.SGD(d.param_groups(0.0), lr=0.05)
+    batches = list(make_loader(ds16, "train", 16, train=True, seed=0))[:2]
+    used = []
+    real = d.intervene
+
+    def spy(embedding, logits):
+        used.append(d.prototypes.clone())
+        return real(embedding, logits)
+
+    d.intervene = spy
+    for epoch in range(3):
+        d.train()
+        d.on_epoch_start(epoch)
+        used.clear()
+        for b in batches:
+            terms = d.loss(b)
+            opt.zero_grad()
+            sum(terms.values()).backward()
+            opt.step()
+        trained_with = used[0] if used else None
+        assert all(torch.equal(u, trained_with) for u in used)
+        d.on_epoch_end(epoch)
+        d.eval()
+        used.clear()
+        with torch.no_grad():
+            d.predict(batches[0]["image"])
+        if epoch == 0:  # the warm-up trained no head: the plain student is deployed
+            assert trained_with is None and used == []
+            continue
+        assert len(used) == 1 and torch.equal(used[0], trained_with)
+        assert not torch.equal(d.next_prototypes, trained_with)  # the new ones wait for the next epoch
+        state = d.trainable_state()
+        assert torch.equal(state["prototypes"], trained_with)
+        # a resumed run (fresh distiller + this state) trains the next epoch with the new ones
+        d2 = build("cid", ds16, epochs=3, seed=1, prepare=False)
+        d2.load_trainable_state(state)
+        d2.on_epoch_start(epoch + 1)
+        assert torch.equal(d2.prototypes, d.next_prototypes)
+
+
+def test_cid_absent_class_gets_zero_prototype(ds16):
+    d = build("cid", ds16, epochs=2)
+    d.train()
+    batch = first_batch(ds16)
+    keep = batch["label"] != batch["label"][0]
+    absent = int(batch["label"][0])
+    d.prototypes.fill_(3.0)  # an old prototype is not carried over (reference: cu = 0)
+    d.on_epoch_start(0)
+    d.loss({k: v[keep] for k, v in batch.items()})
+    d.on_epoch_end(0)
+    assert torch.equal(d.next_prototypes[absent], torch.zeros_like(d.next_prototypes[absent]))
+    present = int(batch["label"][keep][0])
+    assert d.next_prototypes[present].abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- fcfd
@@ -353,6 +423,128 @@ def test_fcfd_incompatible_pairs_fail_at_construction(ds32):
         build("fcfd", ds32, teacher="vgg8", student="timm:mobilenetv3_small_050", prepare=False)
 
 
+def _train_steps(d, ds, steps=3, lr=0.05):
+    opt = torch.optim.SGD(d.param_groups(5e-4), lr=lr, momentum=0.9)
+    d.train()
+    d.on_epoch_start(0)
+    for b in list(make_loader(ds, "train", 16, train=True, seed=0))[:steps]:
+        terms = d.loss(b)
+        opt.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        opt.step()
+    return terms
+
+
+def test_fcfd_train_mode_teacher_uses_batch_stats_on_a_private_copy(ds16):
+    torch.manual_seed(0)
+    teacher = create_model(TEACHER, ds16.num_classes)
+    teacher.eval()
+    x = first_batch(ds16, train=False)["image"]
+    with torch.no_grad():
+        teacher.stages[0][0].bn1.running_mean.add_(0.3)  # running stats that differ from batch stats
+        before_out = teacher(x).clone()
+    before_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    d = get_method("fcfd")(create_model(STUDENT, ds16.num_classes), teacher, ds16.num_classes,
+                           method_hparams("fcfd", TEACHER, STUDENT), epochs=240, input_size=16)
+    assert d.hparams["teacher_bn"] == "train" and d.teacher is not teacher
+    d.train()
+    assert d.teacher.training and not teacher.training and d.student.training
+    batch = first_batch(ds16)
+    torch.manual_seed(0)
+    terms = d.loss(batch)
+    # z_t of the kd term is the batch-statistics forward (as the reference's train-mode teacher)
+    with torch.no_grad():
+        z_s = d.student.forward_features(batch["image"]).logits
+        z_train = copy.deepcopy(teacher).train()(batch["image"])
+        z_eval = teacher(batch["image"])
+    assert float(terms["kd"].detach()) == pytest.approx(np_kd(np64(z_s), np64(z_train), 4), rel=1e-5)
+    assert abs(np_kd(np64(z_s), np64(z_eval), 4) - np_kd(np64(z_s), np64(z_train), 4)) > 1e-4
+    _train_steps(d, ds16)
+    # the caller's teacher: same state, same eval-mode outputs; the copy's stats drifted
+    assert all(torch.equal(before_state[k], v) for k, v in teacher.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(teacher(x), before_out)
+    assert not torch.equal(d.teacher.stages[0][0].bn1.running_mean, teacher.stages[0][0].bn1.running_mean)
+    assert not any(k.startswith("teacher.") for k in d.trainable_state())
+    # teacher_bn: eval keeps the teacher itself, in eval mode
+    e = get_method("fcfd")(create_model(STUDENT, ds16.num_classes), teacher, ds16.num_classes,
+                           {**method_hparams("fcfd", TEACHER, STUDENT), "teacher_bn": "eval"}, input_size=16)
+    e.train()
+    assert e.teacher is teacher and not teacher.training
+    with pytest.raises(KDBenchError, match="teacher_bn"):
+        get_method("fcfd")(create_model(STUDENT, 8), teacher, 8,
+                           {**method_hparams("fcfd", TEACHER, STUDENT), "teacher_bn": "frozen"}, input_size=16)
+
+
+def test_fcfd_job_leaves_saved_teacher_file_and_outputs_unchanged(tmp_path):
+    """A whole fcfd job through the engine, default teacher_bn=train: the teacher's
+    model.pt is byte-identical afterwards and the loaded teacher's eval outputs too."""
+    import hashlib
+
+    from kdbench.config import student_config, teacher_config, validate_profile
+    from kdbench.engine import trainer
+    from tests.tiny import tiny_profile
+
+    prof = validate_profile(tiny_profile(
+        tmp_path, datasets={"shapes": {"image_size": 16, "n_train": 64, "n_val": 16, "n_test": 16,
+                                       "n_test_ood": 16, "seed": 0}},
+        teacher_train={"epochs": 1}, student_train={"epochs": 2, "milestones": [1]}))
+    results = Path(prof["results_dir"])
+    tdir = results / "teachers/shapes" / TEACHER / "s0"
+    trainer.run(teacher_config(prof, "shapes", TEACHER, 0), tdir, results_dir=results)
+    tpath = tdir / "model.pt"
+    digest = hashlib.sha256(tpath.read_bytes()).hexdigest()
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = trainer.load_model(tpath)[0](x)
+    cfg = student_config(prof, "shapes", TEACHER, STUDENT, "fcfd", 0)
+    assert cfg.hparams["teacher_bn"] == "train"
+    trainer.run(cfg, tmp_path / "fcfd", results_dir=results, teacher_path=tpath)
+    assert hashlib.sha256(tpath.read_bytes()).hexdigest() == digest
+    with torch.no_grad():
+        assert torch.equal(trainer.load_model(tpath)[0](x), before)
+
+
+def test_fcfd_bridges_follow_the_reference(ds32):
+    """LeakyReLU(0.1) only into after-ReLU targets; bias on stride-2 / transposed convs only."""
+    from kdbench.methods.adapters import after_relu_stages
+
+    d = build("fcfd", ds32, prepare=False)  # resnet14 -> resnet8: post-ReLU, equal sizes
+    for bridge in list(d.s2t) + list(d.t2s):
+        assert isinstance(bridge[-1], torch.nn.LeakyReLU) and bridge[-1].negative_slope == 0.1
+        assert bridge[0].bias is None and bridge[0].stride == (1, 1)
+    mb = create_model("mobilenetv2", 8)
+    assert after_relu_stages(mb, 32) == [False] * 4  # linear bottlenecks
+    assert after_relu_stages(create_model("vgg8", 8), 32) == [True] * 4
+    assert after_relu_stages(create_model("wrn_16_2", 8), 32) == [False, False, True]
+    torch.manual_seed(0)
+    v = get_method("fcfd")(mb, create_model("vgg8", 8), 8, method_hparams("fcfd", "vgg8", "mobilenetv2"),
+                           input_size=32)
+    # vgg8 stages 16/8/4/4 px, mobilenetv2 16/8/4/2 px: the last pair is 2x apart
+    down, up = v.t2s[3], v.s2t[3]
+    assert isinstance(down[0], torch.nn.Conv2d) and down[0].stride == (2, 2) and down[0].bias is not None
+    assert isinstance(up[0], torch.nn.ConvTranspose2d) and up[0].bias is not None
+    assert isinstance(up[-1], torch.nn.LeakyReLU)  # into vgg (after-ReLU)
+    assert isinstance(down[-1], torch.nn.BatchNorm2d)  # into mobilenetv2 (linear)
+    same = v.s2t[0]
+    assert same[0].bias is None
+
+
+def test_fcfd_check_pair_rejects_unequal_stage_counts():
+    fcfd = get_method("fcfd")
+    hp = method_hparams("fcfd", "vgg13", "shufflenetv2")
+    with torch.device("meta"):
+        vgg, shuffle, r14, r8 = (create_model(a, 100) for a in ("vgg13", "shufflenetv2", "resnet14", "resnet8"))
+    with pytest.raises(PairError, match=r"vgg13->shufflenetv2.*teacher has 4, the student 3"):
+        fcfd.check_pair(vgg, shuffle, hp)
+    with pytest.raises(PairError, match="resnet14->vgg8"):
+        with torch.device("meta"):
+            fcfd.check_pair(r14, create_model("vgg8", 100), hp)
+    fcfd.check_pair(r14, r8, hp)  # equal counts: accepted
+    with torch.device("meta"):
+        fcfd.check_pair(create_model("vgg13", 100), create_model("mobilenetv2", 100), hp)  # 4 and 4
+
+
 # ----------------------------------------------------------------------------- e2kd
 def _np_cam(model, feats, classes, size):
     """Grad-CAM by hand for a GAP -> fc head: α_k = W[c, k] / (h·w)."""
@@ -389,6 +581,26 @@ def test_e2kd_explanation_term_matches_hand_gradcam(ds16):
     terms["explanation"].backward()
     assert d.student.head.fc.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.teacher.parameters())
+
+
+def test_e2kd_paper_form_and_kdmatched_ablation(ds16):
+    """e2kd: τ²·KL + λ·L_exp with no CE (the paper); e2kd_kdmatched: kd's weights, same L_exp."""
+    batch = first_batch(ds16)
+    x, y = batch["image"], batch["label"]
+    d = build("e2kd", ds16, prepare=False)
+    d.eval()
+    terms = d.loss(batch)
+    with torch.no_grad():
+        zs, zt = np64(d.student(x)), np64(d.teacher(x))
+    assert float(terms["ce"].detach()) == 0.0
+    T = d.hparams["temperature"]
+    assert float(terms["kd"].detach()) == pytest.approx(np_kd(zs, zt, T), rel=1e-5)
+    m = build("e2kd_kdmatched", ds16, prepare=False)  # the same seed: the same student and teacher
+    m.eval()
+    mterms = m.loss(batch)
+    assert float(mterms["ce"].detach()) == pytest.approx(0.1 * np_ce(zs, y.numpy()), rel=1e-5)
+    assert float(mterms["kd"].detach()) == pytest.approx(0.9 * np_kd(zs, zt, 4.0), rel=1e-5)
+    assert float(mterms["explanation"].detach()) == pytest.approx(float(terms["explanation"].detach()), rel=1e-6)
 
 
 def test_e2kd_frozen_never_runs_teacher_and_maps_follow_crop_flip(ds16):
@@ -466,7 +678,8 @@ def test_distills_finite_decreasing_teacher_frozen(method, pair, request):
         totals.append(float(total.detach()))
     assert np.mean(totals[-3:]) < 0.9 * np.mean(totals[:3]), totals
     assert all(p.grad is None for p in d.teacher.parameters())
-    assert not d.teacher.training
+    # fcfd's default runs its private teacher copy in train mode (its reference); the others: eval
+    assert d.teacher.training == (method == "fcfd" and d.hparams["teacher_bn"] == "train")
 
 
 @pytest.mark.parametrize("method", SEED_METHODS)

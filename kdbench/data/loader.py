@@ -5,6 +5,12 @@
      "index": int64 N (row indices into the split), "mask": bool N×H×W (when the split
      has masks), **aligned}
 
+A training loader made with ``strong_view=True`` (in-memory splits; MLKD asks for it
+through ``Distiller.loader_options``) adds ``"image_strong"``: the same images under their
+own crop/flip and the batched RandAugment + Cutout of :mod:`kdbench.data.randaugment`,
+normalised the same way. Its randomness comes from a second generator seeded by
+``(seed, epoch, 1)``, so ``image`` and every other key are bit-identical with and without it.
+
 Randomness (shuffle, crop offsets, flips) comes from a ``torch.Generator`` seeded by
 ``(seed, epoch)`` only, so the batches of an epoch are a pure function of the data, seed
 and epoch: a resumed run sees exactly the same batches. Call ``set_epoch(epoch)`` before
@@ -19,9 +25,12 @@ import numpy as np
 import torch
 
 from kdbench.data.base import Dataset, FileSplit, Split
-from kdbench.errors import UnknownChoiceError
+from kdbench.data.randaugment import draw_strong_params, strong_augment
+from kdbench.errors import KDBenchError, UnknownChoiceError
 
-RESERVED_KEYS = ("image", "label", "index", "mask")
+RESERVED_KEYS = ("image", "label", "index", "mask", "image_strong")
+#: the extra seed word of the strong view's generator (the weak view's stream is untouched)
+STRONG_STREAM = 1
 
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
@@ -31,8 +40,8 @@ def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+def epoch_generator(seed: int, epoch: int, *more: int) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, *more))
 
 
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -48,12 +57,14 @@ class InMemoryLoader:
     gather from an ``unfold`` view of the zero-padded data (no per-sample Python loop);
     the same crop/flip applies to the mask and every spatial aligned tensor.
     ``drop_last`` drops the last incomplete batch, except when the split is smaller than
-    one batch (then the epoch is one smaller batch)."""
+    one batch (then the epoch is one smaller batch). ``strong_view`` (training only) adds
+    ``image_strong`` (see the module docstring)."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, seed: int, device, mean, std,
                  crop_pad: int = 0, flip: bool = False, aligned: Optional[Dict[str, torch.Tensor]] = None,
-                 drop_last: bool = False):
+                 drop_last: bool = False, strong_view: bool = False):
         self.device = torch.device(device)
+        self.strong_view = bool(strong_view) and bool(train)
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.drop_last, self.epoch = bool(drop_last), 0
         self.n = len(split)
@@ -119,6 +130,12 @@ class InMemoryLoader:
                 fl = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
                 oy, ox, fl = oy.to(self.device), ox.to(self.device), fl.to(self.device)
             order = order.to(self.device)
+            if self.strong_view:
+                gs = epoch_generator(self.seed, self.epoch, STRONG_STREAM)
+                s_oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gs).to(self.device)
+                s_ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gs).to(self.device)
+                s_fl = (torch.rand(n, generator=gs) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)).to(self.device)
+                s_params = draw_strong_params(n, gs)
         nb = len(self)
         for b in range(nb):
             s, e = b * bs, min(n, (b + 1) * bs)
@@ -144,9 +161,19 @@ class InMemoryLoader:
             else:
                 for key, (t, spatial, view) in self._tensors.items():
                     batch[key] = t[idx] if self.train else t[s:e]
+            if self.strong_view:
+                batch["image_strong"] = self._strong(idx, s_oy[s:e], s_ox[s:e], s_fl[s:e],
+                                                     {k: v[s:e] for k, v in s_params.items()})
             batch["image"] = batch["image"].float().mul_(self.scale).add_(self.shift)
             batch["index"] = idx
             yield batch
+
+    def _strong(self, idx, by, bx, bf, params) -> torch.Tensor:
+        """The strong view of rows ``idx``: own crop/flip, RandAugment + Cutout, normalised."""
+        t, _, view = self._tensors["image"]
+        out = view[idx, :, by, bx] if view is not None else t[idx]
+        out = torch.where(bf.view(-1, 1, 1, 1), out.flip(-1), out)
+        return strong_augment(out, params).mul_(self.scale).add_(self.shift)
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -229,12 +256,13 @@ Loader = Union[InMemoryLoader, FileLoader]
 
 def make_loader(dataset: Dataset, split: Union[str, Split, FileSplit], batch_size: int, *, train: bool,
                 seed: int = 0, device="cpu", aligned: Optional[Dict[str, torch.Tensor]] = None,
-                num_workers: int = 0, drop_last: Optional[bool] = None) -> Loader:
+                num_workers: int = 0, drop_last: Optional[bool] = None, strong_view: bool = False) -> Loader:
     """A loader over ``dataset``'s ``split`` (a name or a split object, e.g. a few-shot
     subset). ``train`` turns on shuffling and the dataset's augmentation; ``drop_last``
     defaults to ``train``. ``aligned``: extra per-image tensors, row-aligned with the split:
     N×H×W / N×C×H×W ones get exactly the crop/flip of their image, N / N×K ones are only
-    indexed (in-memory splits only). ``num_workers`` applies to file splits."""
+    indexed (in-memory splits only). ``num_workers`` applies to file splits.
+    ``strong_view``: training batches also carry ``image_strong`` (in-memory splits only)."""
     if isinstance(split, str):
         if split not in dataset.splits:
             raise UnknownChoiceError(f"split of dataset {dataset.name!r}", split, dataset.splits)
@@ -246,10 +274,14 @@ def make_loader(dataset: Dataset, split: Union[str, Split, FileSplit], batch_siz
     if isinstance(split, Split):
         return InMemoryLoader(split, batch_size, train=train, seed=seed, device=device, mean=dataset.mean,
                               std=dataset.std, crop_pad=int(aug.get("crop_pad", 0) or 0),
-                              flip=bool(aug.get("flip", False)), aligned=aligned, drop_last=drop_last)
+                              flip=bool(aug.get("flip", False)), aligned=aligned, drop_last=drop_last,
+                              strong_view=strong_view)
     if isinstance(split, FileSplit):
         if aligned:
             raise ValueError("aligned tensors are only supported for in-memory splits")
+        if strong_view and train:
+            raise KDBenchError(f"dataset {dataset.name!r}: the strong augmented view (MLKD) is only "
+                               "available for in-memory datasets, not for file splits")
         return FileLoader(split, batch_size, train=train, seed=seed, device=device, mean=dataset.mean,
                           std=dataset.std, augment=aug, image_size=dataset.image_size,
                           num_workers=num_workers, drop_last=drop_last)

@@ -223,14 +223,15 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     if cfg.channels_last and device.type == "cuda":
         distiller = distiller.to(memory_format=torch.channels_last)
 
-    def loader_for(split, batch_size, train, aligned=None):
-        return make_loader(ds, split, batch_size, train=train, seed=cfg.seed, device=device, aligned=aligned)
+    def loader_for(split, batch_size, train, aligned=None, **options):
+        return make_loader(ds, split, batch_size, train=train, seed=cfg.seed, device=device, aligned=aligned,
+                           **options)
 
     ctx = TrainContext(dataset=ds, train_split=train_split, device=device, batch_size=r["batch_size"],
                        seed=cfg.seed, make_loader=loader_for)
     distiller.prepare(ctx)
     aligned = distiller.aligned_tensors() or None
-    train_loader = loader_for(train_split, r["batch_size"], True, aligned)
+    train_loader = loader_for(train_split, r["batch_size"], True, aligned, **distiller.loader_options())
     if len(train_loader) == 0:
         raise KDBenchError(f"batch_size {r['batch_size']} is larger than the {len(train_split)} training images")
     optimizer = _optimizer(distiller, cfg)

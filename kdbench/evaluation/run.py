@@ -11,6 +11,11 @@ run dir: its TDD partitions (``partitions.json``) and its test / test_ood predic
 Conventions (see ``specs/evaluation.md``):
 - The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
   seed-0 permutation of the test split — the same images for every run of a dataset.
+- FSS / RS: ``evaluation.fss_estimator`` (``u_centered`` default, ``v_normalized``,
+  ``u_centered_batch5``: see :mod:`kdbench.evaluation.similarity`), recorded as
+  ``fss_estimator``; RS per stage (``rs_stages``, ``rs_residual_stages``) and ``rs`` /
+  ``rs_residual`` = the last stage. UniCAM maps follow the reference (pooled-embedding
+  target, min-max scaled maps: :mod:`kdbench.explain.unicam`).
 - Accuracy and agreement use the *deployed* model (``Distiller.predict``; CID's
   intervention head). Grad-CAM, FSS, RS, UniCAM and the probes use the plain student
   network (the StagedNet: the deployed model of every method except CID, whose
@@ -33,7 +38,8 @@ import torch
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
 
-EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8}
+EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8,
+                 "fss_estimator": "u_centered"}
 #: seed of the permutations that pick the evaluation / probe / partition subsets
 SUBSET_SEED = 0
 #: training images the teacher's TDD partitions are derived on (a fixed-seed subset)
@@ -46,7 +52,8 @@ BATCH_SIZE = 256
 RECORD_KEYS = (
     "dataset", "teacher", "student", "method", "seed", "teacher_seed",
     "top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params",
-    "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "rs", "rs_residual",
+    "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "fss_estimator",
+    "rs", "rs_residual", "rs_stages", "rs_residual_stages",
     "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
     "hierarchy_ari", "flops", "n_eval", "eval_s",
 )
@@ -199,6 +206,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     set_deterministic()
     device = torch.device(device)
     ev = {**EVAL_DEFAULTS, **(evaluation or {})}
+    similarity.check_estimator(ev["fss_estimator"])  # bad input: fail before any work
     student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
     for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
         if not p.is_file():
@@ -253,8 +261,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     # ---- one pass per model over the fixed evaluation subset
     subset = eval_subset(ds, int(ev["n_samples"]))
     models = {"teacher": teacher, "student": student, **({"base": base} if base is not None else {})}
-    data = collect(models, ds, subset, device, batch_size, last_only=("base",),
-                   keep_images=max(1, int(ev["figure_images"])))
+    data = collect(models, ds, subset, device, batch_size, keep_images=max(1, int(ev["figure_images"])))
     labels, masks = data["labels"], data["masks"]
     rec["n_eval"] = int(len(labels))
     size = data["size"]
@@ -270,17 +277,24 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         cam_gt, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=labels.to(device), size=size)
         rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
 
-    # FSS (per stage pair) and, against the base, RS and the UniCAM maps
+    # FSS (per stage pair) and, against the base, RS (per stage; rs = the last stage) and
+    # the UniCAM maps; evaluation.fss_estimator names the estimator (similarity.py)
     n_eval = rec["n_eval"]
+    estimator = rec["fss_estimator"] = ev["fss_estimator"]
     if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
-        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"])
+        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"], estimator)
         rec["fss"] = _mean(rec["fss_stages"])
     uni_d = uni_r = None
     if base is not None and n_eval >= 8:
         B = data["base"]
-        # rs / rs_residual are the targets of the two UniCAM maps: computed once, with them
-        uni_d, uni_r, rec["rs"], rec["rs_residual"] = unicam_maps(
-            S["stages"][-1], B["stages"][-1], labels, num_classes=num_classes, size=size, return_scores=True)
+        rec["rs_stages"], rec["rs_residual_stages"] = similarity.rs_stages(
+            S["stages"], B["stages"], labels, num_classes, estimator)
+        rec["rs"], rec["rs_residual"] = rec["rs_stages"][-1], rec["rs_residual_stages"][-1]
+        # the reference's UniCAM target: RS of the pooled embeddings, maps min-max scaled
+        uni_d, uni_r = unicam_maps(S["stages"][-1].to(device), B["stages"][-1].to(device), labels.to(device),
+                                   num_classes=num_classes, size=size, student_embed=student.head.embed,
+                                   base_embed=base.head.embed)
+        uni_d, uni_r = uni_d.cpu(), uni_r.cpu()
         if masks is not None:
             rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)

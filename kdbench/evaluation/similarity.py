@@ -1,8 +1,24 @@
 """FSS and RS (UniCAM paper): distance correlations between feature matrices.
 
 Features are flattened (n × C·h·w) and computed in float64 on the fixed evaluation
-subset; the math is :func:`kdbench.functional.distance_correlation` and
-:func:`kdbench.functional.relevance_score`.
+subset. ``evaluation.fss_estimator`` picks the estimator (the record's ``fss_estimator``
+says which one produced its numbers):
+
+- ``u_centered`` (kdbench's default): the bias-corrected U-centred squared distance
+  correlation over the whole subset (:func:`kdbench.functional.distance_correlation`;
+  RS: :func:`kdbench.functional.relevance_score`). Unbiased: independent features give
+  ≈ 0 whatever their dimension.
+- ``v_normalized``: the current UniCAM reference (gadhane/UniCAM ``rsfss_common.py``):
+  FSS is the biased V-statistic on L2-normalised rows
+  (:func:`kdbench.functional.v_distance_correlation`); its RS (``P_DC``) stays U-centred,
+  so ``rs`` is the ``u_centered`` one. High-dimensional independent features score ≈ 0.94.
+- ``u_centered_batch5``: the paper-era UniCAM code's form (Nov 2024
+  ``PetImages/main_RSFSS.py``): U-centred FSS and RS per batch of 5 images, averaged over
+  the batches (:func:`kdbench.functional.batched_distance_correlation`,
+  :func:`kdbench.functional.batched_relevance_score`). The evaluation subset is a fixed
+  random permutation of the test split, so its consecutive 5-image chunks are random
+  batches. That code also fed each model its own HiResCAM + ROAD-perturbed
+  ("localised") images; kdbench feeds the plain images (not reproduced).
 """
 from __future__ import annotations
 
@@ -12,23 +28,64 @@ import torch
 from torch import Tensor
 
 from kdbench import functional as KF
+from kdbench.errors import UnknownChoiceError
+
+FSS_ESTIMATORS = ("u_centered", "v_normalized", "u_centered_batch5")
+DEFAULT_FSS_ESTIMATOR = "u_centered"
+#: the paper-era code's DataLoader batch size
+PAPER_BATCH = 5
+
+
+def check_estimator(estimator: str) -> str:
+    if estimator not in FSS_ESTIMATORS:
+        raise UnknownChoiceError("evaluation.fss_estimator", estimator, FSS_ESTIMATORS)
+    return estimator
 
 
 def _flat(x: Tensor) -> Tensor:
     return x.detach().reshape(x.shape[0], -1).double()
 
 
-def fss_stages(student_stages: Sequence[Tensor], teacher_stages: Sequence[Tensor]) -> List[float]:
-    """Per student stage i: distance_correlation(student stage i, teacher stage at the
-    same relative depth) (``methods.adapters.stage_pairs``)."""
+def fss(x: Tensor, y: Tensor, estimator: str = DEFAULT_FSS_ESTIMATOR) -> float:
+    """FSS of two feature matrices (n × ...) with the named estimator."""
+    check_estimator(estimator)
+    x, y = _flat(x), _flat(y)
+    if estimator == "v_normalized":
+        return float(KF.v_distance_correlation(x, y))
+    if estimator == "u_centered_batch5":
+        return float(KF.batched_distance_correlation(x, y, PAPER_BATCH))
+    return float(KF.distance_correlation(x, y))
+
+
+def fss_stages(student_stages: Sequence[Tensor], teacher_stages: Sequence[Tensor],
+               estimator: str = DEFAULT_FSS_ESTIMATOR) -> List[float]:
+    """Per student stage i: FSS(student stage i, teacher stage at the same relative depth)
+    (``methods.adapters.stage_pairs``)."""
     from kdbench.methods.adapters import stage_pairs
 
-    return [float(KF.distance_correlation(_flat(student_stages[i]), _flat(teacher_stages[j])))
+    return [fss(student_stages[i], teacher_stages[j], estimator)
             for i, j in stage_pairs(len(student_stages), len(teacher_stages))]
 
 
-def relevance(x_feat: Tensor, y_feat: Tensor, labels: Tensor, num_classes: Optional[int] = None) -> float:
+def relevance(x_feat: Tensor, y_feat: Tensor, labels: Tensor, num_classes: Optional[int] = None,
+              estimator: str = DEFAULT_FSS_ESTIMATOR) -> float:
     """relevance_score(x, y, one-hot labels): the task relevance of what x has and y has
-    not. ``rs`` = relevance(student, base), ``rs_residual`` = relevance(base, student)."""
-    return float(KF.relevance_score(_flat(x_feat), _flat(y_feat), torch.as_tensor(labels).long(),
-                                    num_classes=num_classes))
+    not. ``rs`` = relevance(student, base), ``rs_residual`` = relevance(base, student).
+    ``u_centered_batch5`` averages it over batches of 5; the other two estimators use the
+    whole subset (the current reference's RS is U-centred)."""
+    check_estimator(estimator)
+    x, y, lab = _flat(x_feat), _flat(y_feat), torch.as_tensor(labels).long()
+    if estimator == "u_centered_batch5":
+        return float(KF.batched_relevance_score(x, y, lab, num_classes=num_classes, batch_size=PAPER_BATCH))
+    return float(KF.relevance_score(x, y, lab, num_classes=num_classes))
+
+
+def rs_stages(student_stages: Sequence[Tensor], base_stages: Sequence[Tensor], labels: Tensor,
+              num_classes: Optional[int] = None, estimator: str = DEFAULT_FSS_ESTIMATOR):
+    """Per stage k (the student and its base share the architecture): (rs_k, rs_residual_k)
+    = (relevance(student_k, base_k), relevance(base_k, student_k))."""
+    if len(student_stages) != len(base_stages):
+        raise ValueError(f"student and base have {len(student_stages)} and {len(base_stages)} stages")
+    rs = [relevance(s, b, labels, num_classes, estimator) for s, b in zip(student_stages, base_stages)]
+    res = [relevance(b, s, labels, num_classes, estimator) for s, b in zip(student_stages, base_stages)]
+    return rs, res

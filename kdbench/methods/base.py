@@ -42,6 +42,14 @@ def register_method(name: str):
     return add
 
 
+def register_variant(name: str, base: type, doc: str) -> type:
+    """Register ``base`` under a second name (e.g. ``kd_ls``: kd with its
+    ``logit_stand`` option on) without copying it: an empty subclass whose only
+    difference is the name, hence its own ``params/methods/<name>.yaml`` and board row."""
+    cls = type(f"{base.__name__}_{name}", (base,), {"__doc__": doc, "__module__": base.__module__})
+    return register_method(name)(cls)
+
+
 @dataclass
 class TrainContext:
     """What ``Distiller.prepare`` gets: the (possibly few-shot) training split, the
@@ -52,7 +60,7 @@ class TrainContext:
     device: torch.device
     batch_size: int
     seed: int
-    make_loader: Any  # callable(split, batch_size, train=bool, aligned=None) -> loader
+    make_loader: Any  # callable(split, batch_size, train=bool, aligned=None, **loader_options) -> loader
     info: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +83,10 @@ class Distiller(nn.Module):
     name: str = "?"
     #: hyperparameter keys this method takes (all required)
     hparam_names: tuple = ()
+    #: optional hyperparameters and their defaults (e.g. kd's ``logit_stand: False``): a
+    #: params file may leave them out, so adding an option that is off by default does
+    #: not change the hyperparameters (and config hashes) of existing runs
+    optional_hparams: Dict[str, Any] = {}
     #: for third-party methods without a params file
     default_hparams: Optional[dict] = None
     #: False for methods that train the student alone (vanilla, teachers)
@@ -92,7 +104,7 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
         self.num_classes = num_classes
-        self.hparams = dict(hparams)
+        self.hparams = {**self.optional_hparams, **hparams}
         self.epochs = int(epochs)
         self.input_size = int(input_size)
         self.epoch = 0
@@ -100,11 +112,11 @@ class Distiller(nn.Module):
     # -- hyperparameters ---------------------------------------------------------------
     @classmethod
     def check_hparams(cls, hparams: dict) -> None:
-        names = set(cls.hparam_names)
+        names = set(cls.hparam_names) | set(cls.optional_hparams)
         for key in hparams:
             if key not in names:
                 raise UnknownChoiceError(f"hyperparameter of method {cls.name!r}", key, names)
-        missing = sorted(names - set(hparams))
+        missing = sorted(set(cls.hparam_names) - set(hparams))
         if missing:
             raise KDBenchError(f"method {cls.name!r} is missing hyperparameters {missing} "
                                f"(set them in params/methods/{cls.name}.yaml)")
@@ -133,6 +145,12 @@ class Distiller(nn.Module):
     def aligned_tensors(self) -> Dict[str, torch.Tensor]:
         """Per-image tensors (N×H×W, rows = training-split rows) the training loader
         carries through the same crop/flip as their images (``batch[key]``)."""
+        return {}
+
+    def loader_options(self) -> Dict[str, Any]:
+        """Extra options of the training loader (``make_loader`` keywords), e.g. MLKD's
+        ``{"strong_view": True}`` for a second, strongly augmented view of every batch
+        (``batch["image_strong"]``). The default (none) leaves batches as they are."""
         return {}
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -4,10 +4,15 @@
   weight decay) projects the student embedding; L_sample = cid_sample_loss(R f_s, f_t).
 - Class representations: L_class = cid_class_loss(f_s, f_t, y) on the raw embedding.
 - Context prototypes c_k = Σ_{i: y_i = k} w_i sg(f_s,i) / Σ w_i, w_i = p_t,i[y_i] at
-  temperature T, accumulated (detached, float64) over the training steps of one epoch and
-  swapped in at ``on_epoch_end``. They are first built at the end of the warm-up (the
-  last warm-up epoch's accumulation) and epoch e uses the ones of epoch e - 1. A class
-  that got no image in an epoch keeps its previous prototype (zero before the first).
+  temperature T, accumulated (detached, float64) over the training steps of one epoch.
+  As the reference (Xiang-Deng-DL/CID ``train_student.py``: ``context_old``): the
+  prototypes built from epoch e's data are computed at ``on_epoch_end(e)`` into
+  ``next_prototypes`` and only swapped in at ``on_epoch_start(e + 1)``; epoch e's
+  validation, test predictions and saved model use ``prototypes``, the ones epoch e
+  trained with. They are first built at the end of the warm-up (the last warm-up
+  epoch's accumulation). A class that got no image in an epoch gets a zero prototype
+  (the reference starts every epoch's ``context_new`` at zeros and mixes in the old one
+  with ``cu`` = 0, its default and the value of every script).
 - Intervention: x̃ = [f_s ; Σ_k P(k|x) c_k], P = softmax(sg(z_s)/T), ŷ = W'x̃ + b' (linear
   2·d_s -> K, trained with the student).
 - Loss in the warm-up: kd_weight·kd_loss(z_s, z_t) + sample_weight·L_sample +
@@ -18,10 +23,12 @@
 - ``warmup_epochs`` refers to the 240-epoch recipe; it is scaled to the run's length and
   rounded (half up) to whole epochs, at least 1 (prototypes need one epoch of data).
 
-Deployed model (``predict``): ŷ with the stored prototypes; before any prototypes exist
-(a run shorter than its warm-up, or a model saved during it) it falls back to the
-student's own logits z_s. ``trainable_state()`` holds the student, the regressor, the
-intervention head, the ``prototypes`` buffer and the ``prototypes_ready`` flag.
+Deployed model (``predict``): ŷ with the prototypes the last epoch trained with; before
+an epoch has trained with prototypes (a run no longer than its warm-up, or a model saved
+during it) it falls back to the student's own logits z_s (the reference evaluates its
+still untrained head there). ``trainable_state()`` holds the student, the regressor, the
+intervention head, ``prototypes`` / ``prototypes_ready`` (used in training, deployed)
+and ``next_prototypes`` / ``next_ready`` (built, not yet used: a resumed run swaps them in).
 """
 from __future__ import annotations
 
@@ -46,6 +53,9 @@ class CID(Distiller):
         self.intervention = nn.Linear(2 * d_s, num_classes)
         self.register_buffer("prototypes", torch.zeros(num_classes, d_s))
         self.register_buffer("prototypes_ready", torch.zeros((), dtype=torch.bool))
+        # built at an epoch's end, used from the next epoch on (the reference's context / context_old)
+        self.register_buffer("next_prototypes", torch.zeros(num_classes, d_s))
+        self.register_buffer("next_ready", torch.zeros((), dtype=torch.bool))
         # this epoch's weighted sums; reset at every epoch end, so never checkpointed
         self.register_buffer("proto_sum", torch.zeros(num_classes, d_s, dtype=torch.float64), persistent=False)
         self.register_buffer("proto_weight", torch.zeros(num_classes, dtype=torch.float64), persistent=False)
@@ -77,10 +87,23 @@ class CID(Distiller):
 
     @torch.no_grad()
     def update_prototypes(self) -> None:
+        """This epoch's weighted means into ``next_prototypes`` (zero for an absent class)."""
         seen = self.proto_weight > 0
         new = self.proto_sum / torch.where(seen, self.proto_weight, torch.ones_like(self.proto_weight))[:, None]
-        self.prototypes.copy_(torch.where(seen[:, None], new.to(self.prototypes.dtype), self.prototypes))
-        self.prototypes_ready.fill_(True)
+        self.next_prototypes.copy_(torch.where(seen[:, None], new, torch.zeros_like(new)).to(self.next_prototypes.dtype))
+        self.next_ready.fill_(True)
+
+    @torch.no_grad()
+    def install_prototypes(self) -> None:
+        """The prototypes built at the last epoch's end become the ones trained and deployed."""
+        if bool(self.next_ready):
+            self.prototypes.copy_(self.next_prototypes)
+            self.prototypes_ready.fill_(True)
+            self.next_ready.fill_(False)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        self.install_prototypes()
 
     def on_epoch_end(self, epoch: int) -> None:
         if epoch + 1 >= self.warmup:

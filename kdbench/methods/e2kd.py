@@ -1,17 +1,28 @@
-"""e2kd — Explanation-Enhanced KD (Parchami-Araghi et al., ECCV 2024), and e2kd_frozen.
+"""e2kd — Explanation-Enhanced KD (Parchami-Araghi et al., ECCV 2024), e2kd_frozen and the
+e2kd_kdmatched ablation.
 
-e2kd: the kd method's loss (same ``ce_weight``, ``kd_weight``, ``temperature``: its
-params must equal params/methods/kd.yaml so the difference from kd isolates the
-explanation term) + explanation_weight·L_exp, with
+Reference: m-parchami/GoodTeachersExplain, ``bcos/distillation_methods/TeachersExplain.py``
+(``TeachersExplainCriterion``, ``explanation_aware_forward``) and
+``bcos/experiments/ImageNet/final_live/experiment_parameters.py`` (the sweeps).
+
+Loss: ce_weight·CE + kd_weight·T²·KL(p_t ‖ p_s) + explanation_weight·L_exp (the
+reference's ``gt_logit_loss_coef·CE + exp_loss_coef·L_exp + teacher_logit_loss_coef·
+KL.sum(-1).mean()·T²``). The paper's form, e2kd's params, has no CE (every reference sweep:
+``gt_logit_loss_coef = 0``, KD weight 1). ``e2kd_kdmatched`` is the same class with kd's
+weights (params/methods/kd.yaml) + λ·L_exp, so its difference from kd isolates the
+explanation term. With
 
     L_exp = mean_i [1 − cos(flatten(cam_S,i), flatten(cam_T,i))]
 
-both Grad-CAM maps taken on the last stage for the **teacher's** top-1 class and resized
-(bilinear) to the input size. The student's map keeps its graph (``create_graph=True``:
-the loss trains through the Grad-CAM weights, i.e. the head too); the teacher's map is
-detached. The student is in train mode while training (BN batch statistics, as in its
-logits). A map that is all zero has cosine 0 (``explanation_cosine``), i.e. loss 1 and
-no gradient for that image.
+both Grad-CAM maps (ReLU(Σ_k mean_hw(∂y_c/∂A_k)·A_k), the reference's ``GRAD_CAM_POS``)
+taken on the last stage (the reference's pre-pool ``features``) for the **teacher's**
+top-1 class (``exp_of='top1'``) and resized (bilinear) to the input size; no further
+normalisation (the cosine is scale-invariant). The student's map keeps its graph
+(``create_graph=True``: the loss trains through the Grad-CAM weights, i.e. the head too);
+the teacher's map is detached. The student is in train mode while training (BN batch
+statistics, as in its logits). A map that is all zero has cosine 0
+(``explanation_cosine``), i.e. loss 1 and no gradient for that image (the reference's
+``F.cosine_similarity`` gives 0 there too).
 
 e2kd_frozen: the paper's "frozen explanations". ``prepare`` runs the teacher once over
 the un-augmented, normalised training images (batched) and stores its logits (float32,
@@ -76,6 +87,11 @@ class E2KD(KD):
         terms["explanation"] = self.hparams["explanation_weight"] * self.explanation_loss(
             fs.stages[-1], fs.logits, top1, cam_t)
         return terms
+
+
+@register_method("e2kd_kdmatched")
+class E2KDKDMatched(E2KD):
+    """e2kd with kd's weights (the ablation): the loss is e2kd's; only the params differ."""
 
 
 @register_method("e2kd_frozen")

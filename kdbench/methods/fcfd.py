@@ -1,7 +1,16 @@
 """fcfd — Function-Consistent Feature Distillation (Liu et al., ICLR 2023).
 
+Reference: LiuDongyang6/FCFD, ``classification/models/meta.py`` (``MetaModel``,
+``GhostForward``, ``build_bridge``) and ``classification/cifar/main.py``.
+
 Teacher and student must have the same number of stages n, with every stage pair's
-spatial sizes equal or 2× apart (checked at construction: a clear error otherwise).
+spatial sizes equal or 2× apart. The reference supports exactly that: ``MetaModel`` reads
+its stage count from the teacher and indexes both models' stage shapes with the same
+stage index (a stage-count mismatch is an index error there, a size ratio other than 1
+or 2 a ``NotImplementedError``); its heterogeneous CIFAR pairs (resnet32x4→ShuffleV1/V2,
+wrn_40_2→ShuffleV1, vgg13→MobileNetV2, ResNet50→MobileNetV2) all have equal stage
+counts in its models' splits. ``check_pair`` rejects unequal stage counts before any job
+runs; the size check needs the input size and runs at construction.
 
 Stage indices. The paper (and its code) number the *stem* output as feature 0 and the
 stage outputs 1..n; "every stage k ≥ 1" therefore means every real stage, stem excluded.
@@ -10,8 +19,26 @@ kdbench's StagedNet keeps the stem out of ``stages``, so here k runs over all st
 stages 0..n-2 (switching after the last stage would leave no later stage to run — the
 reference code has no such candidate either).
 
-- Bridges B_{s→t}^k and B_{t→s}^k for every stage, ``adapters.conv_bridge`` (3×3 conv +
-  BN; stride 2 / transposed 4-2-1 conv for 2× size differences).
+- Bridges B_{s→t}^k and B_{t→s}^k for every stage, ``adapters.fcfd_bridge`` (3×3 conv +
+  BN; stride 2 / transposed 4-2-1 conv with a bias for 2× size differences; + LeakyReLU(0.1)
+  when the target stage's output is an after-ReLU feature). The reference decides the
+  LeakyReLU per model family (``stage_input == "afterrelu"``: its CIFAR ResNets, ResNet50,
+  ShuffleV2); kdbench applies the same rule to its own stage outputs, per target stage,
+  found by ``adapters.after_relu_stages``: the CIFAR/ImageNet-style ResNets, VGG,
+  ShuffleNetV1/V2 and WRN's last stage (which ends with the final BN-ReLU) are after-ReLU;
+  MobileNetV2's linear bottlenecks and WRN's first stages (the raw residual stream) are not.
+  (The reference's own VGG/ShuffleV1 splits output pre-ReLU tensors, so it adds none there.)
+- Teacher BN (``teacher_bn``). ``train`` (default, the reference: ``main.py`` puts the
+  whole meta-model, teacher included, in train mode): the teacher's BN layers normalise
+  with batch statistics for z_t, F_t and the student→teacher mixed paths. The method runs
+  a private deep copy of the teacher, so the saved teacher and the teacher object the
+  caller passed (and its eval-mode outputs) never change; the copy's running statistics
+  drift like the reference's and are never read (not part of ``trainable_state()``).
+  The reference gives each mixed path its own BN running statistics (``GhostForward``);
+  they are written but never read (its validation runs only the pure paths), so here a
+  mixed path normalises with its batch statistics and updates no running statistics
+  (:func:`frozen_bn_stats`) — the same outputs. ``eval``: the teacher stays in eval mode
+  (its running statistics), kdbench's earlier behaviour.
 - Appearance: L_app = Σ_k MSE(B_{s→t}^k(F_s^k), sg F_t^k) + MSE(φ(B_{s→t}^{n-1}(F_s^{n-1})),
   φ(sg F_t^{n-1})), φ = GAP∘ReLU.
 - Function: each step draws ``switch_paths`` (2) of the 2(n-1) candidate paths (switch
@@ -34,6 +61,7 @@ reference code has no such candidate either).
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterator, List, Sequence, Tuple
 
@@ -42,11 +70,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import functional as KF
-from kdbench.errors import KDBenchError
-from kdbench.methods.adapters import conv_bridge
-from kdbench.methods.base import Distiller, register_method
+from kdbench.errors import KDBenchError, UnknownChoiceError
+from kdbench.methods.adapters import after_relu_stages, fcfd_bridge
+from kdbench.methods.base import Distiller, PairError, register_method
 
 S2T, T2S = "s2t", "t2s"
+TEACHER_BN_MODES = ("train", "eval")
 
 
 @contextmanager
@@ -74,26 +103,48 @@ def _phi(x: torch.Tensor) -> torch.Tensor:
 @register_method("fcfd")
 class FCFD(Distiller):
     hparam_names = ("ce_weight", "kd_weight", "path_kd_weight", "feature_weight", "temperature",
-                    "ramp_epochs", "switch_paths")
+                    "ramp_epochs", "switch_paths", "teacher_bn")
+
+    @classmethod
+    def check_pair(cls, teacher, student, hparams):
+        n_t, n_s = teacher.num_stages, student.num_stages
+        if n_t != n_s:
+            raise PairError(cls.name, getattr(teacher, "arch", "?"), getattr(student, "arch", "?"),
+                            f"fcfd needs teacher and student with the same number of stages (as its reference's "
+                            f"MetaModel): the teacher has {n_t}, the student {n_s}")
 
     def __init__(self, student, teacher, num_classes, hparams, **kw):
         super().__init__(student, teacher, num_classes, hparams, **kw)
-        s_shapes = student.infer_stage_shapes(self.input_size)
-        t_shapes = teacher.infer_stage_shapes(self.input_size)
-        if len(s_shapes) != len(t_shapes):
+        mode = self.hparams["teacher_bn"]
+        if mode not in TEACHER_BN_MODES:
+            raise UnknownChoiceError("fcfd hyperparameter teacher_bn", mode, TEACHER_BN_MODES)
+        if student.num_stages != teacher.num_stages:
             raise KDBenchError(
                 f"fcfd needs teacher and student with the same number of stages: teacher "
-                f"{getattr(teacher, 'arch', '?')} has {len(t_shapes)}, student {getattr(student, 'arch', '?')} "
-                f"has {len(s_shapes)}")
+                f"{getattr(teacher, 'arch', '?')} has {teacher.num_stages}, student {getattr(student, 'arch', '?')} "
+                f"has {student.num_stages}")
+        s_shapes = student.infer_stage_shapes(self.input_size)
+        t_shapes = teacher.infer_stage_shapes(self.input_size)
+        s_relu = after_relu_stages(student, self.input_size)
+        t_relu = after_relu_stages(teacher, self.input_size)
         try:
-            self.s2t = nn.ModuleList([conv_bridge(s, t) for s, t in zip(s_shapes, t_shapes)])
-            self.t2s = nn.ModuleList([conv_bridge(t, s) for s, t in zip(s_shapes, t_shapes)])
+            self.s2t = nn.ModuleList([fcfd_bridge(s, t, into_after_relu=r) for s, t, r in zip(s_shapes, t_shapes, t_relu)])
+            self.t2s = nn.ModuleList([fcfd_bridge(t, s, into_after_relu=r) for s, t, r in zip(s_shapes, t_shapes, s_relu)])
         except KDBenchError as err:
             raise KDBenchError(f"fcfd cannot pair teacher {getattr(teacher, 'arch', '?')} with student "
                                f"{getattr(student, 'arch', '?')} at input size {self.input_size}: {err}") from None
+        if mode == "train":
+            # a private copy: training-mode BN must never touch the caller's (saved) teacher
+            self.teacher = copy.deepcopy(teacher).requires_grad_(False).eval()
         self.num_stages = len(s_shapes)
         #: every switch path: (direction, switch after stage k)
         self.candidates: List[Tuple[str, int]] = [(d, k) for k in range(self.num_stages - 1) for d in (S2T, T2S)]
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # the teacher goes to eval mode there
+        if self.hparams["teacher_bn"] == "train":
+            self.teacher.train(mode)
+        return self
 
     def extra_modules(self):
         return [self.s2t, self.t2s]
@@ -117,7 +168,8 @@ class FCFD(Distiller):
         direction, k = path
         T = self.hparams["temperature"]
         if direction == S2T:
-            out = self.teacher.forward_from(k, bridged[k], return_features=True)
+            with frozen_bn_stats(self.teacher):
+                out = self.teacher.forward_from(k, bridged[k], return_features=True)
             mse = sum(F.mse_loss(h, teacher_stages[j]) for j, h in zip(range(k + 1, self.num_stages), out.stages))
             mse = mse + F.mse_loss(_phi(out.stages[-1]), _phi(teacher_stages[-1]))
             return KF.kd_loss(out.logits, teacher_logits, T), mse

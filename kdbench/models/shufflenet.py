@@ -4,9 +4,10 @@
 (groups 3, widths 240/480/960; each stage's first block has stride 2 and concatenates an
 avg-pooled shortcut), pool, fc.
 
-``shufflenetv2`` (net size 1): conv3x3(24)-BN-ReLU stem, 3 stages of a stride-2
-DownBlock + 3/7/3 split-transform-concat-shuffle blocks (widths 116/232/464), then
-conv1x1(1024)-BN-ReLU (the head's ``pre``), pool, fc.
+``shufflenetv2`` (net size 1): conv1x1(24)-BN-ReLU stem (as RepDistiller's ShuffleNetv2.py,
+whose 3x3 stem conv is commented out), 3 stages of a stride-2 DownBlock + 3/7/3
+split-transform-concat-shuffle blocks (widths 116/232/464), then conv1x1(1024)-BN-ReLU
+(the head's ``pre``), pool, fc.
 
 Both have 3 stages; at 32 px the stage outputs are 16/8/4 px. Stage outputs are the
 blocks' final outputs (post-ReLU, and for V2 after the channel shuffle), as
@@ -120,7 +121,7 @@ class ShuffleNetV2(StagedNet):
         if net_size not in V2_CONFIGS:
             raise ValueError(f"ShuffleNetV2 net_size must be one of {sorted(V2_CONFIGS)}, got {net_size}")
         widths, num_blocks = V2_CONFIGS[net_size]
-        stem = nn.Sequential(*conv_bn(3, 24, 3), nn.ReLU(inplace=True))
+        stem = nn.Sequential(*conv_bn(3, 24, 1), nn.ReLU(inplace=True))
         stages, c = [], 24
         for out, n in zip(widths[:3], num_blocks):
             stages.append(nn.Sequential(ShuffleV2Down(c, out), *[ShuffleV2Block(out) for _ in range(n)]))

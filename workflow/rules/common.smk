@@ -1,5 +1,7 @@
 # The workflow's Python: the profile (validated), the values the rules share, the paths
 # and the input functions. The rules/*.smk files next to this one hold only rules.
+import re
+
 from snakemake.settings.types import DeploymentMethod
 
 from kdbench.errors import KDBenchError
@@ -64,6 +66,14 @@ except KDBenchError as err:
     # one error naming the bad key/value and the valid choices; nothing is written
     where = "" if PARAMS in str(err) else f" {PARAMS}"
     raise WorkflowError(f"invalid params{where}: {err}") from None
+# External teacher checkpoints (profile key `teachers`): every used file exists, has its
+# pinned sha256 and fits its arch, before any job (cached by path/size/mtime).
+try:
+    from kdbench.teachers import rule_identity, used_teachers, verify_teachers
+
+    verify_teachers(P, params=shlex.quote(PARAMS) + SET)
+except KDBenchError as err:
+    raise WorkflowError(f"{PARAMS}: {err}") from None
 # Same schema, Snakemake's own validator (always passes once kdbench's has).
 validate(config, str(SCHEMA_PATH))  # = workflow/schemas/params.schema.yaml
 
@@ -94,6 +104,11 @@ TUNING = tuning_of(P)
 TUNED = tuned_methods(P) if TUNING else []
 TUNING_SEEDS = list(TUNING["seeds"]) if TUNING else []
 TUNING_EXPORT = [str(export_path(R))] if TUNING else []
+
+
+# (dataset/arch) of the teachers imported from external checkpoints (rules/import_teachers.smk)
+EXTERNAL_TEACHERS = sorted(f"{t.dataset}/{t.arch}" for t in used_teachers(P))
+EXTERNAL_TEACHER_PATTERN = "|".join(re.escape(n) for n in EXTERNAL_TEACHERS) or "(?!)"
 
 
 def r(path):
