@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CORES  ?= all
 STAMP  := $(VENV)/.kdbench-installed
 
-.PHONY: venv run smoke test clean-results
+.PHONY: venv run smoke tune test clean-results
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ run: venv
 
 smoke: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile params/smoke.yaml
+
+# the hyperparameter selection params/default.yaml uses (params/tune-default.yaml; README "Hyperparameters")
+tune: venv
+	$(VENV)/bin/snakemake --cores $(CORES) tune --configfile params/tune-default.yaml
+	cp results/tuning/tuned.yaml params/tuned/default.yaml
 
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -124,7 +124,8 @@ def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
         metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=tracker,
                       **expect)
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        if tracker is not None:
+            tracker.finish("KILLED")
         raise
     except BaseException:
         if tracker is not None:
@@ -205,6 +206,67 @@ def cmd_distill(args) -> int:
     return _train(args, cfg, Path(out), teacher_path, profile, **expect)
 
 
+def cmd_tune_trial(args) -> int:
+    """One tuning trial: a student trained on the trial's candidate values, scored on the
+    validation split only (its dataset has no test split). A diverged trial is a result."""
+    from kdbench.config import check_in_profile, run_paths
+    from kdbench.engine import io as kio
+    from kdbench.engine.trainer import CHECKPOINT, NonFiniteLossError, run, trial_metrics
+    from kdbench.errors import KDBenchError
+    from kdbench.tuning import trial_config, trial_dir, tuning_of
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    if not tuning_of(profile):
+        raise KDBenchError(f"{args.params} has no tuning: block (tuning: {{trials: N, seeds: [...]}})")
+    cfg = trial_config(profile, args.dataset, args.teacher, args.student, args.method, args.trial, args.seed)
+    out = Path(args.out or trial_dir(profile["results_dir"], args.dataset, args.teacher, args.student,
+                                     args.method, args.trial, args.seed))
+    if not args.force and _finished(out, cfg):
+        print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
+        return 0
+    teacher_path = None
+    if cfg.teacher is not None:
+        teacher_path = run_paths(profile["results_dir"], "teacher", args.dataset, args.teacher,
+                                 cfg.teacher_seed) / "model.pt"
+    try:
+        metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=None)
+    except NonFiniteLossError as err:
+        metrics = trial_metrics(cfg, val_top1=None, val_top1_best=None, diverged=True, error=str(err))
+        kio.write_json(metrics, out / "metrics.json")
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        print(f"trial {args.trial} diverged ({err}): recorded, it scores lowest -> {out}", file=sys.stderr)
+        return 0
+    print(f"trial {args.trial} {cfg.hparams} val_top1={metrics['val_top1']:.4f} -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_select(args) -> int:
+    import json
+
+    from kdbench.config import check_in_profile
+    from kdbench.tuning import write_selection
+
+    profile = _profile(args)
+    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    path = write_selection(profile, args.dataset, args.teacher, args.student, args.method)
+    rec = json.loads(path.read_text())
+    print(f"{args.method}: trial {rec['trial']} of {rec['n_trials']} {rec['values']} "
+          f"(val {rec['score']}) -> {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_tune_export(args) -> int:
+    from kdbench.engine.io import write_text
+    from kdbench.tuning import export, export_path
+
+    profile = _profile(args)
+    out = args.out or export_path(profile["results_dir"])
+    write_text(export(profile, args.params), out)
+    print(f"selection of {args.params} -> {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_prepare_data(args) -> int:
     from kdbench.data.cache import load_dataset, prepared_path
 
@@ -240,12 +302,25 @@ def cmd_validate(args) -> int:
 
     profile = _profile(args)
     verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
-    n = len(profile["datasets"]) * len(profile["pairs"]) * len(profile["methods"]) * len(profile["seeds"])
-    print(f"{args.params}: valid ({n} student runs)")
+    from kdbench.tuning import tuned_methods, tuning_of
+
+    cells = len(profile["datasets"]) * len(profile["pairs"])
+    n = cells * len(profile["methods"]) * len(profile["seeds"])
+    tuning = tuning_of(profile)
+    extra = ""
+    if tuning:
+        trials = cells * len(tuned_methods(profile)) * tuning["trials"] * len(tuning["seeds"])
+        extra = f"; tuning: {tuning['trials']} trials x {len(tuning['seeds'])} seeds per tuned method, {trials} trial runs"
+    elif profile.get("tuned"):
+        extra = f"; hyperparameters from {profile['tuned']}"
+    print(f"{args.params}: valid ({n} student runs{extra})")
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    """Evaluate one student run, or several methods of one dataset x pair x seed in one
+    process (``--method a b c``: what the pipeline does, one job per cell and seed, so the
+    interpreter, the data and the teacher are loaded once for all of them)."""
     import json
 
     from kdbench.config import check_in_profile, method_hparams, run_paths
@@ -253,38 +328,46 @@ def cmd_evaluate(args) -> int:
     from kdbench.errors import KDBenchError
 
     profile = _profile(args)
-    check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    methods = list(dict.fromkeys(args.method))
+    if len(methods) > 1 and (args.out or args.figures):
+        raise KDBenchError("evaluate: --out/--figures name one run's files: give one --method with them")
+    for method in methods:
+        check_in_profile(profile, args.dataset, args.teacher, args.student, method)
     results = Path(profile["results_dir"])
-    sdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method=args.method)
-    mpath = sdir / "metrics.json"
-    if not mpath.is_file():
-        todo = command_line(args, "distill", dataset=args.dataset, teacher=args.teacher, student=args.student,
-                            method=args.method, seed=args.seed)
-        raise KDBenchError(f"evaluate: {mpath} not found: train this run first: {todo}")
-    t_seed = json.loads(mpath.read_text()).get("teacher_seed")
-    if t_seed is None:  # vanilla runs have no teacher: the pair's teacher as student_config picks it
-        t_seed = args.seed if profile.get("teacher_seed") is None else profile["teacher_seed"]
-    tdir = run_paths(results, "teacher", args.dataset, args.teacher, t_seed)
+    runs = []
+    for method in methods:  # every run must be trained before any work starts
+        sdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method=method)
+        if not (sdir / "metrics.json").is_file():
+            todo = command_line(args, "distill", dataset=args.dataset, teacher=args.teacher, student=args.student,
+                                method=method, seed=args.seed)
+            raise KDBenchError(f"evaluate: {sdir / 'metrics.json'} not found: train this run first: {todo}")
+        runs.append((method, sdir))
     bdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method="vanilla")
-    stem = Path(args.dataset) / f"{args.teacher}__{args.student}" / args.method
-    out = args.out or results / "evals" / stem / f"s{args.seed}.json"
-    fig_dir = args.figures or results / "figures" / stem
     try:
         tdd_hp = method_hparams("tdd", args.teacher, args.student, profile.get("method_params"))
     except KDBenchError:
-        tdd_hp = None  # no tdd method installed: the evaluation's defaults (τ = 0.2, k = 20)
+        tdd_hp = None  # no tdd method installed: the evaluation's defaults
 
     from kdbench.data.cache import load_dataset
     from kdbench.evaluation.run import evaluate_run
 
     set_threads(profile["threads"])
     ds = load_dataset(args.dataset, profile["datasets"][args.dataset], results)
-    rec = evaluate_run(sdir, tdir, bdir, dataset=ds, evaluation=profile["evaluation"], out_path=out,
-                       figure_path=Path(fig_dir) / f"s{args.seed}_unicam.png", device=select_device(profile["device"]),
-                       teacher_seed=t_seed, tdd_hparams=tdd_hp)
-    shown = " ".join(f"{k}={rec[k]:.4f}" for k in ("top1", "agreement", "expl_sim", "fss", "rs", "decision_consistency")
-                     if isinstance(rec.get(k), float))
-    print(f"{shown} ({rec['eval_s']:.1f}s) -> {out}", file=sys.stderr)
+    device = select_device(profile["device"])
+    for method, sdir in runs:
+        t_seed = json.loads((sdir / "metrics.json").read_text()).get("teacher_seed")
+        if t_seed is None:  # vanilla runs have no teacher: the pair's teacher as student_config picks it
+            t_seed = args.seed if profile.get("teacher_seed") is None else profile["teacher_seed"]
+        tdir = run_paths(results, "teacher", args.dataset, args.teacher, t_seed)
+        stem = Path(args.dataset) / f"{args.teacher}__{args.student}" / method
+        out = args.out or results / "evals" / stem / f"s{args.seed}.json"
+        fig_dir = args.figures or results / "figures" / stem
+        rec = evaluate_run(sdir, tdir, bdir, dataset=ds, evaluation=profile["evaluation"], out_path=out,
+                           figure_path=Path(fig_dir) / f"s{args.seed}_unicam.png", device=device,
+                           teacher_seed=t_seed, tdd_hparams=tdd_hp)
+        shown = " ".join(f"{k}={rec[k]:.4f}" for k in ("top1", "agreement", "expl_sim", "fss", "rs",
+                                                       "decision_consistency") if isinstance(rec.get(k), float))
+        print(f"{method}: {shown} ({rec['eval_s']:.1f}s) -> {out}", file=sys.stderr)
     return 0
 
 
@@ -406,6 +489,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
     p.set_defaults(func=cmd_distill)
 
+    p = sub.add_parser("tune-trial", help="one hyperparameter-tuning trial, scored on the validation split",
+                       description="Train trial TRIAL of the profile's tuning (tuning: {trials, seeds}) for one "
+                                   "dataset, pair and method: trial 0 = the paper values, then the method's search "
+                                   "space (params/methods/METHOD.yaml search:). The test split is never read. "
+                                   "Writes results/tuning/D/T__S/M/tK/sN/metrics.json.")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="one of the profile's tuning.seeds")
+    p.set_defaults(func=cmd_tune_trial)
+
+    p = sub.add_parser("tune-select", help="pick the trial with the best validation accuracy",
+                       description="Read every trial of one dataset, pair and method and write selection.json: "
+                                   "every trial's values and validation accuracy, and the winner (highest mean over "
+                                   "the tuning seeds; ties: the lowest trial number).")
+    _common(p, run=False)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", required=True)
+    p.set_defaults(func=cmd_tune_select)
+
+    p = sub.add_parser("tune-export", help="all of a profile's selections as one file (params/tuned/*.yaml)",
+                       description="Collect the selections of a tuning profile into one YAML file with its "
+                                   "provenance (trials, seeds, every trial's validation accuracy). A profile uses it "
+                                   "with tuned: FILE.")
+    _common(p, run=False)
+    p.add_argument("--out", type=Path, help="output file (default: RESULTS_DIR/tuning/tuned.yaml)")
+    p.set_defaults(func=cmd_tune_export)
+
     p = sub.add_parser("evaluate", help="interpretability + accuracy evaluation of one student run",
                        description="Evaluate a trained student run (and its teacher and vanilla base): accuracy, "
                                    "agreement, Grad-CAM similarity and EPG, FSS/RS, UniCAM, decision consistency, "
@@ -414,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
-    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    p.add_argument("--method", required=True, nargs="+",
+                   help="method name(s) (kdbench list methods); several are evaluated one after another in this "
+                        "process (what the pipeline does: one job per dataset x pair x seed)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="output JSON file (default: results/evals/D/T__S/M/sN.json)")
     p.add_argument("--figures", type=Path, metavar="DIR",

@@ -230,6 +230,9 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
             check_method_pair(method, pair["teacher"], pair["student"], hp)
     _check_student_shots(full, source)
+    from kdbench.tuning import validate_tuning
+
+    validate_tuning(full, source)
     return full
 
 
@@ -359,18 +362,31 @@ def check_hparam_types(method: str, hparams: dict, types: Optional[dict], where:
                               f"expected {expected} (types: in {where})")
 
 
+def method_file(method: str, params_dir: Optional[Path] = None) -> Path:
+    return (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+
+
+def load_method_spec(path: Path) -> dict:
+    """A params/methods file, read once per version of it (the DAG asks for it per job),
+    its keys and pair names checked."""
+    return copy.deepcopy(_method_file(str(path), os.stat(path).st_mtime_ns))
+
+
 def method_hparams(method: str, teacher: Optional[str], student: str,
-                   overrides: Optional[dict] = None, params_dir: Optional[Path] = None) -> dict:
+                   overrides: Optional[dict] = None, params_dir: Optional[Path] = None,
+                   tuned: Optional[dict] = None) -> dict:
     """A method's hyperparameters: params/methods/<method>.yaml ``defaults``, then its
-    ``pairs["teacher->student"]`` entry, then the profile's ``method_params[method]``.
-    Validated against the method's declared names and the file's ``types:``."""
+    ``pairs["teacher->student"]`` entry, then ``tuned`` (the values a tuning selection
+    chose, kdbench.tuning), then the profile's ``method_params[method]`` (a value the
+    profile sets explicitly is fixed, never tuned). Validated against the method's
+    declared names and the file's ``types:``."""
     from kdbench.methods import get_method
 
     cls = get_method(method)
-    path = (params_dir or project_root() / "params" / "methods") / f"{method}.yaml"
+    path = method_file(method, params_dir)
     types = None
     if path.is_file():
-        spec = _method_file(str(path), path.stat().st_mtime_ns)
+        spec = load_method_spec(path)
         hp = dict(spec.get("defaults") or {})
         hp.update((spec.get("pairs") or {}).get(f"{teacher}->{student}", {}) or {})
         types = spec.get("types")
@@ -380,6 +396,7 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
         hp = {}
     else:
         raise ParamsError(f"method {method!r} has no hyperparameter file {path}")
+    hp.update(copy.deepcopy(tuned or {}))
     hp.update(copy.deepcopy((overrides or {}).get(method, {}) or {}))
     cls.check_hparams(hp)
     check_hparam_types(method, hp, types, str(path))
@@ -407,6 +424,12 @@ class RunConfig:
     channels_last: bool = False
     #: opt-in torch.compile of the training step's loss (CUDA only; CPU runs stay eager)
     compile: bool = False
+    #: where ``hparams`` came from: "paper" (params/methods defaults), "tuned (N trials,
+    #: val)" (a selection on the validation split, kdbench.tuning) or, for a tuning
+    #: trial, "trial K/N"
+    hparams_source: str = "paper"
+    #: the tuning trial this run is (None: a benchmark run). A trial never reads the test split.
+    trial: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -433,19 +456,30 @@ def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConf
         precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
 
 
-def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> RunConfig:
+def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int,
+                   *, tuned: Optional[dict] = None, hparams_source: Optional[str] = None,
+                   trial: Optional[int] = None) -> RunConfig:
+    """The run config of one student. Its hyperparameters: the method's paper values, or
+    the values the profile's tuning selected for (dataset, pair, method) (kdbench.tuning:
+    a ``tuned:`` selection file, or the ``tuning:`` trials' selection under results/).
+    ``tuned``/``hparams_source`` given explicitly (tuning trials) skip that look-up."""
     from kdbench.methods import get_method
 
+    if tuned is None and hparams_source is None:
+        from kdbench.tuning import selected_values
+
+        tuned, hparams_source = selected_values(profile, dataset, teacher, student, method)
     needs_teacher = get_method(method).needs_teacher
     t_seed = profile.get("teacher_seed")
     return RunConfig(
         kind="student", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=student,
         method=method, seed=seed, recipe=dict(profile["student_train"]),
-        hparams=method_hparams(method, teacher, student, profile.get("method_params")),
+        hparams=method_hparams(method, teacher, student, profile.get("method_params"), tuned=tuned),
         teacher=teacher if needs_teacher else None,
         teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,
         device=profile["device"], threads=profile["threads"],
-        precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
+        precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"],
+        hparams_source=hparams_source or "paper", trial=trial)
 
 
 def check_in_profile(profile: dict, dataset: str, teacher: Optional[str], student: Optional[str], method: Optional[str]) -> None:

@@ -48,7 +48,7 @@ def copy_repo(dst: Path, extra=()) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "Snakefile", dst / "Snakefile")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("workflow", "params", *extra):
+    for name in ("workflow", "params", "environment.yml", "environment.post-deploy.sh", *extra):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=ignore, dirs_exist_ok=True)
@@ -103,8 +103,15 @@ def profile_counts(path: Path) -> dict:
     teachers = {x["teacher"] for x in p["pairs"]}
     t_seeds = n_seeds if p.get("teacher_seed", 0) is None else 1
     runs = n_d * len(p["pairs"]) * len(p["methods"]) * n_seeds
-    return {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs, "evaluate": runs,
-            "leaderboard": 1, "all": 1}
+    counts = {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs, "evaluate": runs,
+              "leaderboard": 1, "all": 1}
+    if p.get("tuning"):  # every method but vanilla: `trials` trials x the tuning seeds, one selection per cell
+        tuning = p["tuning"]
+        cells = n_d * len(p["pairs"]) * len([m for m in p["methods"] if m != "vanilla"])
+        counts.update(tune_trial=cells * tuning["trials"] * len(tuning["seeds"]), tune_select=cells, tune_export=1)
+        if p.get("teacher_seed", 0) is None:
+            counts["teacher"] = n_d * len(teachers) * len(set(p["seeds"]) | set(tuning["seeds"]))
+    return counts
 
 
 # ----------------------------------------------------------------------------- bad params
@@ -146,12 +153,28 @@ def test_two_configfiles_refused(bad_repo):
 
 
 # ----------------------------------------------------------------------------- dry runs
-@pytest.mark.parametrize("profile", ["default", "cifar100", "cifar10", "imagenet", "waterbirds"])
+@pytest.mark.parametrize("profile", ["default", "tune-default", "cifar100", "cifar10", "imagenet", "waterbirds"])
 def test_profile_dry_run(bad_repo, profile):
     proc = snakemake(bad_repo, "-n", "--configfile", f"params/{profile}.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert job_counts(proc.stdout + proc.stderr) == profile_counts(bad_repo / "params" / f"{profile}.yaml")
     assert not (bad_repo / "results").exists()
+
+
+def test_tune_default_dry_run_counts(bad_repo):
+    """The tuning profile of the default: 2 datasets x 2 pairs x 9 tuned methods x 6 trials x
+    2 seeds = 432 trials, 36 selections; `tune` runs only them (and what they need)."""
+    proc = snakemake(bad_repo, "-n", "tune", "--configfile", "params/tune-default.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert job_counts(proc.stdout + proc.stderr) == {"data": 2, "teacher": 4, "tune_trial": 432, "tune_select": 36,
+                                                     "tune_export": 1, "tune": 1}
+
+
+@pytest.mark.parametrize("profile", ["default", "tune-default"])
+def test_lint_is_clean(bad_repo, profile):
+    proc = snakemake(bad_repo, "--lint", "--configfile", f"params/{profile}.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out and "good condition" in out, out[-3000:]
 
 
 def test_cifar100_recipe(bad_repo):
@@ -340,7 +363,8 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     import pandas as pd
 
     repo, _ = smoke
-    env = env_for(repo.parent, PYTHONPATH=str(make_plugin(tmp_path / "plugins")))
+    plugins = str(make_plugin(tmp_path / "plugins"))
+    env = env_for(repo.parent, PYTHONPATH=os.pathsep.join(p for p in (plugins, os.environ.get("PYTHONPATH")) if p))
     prof = yaml.safe_load((repo / "params" / "smoke.yaml").read_text())
     params = write_params(repo, "smoke_plugin.yaml", methods=prof["methods"] + ["half_kd"])
 
@@ -438,3 +462,56 @@ def test_dvc_repro_metrics_show_and_diff(smoke, tmp_path):
     assert changes["shapes.resnet14__resnet8.kd.n_seeds"] == {"old": 2, "new": 1, "diff": -1}
     assert "shapes.resnet14__resnet8.kd.top1_mean" in changes or \
         any(k.endswith(".top1_mean") for k in changes)
+
+
+# ----------------------------------------------------------------------------- tuning in the DAG
+def test_tuning_profile_end_to_end(tmp_path):
+    """A profile with tuning: trials -> selection -> the benchmark runs use the selected
+    values; a second run has nothing to do; a profile pointing at the exported selection
+    file gives the same run configs (hashes) as the trials' own selection."""
+    from kdbench.config import validate_profile, student_config
+    from kdbench.tuning import candidates
+
+    repo = copy_repo(tmp_path / "repo")
+    params = write_params(repo, "smoke_tune.yaml", methods=["vanilla", "kd"], seeds=[0],
+                          tuning={"trials": 2, "seeds": [100]})
+    dry = snakemake(repo, "-n", "--configfile", params)
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
+    assert job_counts(dry.stdout + dry.stderr) == profile_counts(repo / params)
+
+    students = repo / "results" / "students" / "shapes" / "resnet14__resnet8"
+    targets = ["results/students/shapes/resnet14__resnet8/kd/s0/metrics.json"]
+    proc = snakemake(repo, *targets, "results/tuning/tuned.yaml", "--configfile", params)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert job_counts(out) == {"data": 1, "teacher": 1, "tune_trial": 2, "tune_select": 1, "tune_export": 1,
+                               "distill": 1}
+    prof = yaml.safe_load((repo / params).read_text())
+    for method in ("kd",):
+        sel = json.loads((repo / "results" / "tuning" / "shapes" / "resnet14__resnet8" / method / "selection.json")
+                         .read_text())
+        assert [t["trial"] for t in sel["trials"]] == [0, 1] and all(len(t["val_top1"]) == 1 for t in sel["trials"])
+        run = json.loads((students / method / "s0" / "metrics.json").read_text())
+        assert run["hparams_source"] == "tuned (2 trials, val)"
+        assert {k: run["hparams"][k] for k in sel["values"]} == sel["values"]
+        # the trials saw no test split: they scored validation only, and wrote no model
+        for trial in (repo / "results" / "tuning" / "shapes" / "resnet14__resnet8" / method).glob("t*/s100"):
+            rec = json.loads((trial / "metrics.json").read_text())
+            assert rec["kind"] == "trial" and "top1" not in rec and not (trial / "model.pt").exists()
+    again = snakemake(repo, "-n", *targets, "results/tuning/tuned.yaml", "--configfile", params)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+    # the exported selection, used as a profile's tuned: file, gives the same runs
+    exported = yaml.safe_load((repo / "results" / "tuning" / "tuned.yaml").read_text())
+    assert exported["protocol"]["trials"] == 2 and len(exported["entries"]) == 1
+    os.chdir(repo)
+    try:
+        frozen = dict(prof, tuned="results/tuning/tuned.yaml")
+        frozen.pop("tuning")
+        frozen = validate_profile(frozen)
+        for method in ("kd",):
+            run = json.loads((students / method / "s0" / "metrics.json").read_text())
+            assert student_config(frozen, "shapes", "resnet14", "resnet8", method, 0).config_hash == run["config_hash"]
+            assert len(candidates(validate_profile(dict(prof)), "resnet14", "resnet8", method)) == 2
+    finally:
+        os.chdir(ROOT)

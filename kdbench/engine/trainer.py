@@ -243,6 +243,10 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         world.check_batch_size(r["batch_size"], "batch_size")  # before any work
 
     ds = load_dataset(cfg.dataset, cfg.dataset_options, results_dir)
+    if cfg.trial is not None:  # a tuning trial: the test splits are held out (reading one raises)
+        from kdbench.tuning import validation_only
+
+        ds = validation_only(ds)
     train_split = ds.splits["train"]
     if cfg.kind == "student" and r.get("student_shots"):
         train_split = few_shot(train_split, r["student_shots"], seed=SHOTS_SEED)
@@ -400,6 +404,11 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
     # ---- final outputs
     distiller.eval()
     last = history[-1]
+    if cfg.trial is not None:
+        metrics = _finish_trial(cfg, out_dir, history, best_epoch, train_time, t_start, ds, tracker)
+        if world is not None:
+            world.barrier()
+        return metrics
 
     def test_accuracy() -> float:
         return accuracy(predict_split(predict, ds, "test", device, r["eval_batch_size"]), ds.splits["test"].labels)
@@ -424,8 +433,7 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         "train_img_s": (n_images / train_time) if n_images >= 0 and train_time > 0 else None,
         "params": sum(p.numel() for p in distiller.student.parameters()),
         "n_train": len(train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
-        "device": str(device), "hparams": cfg.hparams,
-        "hparams_source": getattr(cfg, "hparams_source", None) or "paper", **calib,
+        "device": str(device), "hparams": cfg.hparams, "hparams_source": cfg.hparams_source, **calib,
     }
     if "test_ood" in ds.splits:
         split = ds.splits["test_ood"]
@@ -453,3 +461,25 @@ def _mean_over_ranks(sums: Dict[str, torch.Tensor], world) -> Dict[str, torch.Te
     flat = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).reshape(()) for k in keys])
     world.all_reduce_sum(flat)
     return {k: v / world.size for k, v in zip(keys, flat)}
+
+
+def _finish_trial(cfg: RunConfig, out_dir: Path, history: List[dict], best_epoch: int, train_time: float,
+                  t_start: float, ds, tracker) -> dict:
+    """A tuning trial's outputs: its validation accuracies (last epoch: the selection
+    score; best epoch) and history; no model, no test split."""
+    metrics = trial_metrics(cfg, val_top1=history[-1]["val_top1"], val_top1_best=history[best_epoch]["val_top1"],
+                            best_epoch=best_epoch + 1, train_s=train_time, wall_s=time.time() - t_start,
+                            dataset_fingerprint=ds.fingerprint)
+    kio.write_text(_history_csv(history), out_dir / "history.csv")
+    kio.write_json(metrics, out_dir / "metrics.json")
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    if tracker is not None:
+        tracker.finish()
+    return metrics
+
+
+def trial_metrics(cfg: RunConfig, **values) -> dict:
+    return {"kind": "trial", "dataset": cfg.dataset, "student": cfg.arch, "teacher": cfg.teacher,
+            "method": cfg.method, "seed": cfg.seed, "trial": cfg.trial, "epochs": cfg.recipe["epochs"],
+            "hparams": cfg.hparams, "hparams_source": cfg.hparams_source, "config_hash": cfg.config_hash,
+            "diverged": False, **values}

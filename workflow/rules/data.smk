@@ -7,12 +7,16 @@ rule data:
     params:
         # the dataset's options: changing them rebuilds the data (and, through the config hash, what follows)
         options=lambda w: P["datasets"][w.dataset],
+        profile=PROFILE_ARG,
+        overrides=SET_ARG,
     log:
         r("logs/data/{dataset}.log"),
+    conda:
+        "../../environment.yml"
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
         # the previous attempt's log is kept as LOG.1
-        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench prepare-data --params {PARAMS:q} --dataset {wildcards.dataset:q}{SET} > {log:q} 2>&1"
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; kdbench prepare-data --params {params.profile:q} --dataset {wildcards.dataset:q}{params.overrides} > {log:q} 2>&1"

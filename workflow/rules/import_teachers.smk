@@ -3,14 +3,9 @@
 # trained: `kdbench import-teacher` checks the file, measures its test accuracy once and
 # writes the same outputs as the teacher rule, so every later job works unchanged.
 # The rule only matches those (dataset, arch) outputs (its wildcard is constrained to
-# them); ruleorder lets it win over `teacher` there. The files themselves were checked
-# (exist, sha256, keys and shapes) when the DAG was built (Snakefile, verify_teachers).
-import re as _re
-
-from kdbench.teachers import rule_identity, used_teachers
-
-EXTERNAL_TEACHERS = sorted(f"{t.dataset}/{t.arch}" for t in used_teachers(P))
-
+# them, EXTERNAL_TEACHERS in common.smk); ruleorder lets it win over `teacher` there. The
+# files themselves were checked (exist, sha256, keys and shapes) when the DAG was built
+# (common.smk, verify_teachers).
 ruleorder: import_teacher > teacher
 
 
@@ -21,19 +16,24 @@ rule import_teacher:
         model=r("teachers/{dataset_arch}/s{seed}/model.pt"),
         metrics=r("teachers/{dataset_arch}/s{seed}/metrics.json"),
     wildcard_constraints:
-        dataset_arch="|".join(_re.escape(n) for n in EXTERNAL_TEACHERS) or "(?!)",
+        dataset_arch=EXTERNAL_TEACHER_PATTERN,
     params:
         dataset=lambda w: w.dataset_arch.split("/")[0],
         arch=lambda w: w.dataset_arch.split("/")[1],
         # re-import when the spec (path, pinned hash) or the data options change
         identity=lambda w: rule_identity(P, *w.dataset_arch.split("/")),
+        profile=PROFILE_ARG,
+        overrides=SET_ARG,
+        tracking=TRACKING_ARG,
     log:
         r("logs/teachers/{dataset_arch}/s{seed}.log"),
+    conda:
+        "../../environment.yml"
     threads: THREADS
     priority: 20
     resources:
         mem_mb=4000,
         runtime=60,
     shell:
-        "kdbench import-teacher --params {PARAMS:q} --dataset {params.dataset:q} --arch {params.arch:q} "
-        "--seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"
+        "kdbench import-teacher --params {params.profile:q} --dataset {params.dataset:q} --arch {params.arch:q} "
+        "--seed {wildcards.seed} --tracking {params.tracking}{params.overrides} > {log:q} 2>&1"

@@ -13,8 +13,13 @@ rule teacher:
         kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         # re-run exactly when the run's config (recipe, data options, ...) changes
         config_hash=lambda w: teacher_config(P, w.dataset, w.arch, int(w.seed)).config_hash,
+        profile=PROFILE_ARG,
+        overrides=SET_ARG,
+        tracking=TRACKING_ARG,
     log:
         r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
+    conda:
+        "../../environment.yml"
     threads: THREADS * NPROC  # THREADS per process
     # teachers first: each one unblocks every student of its dataset and pair (without
     # this, a teacher scheduled late leaves the other cores idle at the end of the run)
@@ -26,5 +31,5 @@ rule teacher:
         gpu=JOB_GPUS,
     shell:
         # the previous attempt's log is kept as LOG.1
-        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; {params.kdbench} train-teacher --params {PARAMS:q} --dataset {wildcards.dataset:q} "
-        "--arch {wildcards.arch:q} --seed {wildcards.seed} --tracking {TRACKING_MODE}{SET} > {log:q} 2>&1"
+        "{{ [ ! -e {log:q} ] || mv -f {log:q} {log:q}.1; }}; {params.kdbench} train-teacher --params {params.profile:q} --dataset {wildcards.dataset:q} "
+        "--arch {wildcards.arch:q} --seed {wildcards.seed} --tracking {params.tracking}{params.overrides} > {log:q} 2>&1"

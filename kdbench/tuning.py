@@ -1,0 +1,453 @@
+"""The hyperparameter protocol: search spaces, a fixed candidate set, trials scored on the
+validation split only, and the selection the benchmark runs then use.
+
+- A method's ``params/methods/<m>.yaml`` keeps its paper values as ``defaults`` and names a
+  ``search`` space: a few axes, each ``{low, high}`` (``log: true`` for a log scale) or
+  ``{choices: [...]}``. A method without hyperparameters (vanilla) has nothing to tune.
+- A profile with ``tuning: {trials: N, seeds: [...]}`` runs, per (dataset, pair, method),
+  N trials x the tuning seeds. Trial 0 is the paper values (the pair's, with its per-pair
+  overrides); trials 1..N-1 are the first points of an unscrambled Sobol' sequence over
+  the axes (point 0, the all-lowest corner, skipped), or, when every axis is a list of
+  choices, the grid in the order the axes and choices are written. No randomness: the DAG
+  is known up front and a rerun draws the same candidates.
+- A trial is a plain training job (``kdbench tune-trial``) that builds its dataset
+  without the test splits (:func:`validation_only`: touching one raises) and records the
+  validation accuracy of its last epoch.
+- :func:`select` picks the trial with the highest mean (over the tuning seeds) last-epoch
+  validation accuracy; ties go to the lowest trial number (so the paper values win a tie).
+  A trial whose loss diverged scores below every finished one.
+- The benchmark runs of that profile then use the selected values
+  (``RunConfig.hparams_source = "tuned (N trials, val)"``). A profile can instead point at
+  a committed selection file (``tuned: params/tuned/default.yaml``, written by
+  ``kdbench tune-export``), so that it does not re-run the trials.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from kdbench.errors import KDBenchError
+
+SCORE = "mean over the tuning seeds of the last epoch's validation top-1"
+TIE_BREAK = "highest score; ties: the lowest trial number (trial 0 = the paper values); diverged trials score lowest"
+#: the splits a tuning trial never sees
+HELD_OUT = ("test", "test_ood")
+
+
+class TuningError(KDBenchError, ValueError):
+    """A search space, a tuning block or a selection file is invalid."""
+
+
+def hparams_source(n_trials: int) -> str:
+    return f"tuned ({int(n_trials)} trials, val)"
+
+
+# --------------------------------------------------------------------------- search spaces
+def check_axis(method: str, name: str, axis, default, where: str) -> None:
+    if not isinstance(axis, dict):
+        raise TuningError(f"{where}: search axis {name!r} must be a mapping ({{low, high[, log]}} or {{choices}})")
+    if "choices" in axis:
+        extra = set(axis) - {"choices"}
+        choices = axis["choices"]
+        if extra or not isinstance(choices, list) or not choices or len(set(map(repr, choices))) != len(choices):
+            raise TuningError(f"{where}: search axis {name!r}: choices must be a non-empty list of distinct "
+                              f"values and nothing else, got {axis!r}")
+        return
+    extra = set(axis) - {"low", "high", "log"}
+    if extra or not {"low", "high"} <= set(axis):
+        raise TuningError(f"{where}: search axis {name!r} needs low and high (and optionally log), got {axis!r}")
+    low, high = axis["low"], axis["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        raise TuningError(f"{where}: search axis {name!r}: low < high numbers, got low={low!r} high={high!r}")
+    if axis.get("log", False) and low <= 0:
+        raise TuningError(f"{where}: search axis {name!r} is on a log scale: low must be > 0, got {low!r}")
+    if not isinstance(default, (int, float)) or not low <= default <= high:
+        raise TuningError(f"{where}: search axis {name!r} = [{low}, {high}] must contain the paper value "
+                          f"{default!r}")
+
+
+def search_space(method: str, params_dir: Optional[Path] = None, fixed=()) -> Dict[str, dict]:
+    """The method's ``search`` axes (in file order), checked; ``fixed`` names are left out
+    (a profile's ``method_params`` fix them)."""
+    from kdbench.config import load_method_spec, method_file
+
+    path = method_file(method, params_dir)
+    if not path.is_file():
+        return {}
+    spec = load_method_spec(path)
+    space = spec.get("search") or {}
+    defaults = spec.get("defaults") or {}
+    if not isinstance(space, dict):
+        raise TuningError(f"{path}: search must be a mapping of axis name -> range")
+    for name, axis in space.items():
+        if name not in defaults:
+            from kdbench.errors import UnknownChoiceError
+
+            raise UnknownChoiceError(f"search axis in {path}", name, list(defaults))
+        check_axis(method, name, axis, defaults[name], str(path))
+    return {k: v for k, v in space.items() if k not in set(fixed)}
+
+
+def _axis_value(axis: dict, u: float):
+    """The axis value at u in [0, 1): a choice by equal bins, else linear or log-linear,
+    rounded to 3 significant digits (readable, and the same on every machine)."""
+    if "choices" in axis:
+        choices = axis["choices"]
+        return choices[min(int(u * len(choices)), len(choices) - 1)]
+    low, high = float(axis["low"]), float(axis["high"])
+    if axis.get("log", False):
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    return float(f"{value:.3g}")
+
+
+def _grid(space: Dict[str, dict], base: dict) -> List[dict]:
+    """Every combination of the choices, in the order the axes and choices are written,
+    without the paper values' own point (that is trial 0)."""
+    names = list(space)
+    first = {k: base[k] for k in names}
+    points = (dict(zip(names, p)) for p in itertools.product(*(space[k]["choices"] for k in names)))
+    return [p for p in points if p != first]
+
+
+def max_trials(space: Dict[str, dict], base: dict) -> Optional[int]:
+    """The most trials a space supports (1 + the grid's other points when every axis is a
+    list of choices), or None (no limit)."""
+    if space and all("choices" in a for a in space.values()):
+        return 1 + len(_grid(space, base))
+    return None
+
+
+def candidate_values(space: Dict[str, dict], base: dict, trials: int) -> List[dict]:
+    """The values of the search axes of trials 0..trials-1 (see :func:`_candidate_values`)."""
+    key = json.dumps([space, {k: base[k] for k in space}, trials], default=repr)  # axis order matters
+    return copy.deepcopy(_cached_candidates(key))
+
+
+@lru_cache(maxsize=1024)
+def _cached_candidates(key: str) -> List[dict]:
+    space, base, trials = json.loads(key)
+    return _candidate_values(space, base, trials)
+
+
+def _candidate_values(space: Dict[str, dict], base: dict, trials: int) -> List[dict]:
+    """The values of the search axes of trials 0..trials-1: trial 0 = ``base`` (the paper
+    values), then the grid (every axis a list of choices) or the unscrambled Sobol' points
+    1, 2, ... mapped onto the axes, skipping a point whose (rounded) values an earlier trial
+    already has: no two trials are the same."""
+    if not space:
+        return []
+    names = list(space)
+    out = [{k: base[k] for k in names}]
+    n = trials - 1
+    if n <= 0:
+        return out[:trials]
+    limit = max_trials(space, base)
+    if limit is not None:
+        if trials > limit:
+            raise TuningError(f"tuning.trials={trials} is more than the {limit} trials this search space has "
+                              f"(the paper values + a grid of {limit - 1} other points): use at most {limit}")
+        return out + _grid(space, base)[:n]
+    from scipy.stats import qmc
+
+    m = max(1, math.ceil(math.log2(2 * (n + 1))))
+    while len(out) < trials:
+        points = qmc.Sobol(len(names), scramble=False).random_base2(m)
+        out = out[:1]
+        for row in points[1:]:
+            values = {k: _axis_value(space[k], float(u)) for k, u in zip(names, row)}
+            if values not in out:
+                out.append(values)
+            if len(out) == trials:
+                break
+        m += 1
+        if m > 20:
+            raise TuningError(f"cannot draw {trials} distinct candidates from the search space {space}")
+    return out
+
+
+# --------------------------------------------------------------------------- profiles
+def tuning_of(profile: dict) -> Optional[dict]:
+    return profile.get("tuning") or None
+
+
+def fixed_axes(profile: dict, method: str) -> Tuple[str, ...]:
+    return tuple(((profile.get("method_params") or {}).get(method) or {}).keys())
+
+
+def profile_space(profile: dict, method: str) -> Dict[str, dict]:
+    return search_space(method, fixed=fixed_axes(profile, method))
+
+
+def is_tuned(profile: dict, method: str) -> bool:
+    """Whether tuning applies to ``method``: it has hyperparameters (vanilla has none)."""
+    from kdbench.config import method_hparams
+
+    return bool(method_hparams(method, None, "-")) and bool(profile_space(profile, method))
+
+
+def tuned_methods(profile: dict) -> List[str]:
+    return [m for m in profile["methods"] if is_tuned(profile, m)]
+
+
+def candidates(profile: dict, teacher: str, student: str, method: str) -> List[dict]:
+    """Per trial, the values of the method's search axes (trial 0: the pair's paper values)."""
+    from kdbench.config import method_hparams
+
+    base = method_hparams(method, teacher, student)
+    return candidate_values(profile_space(profile, method), base, int(profile["tuning"]["trials"]))
+
+
+def trial_config(profile: dict, dataset: str, teacher: str, student: str, method: str, trial: int, seed: int):
+    """The run config of one tuning trial (a student run on the trial's values)."""
+    from kdbench.config import student_config
+
+    cands = candidates(profile, teacher, student, method)
+    if not 0 <= trial < len(cands):
+        raise TuningError(f"trial {trial} of {method!r}: this profile has trials 0..{len(cands) - 1}")
+    return student_config(profile, dataset, teacher, student, method, seed, tuned=cands[trial],
+                          hparams_source=f"trial {trial}/{len(cands)}", trial=trial)
+
+
+def validate_tuning(profile: dict, source: str = "params") -> None:
+    """Checks of the ``tuning:`` / ``tuned:`` keys (called by validate_profile)."""
+    from kdbench.methods import get_method
+
+    tuning, tuned = tuning_of(profile), profile.get("tuned")
+    if tuning and tuned:
+        raise TuningError(f"{source}: give either tuning: (run the trials) or tuned: (use a selection file), not both")
+    if tuning:
+        for method in profile["methods"]:
+            cls = get_method(method)
+            space = profile_space(profile, method)
+            from kdbench.config import method_hparams
+
+            if not space and method_hparams(method, None, "-") and not fixed_axes(profile, method):
+                raise TuningError(f"{source}: method {method!r} has hyperparameters but no search space: add a "
+                                  f"search: block to params/methods/{method}.yaml (every method gets the same trials)")
+            for pair in profile["pairs"]:
+                for values in candidates(profile, pair["teacher"], pair["student"], method):
+                    cls.check_hparams(method_hparams(method, pair["teacher"], pair["student"],
+                                                     profile.get("method_params"), tuned=values))
+    if tuned:
+        load_selection_file(resolve(tuned))
+
+
+def resolve(path: str) -> Path:
+    from kdbench.config import project_root
+
+    p = Path(path)
+    return p if p.is_absolute() else project_root() / p
+
+
+# --------------------------------------------------------------------------- paths
+def cell_dir(results_dir, dataset: str, teacher: str, student: str, method: str) -> Path:
+    return Path(results_dir) / "tuning" / dataset / f"{teacher}__{student}" / method
+
+
+def trial_dir(results_dir, dataset, teacher, student, method, trial: int, seed: int) -> Path:
+    return cell_dir(results_dir, dataset, teacher, student, method) / f"t{trial}" / f"s{seed}"
+
+
+def selection_path(results_dir, dataset, teacher, student, method) -> Path:
+    return cell_dir(results_dir, dataset, teacher, student, method) / "selection.json"
+
+
+def export_path(results_dir) -> Path:
+    return Path(results_dir) / "tuning" / "tuned.yaml"
+
+
+# --------------------------------------------------------------------------- test splits held out
+class HeldOutSplits(dict):
+    """A dataset's splits without the test splits: any access to one raises."""
+
+    def _refuse(self, name):
+        raise KDBenchError(f"split {name!r} is held out: a tuning trial sees only "
+                           f"{', '.join(map(repr, self))} (selection is on the validation split)")
+
+    def __getitem__(self, name):
+        if name in HELD_OUT:
+            self._refuse(name)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        if name in HELD_OUT:
+            self._refuse(name)
+        return super().get(name, default)
+
+
+def validation_only(ds):
+    """A copy of a Dataset without its test splits (and without per-split metadata of
+    them): what a tuning trial trains and scores on. The test splits are never read."""
+    kept = HeldOutSplits()
+    for name in ("train", "val"):
+        kept[name] = ds.splits[name]
+    meta = {}
+    for key, value in (ds.meta or {}).items():
+        if isinstance(value, dict) and set(value) & set(HELD_OUT):
+            value = {k: v for k, v in value.items() if k not in HELD_OUT}
+        meta[key] = value
+    return dataclasses.replace(ds, splits=kept, meta=meta)
+
+
+# --------------------------------------------------------------------------- selection
+def trial_score(val_top1s: List[Optional[float]]) -> Optional[float]:
+    """Mean over seeds (exactly rounded, independent of order); None if any diverged."""
+    if not val_top1s or any(v is None or not math.isfinite(v) for v in val_top1s):
+        return None
+    return math.fsum(val_top1s) / len(val_top1s)
+
+
+def select(trials: List[dict]) -> dict:
+    """The winning trial of ``[{trial, values, val_top1: [per seed]}, ...]``: highest
+    score (:func:`trial_score`); ties: the lowest trial number. Deterministic."""
+    if not trials:
+        raise TuningError("no trials to select from")
+    scored = [(trial_score(t["val_top1"]), int(t["trial"]), t) for t in trials]
+    best = max(scored, key=lambda s: (s[0] is not None, -math.inf if s[0] is None else s[0], -s[1]))
+    return best[2]
+
+
+def read_trials(profile: dict, dataset: str, teacher: str, student: str, method: str) -> List[dict]:
+    """Every trial's values and per-seed validation accuracy (its metrics.json files)."""
+    results = profile["results_dir"]
+    seeds = list(profile["tuning"]["seeds"])
+    out = []
+    for k, values in enumerate(candidates(profile, teacher, student, method)):
+        cfg_hash = None
+        vals = []
+        for seed in seeds:
+            path = trial_dir(results, dataset, teacher, student, method, k, seed) / "metrics.json"
+            if not path.is_file():
+                raise TuningError(f"{path} not found: run the trial first (kdbench tune-trial --params ... "
+                                  f"--dataset {dataset} --teacher {teacher} --student {student} --method {method} "
+                                  f"--trial {k} --seed {seed})")
+            rec = json.loads(path.read_text())
+            expected = trial_config(profile, dataset, teacher, student, method, k, seed).config_hash
+            if rec.get("config_hash") != expected:
+                raise TuningError(f"{path} is from another config ({rec.get('config_hash')} != {expected}): re-run the trial")
+            vals.append(rec.get("val_top1"))
+            cfg_hash = rec.get("config_hash")
+        out.append({"trial": k, "values": values, "val_top1": vals, "score": trial_score(vals),
+                    "config_hash_s0": cfg_hash})
+    return out
+
+
+def selection_record(profile: dict, dataset: str, teacher: str, student: str, method: str) -> dict:
+    trials = read_trials(profile, dataset, teacher, student, method)
+    win = select(trials)
+    n = len(trials)
+    return {"dataset": dataset, "teacher": teacher, "student": student, "method": method,
+            "trial": win["trial"], "values": win["values"], "score": win["score"],
+            "hparams_source": hparams_source(n), "n_trials": n, "seeds": list(profile["tuning"]["seeds"]),
+            "score_rule": SCORE, "tie_break": TIE_BREAK,
+            "trials": [{k: t[k] for k in ("trial", "values", "val_top1", "score")} for t in trials]}
+
+
+def write_selection(profile: dict, dataset: str, teacher: str, student: str, method: str) -> Path:
+    from kdbench.engine.io import write_json
+
+    rec = selection_record(profile, dataset, teacher, student, method)
+    path = selection_path(profile["results_dir"], dataset, teacher, student, method)
+    write_json(rec, path)
+    return path
+
+
+def export(profile: dict, source: str) -> str:
+    """The profile's selections as one YAML document (what params/tuned/*.yaml holds)."""
+    import yaml
+
+    entries = []
+    for dataset in profile["datasets"]:
+        for pair in profile["pairs"]:
+            for method in tuned_methods(profile):
+                path = selection_path(profile["results_dir"], dataset, pair["teacher"], pair["student"], method)
+                if not path.is_file():
+                    raise TuningError(f"{path} not found: run the selection first (kdbench tune-select)")
+                rec = json.loads(path.read_text())
+                entries.append({k: rec[k] for k in ("dataset", "teacher", "student", "method", "trial", "values",
+                                                    "score", "trials")})
+    tuning = profile["tuning"]
+    doc = {"protocol": {"profile": source, "trials": int(tuning["trials"]), "seeds": list(tuning["seeds"]),
+                        "score": SCORE, "tie_break": TIE_BREAK,
+                        "recipe": profile["student_train"], "datasets": profile["datasets"]},
+           "entries": entries}
+    header = (f"# Hyperparameters selected on the validation split by the tuning profile {source}:\n"
+              f"# {int(tuning['trials'])} trials per (dataset, pair, method), seeds {list(tuning['seeds'])}.\n"
+              f"# Regenerate: snakemake --cores all tune --configfile {source}\n"
+              f"#             cp {export_path(profile['results_dir'])} <this file>\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+
+
+# --------------------------------------------------------------------------- using a selection
+@lru_cache(maxsize=8)
+def _load_selection_file(path: str, mtime: float) -> dict:
+    from kdbench.config import load_yaml
+
+    doc = load_yaml(path)
+    proto = doc.get("protocol")
+    if not isinstance(proto, dict) or not isinstance(proto.get("trials"), int) or \
+            not isinstance(doc.get("entries"), list):
+        raise TuningError(f"selection file {path} needs protocol.trials (an integer) and an entries list")
+    table = {}
+    for e in doc["entries"]:
+        if not isinstance(e, dict) or not {"dataset", "teacher", "student", "method", "values"} <= set(e):
+            raise TuningError(f"selection file {path}: every entry needs dataset, teacher, student, method, values")
+        table[(e["dataset"], e["teacher"], e["student"], e["method"])] = e
+    return {"trials": proto["trials"], "entries": table}
+
+
+def load_selection_file(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise TuningError(f"selection file {path} (tuned:) does not exist: regenerate it with the tuning profile "
+                          f"(see README, 'Hyperparameters')")
+    return _load_selection_file(str(path), os.path.getmtime(path))
+
+
+def selected_values(profile: dict, dataset: str, teacher: str, student: str, method: str):
+    """(values, hparams_source) of a benchmark run: the selection of the profile's
+    ``tuning:`` trials (results/tuning/.../selection.json, read when the job runs), or of
+    its ``tuned:`` file; (None, "paper") when neither applies (vanilla, an untuned profile,
+    or a cell the selection file does not list)."""
+    tuning, tuned = tuning_of(profile), profile.get("tuned")
+    if not (tuning or tuned) or not is_tuned(profile, method):
+        return None, "paper"
+    if tuning:
+        path = selection_path(profile["results_dir"], dataset, teacher, student, method)
+        if not path.is_file():
+            raise TuningError(f"{path} not found: run the tuning trials and their selection first (kdbench "
+                              f"tune-select --dataset {dataset} --teacher {teacher} --student {student} "
+                              f"--method {method}, or the pipeline)")
+        rec = json.loads(path.read_text())
+        return dict(rec["values"]), rec["hparams_source"]
+    table = load_selection_file(resolve(tuned))
+    entry = table["entries"].get((dataset, teacher, student, method))
+    if entry is None:
+        return None, "paper"
+    return dict(entry["values"]), hparams_source(table["trials"])
+
+
+def rerun_key(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> str:
+    """What a benchmark run's numbers depend on, known before any job runs (the Snakefile's
+    rerun trigger): its config hash; for a run whose values the profile's own trials
+    select, the hash of its paper config and of every trial's config (the selection file
+    itself is an input of the job, so a changed selection re-runs it too)."""
+    from kdbench.config import student_config
+
+    if not (tuning_of(profile) and is_tuned(profile, method)):
+        return student_config(profile, dataset, teacher, student, method, seed).config_hash
+    parts = [student_config(profile, dataset, teacher, student, method, seed, tuned={},
+                            hparams_source="pending").config_hash]
+    for k in range(len(candidates(profile, teacher, student, method))):
+        for s in profile["tuning"]["seeds"]:
+            parts.append(trial_config(profile, dataset, teacher, student, method, k, s).config_hash)
+    return "tuned:" + hashlib.sha256(" ".join(parts).encode()).hexdigest()[:12]

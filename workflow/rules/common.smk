@@ -1,0 +1,243 @@
+# The workflow's Python: the profile (validated), the values the rules share, the paths
+# and the input functions. The rules/*.smk files next to this one hold only rules.
+import re
+
+from snakemake.settings.types import DeploymentMethod
+
+from kdbench.errors import KDBenchError
+
+# Jobs call `kdbench`: the one installed beside the Python running Snakemake (e.g.
+# .venv/bin/), also when that environment is not activated (`.venv/bin/snakemake`). The
+# shell puts that directory first on the job's own PATH, on whichever machine the job
+# runs; with --use-conda (or a container) the environment's kdbench is used instead.
+if not {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER} & set(workflow.deployment_settings.deployment_method):
+    shell.prefix(f'set -euo pipefail; PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+
+_cli_files = [Path(p) for p in workflow.overwrite_configfiles]
+if len(_cli_files) > 1:
+    raise WorkflowError(f"kdbench: give one params profile (--configfile), not {', '.join(map(str, _cli_files))}")
+if _cli_files:
+    PARAMS = os.path.relpath(_cli_files[0]) if _cli_files[0].is_relative_to(Path.cwd()) else str(_cli_files[0])
+else:
+    PARAMS = DEFAULT_PARAMS
+
+
+def _flatten(d, prefix=""):
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _yaml_value(value):
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+class JobArg:
+    """A command-line value that is not a provenance of the job's outputs: the profile
+    file's name, the --config overrides, the MLflow mode. What they change in a run is in
+    its config hash (each training rule's `config_hash` param); the name of the file it
+    came from is not, so running the same profile from a copy re-runs nothing. Snakemake's
+    params rerun trigger records only builtin values: it skips this type (see
+    snakemake.persistence.Persistence._serialize_param)."""
+
+    def __init__(self, value):
+        self.value = str(value)
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
+# --config KEY=VALUE overrides reach the jobs as `kdbench ... --set KEY=VALUE`
+SET_ITEMS = [f"{k}={_yaml_value(v)}" for k, v in _flatten(dict(workflow.config_settings.config))]
+SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
+
+try:
+    from kdbench.config import SCHEMA_PATH, load_profile_with_overrides, load_yaml, run_paths, teacher_config
+    from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
+                                tuned_methods, tuning_of)
+
+    # exactly what every job reads (`kdbench --params PARAMS --set ...`), with kdbench's YAML
+    # reader (1e-3 is a number there; Snakemake's reader makes it a string)
+    P = load_profile_with_overrides(PARAMS, SET_ITEMS)
+except KDBenchError as err:
+    # one error naming the bad key/value and the valid choices; nothing is written
+    msg = str(err).replace("(--set ", "(--config ").replace(" --set ", " --config ")  # Snakemake's spelling
+    where = "" if PARAMS in msg or "command line" in msg else f" {PARAMS}"
+    raise WorkflowError(f"invalid params{where}: {msg}") from None
+# External teacher checkpoints (profile key `teachers`): every used file exists, has its
+# pinned sha256 and fits its arch, before any job (cached by path/size/mtime).
+try:
+    from kdbench.teachers import rule_identity, used_teachers, verify_teachers
+
+    verify_teachers(P, params=shlex.quote(PARAMS) + SET)
+except KDBenchError as err:
+    raise WorkflowError(f"{PARAMS}: {err}") from None
+# Same schema, Snakemake's own validator (always passes once kdbench's has).
+validate(load_yaml(PARAMS), str(SCHEMA_PATH))  # = workflow/schemas/params.schema.yaml
+
+from kdbench.methods import get_method  # noqa: E402  (already imported by validation)
+
+R = os.path.normpath(P["results_dir"] or ".")
+DATASETS = list(P["datasets"])
+PAIRS = [(p["teacher"], p["student"]) for p in P["pairs"]]
+METHODS = list(P["methods"])
+SEEDS = list(P["seeds"])
+THREADS = int(P["threads"])
+# processes (GPUs) per training job: > 1 runs it under torchrun (data-parallel, see
+# kdbench/engine/distributed.py); the rules' `nproc` / `gpu` resources default to it, and an
+# executor profile may set them per rule (set-resources: {distill: {nproc: 4, gpu: 4}})
+NPROC = int(P["nproc_per_node"])
+JOB_GPUS = 0 if P["device"] == "cpu" else NPROC
+TRACKING = bool(P["tracking"]["enabled"])
+EXPERIMENT = P["tracking"]["experiment"]
+# jobs write their MLflow run record beside their outputs; the leaderboard rule (or, on an
+# error, onerror) logs them all from one process: no job imports MLflow
+TRACKING_MODE = "deferred" if TRACKING else "off"
+
+# the same values as they go into command lines (as params of the rules, see JobArg)
+PROFILE_ARG = JobArg(PARAMS)
+SET_ARG = JobArg(SET)
+TRACKING_ARG = JobArg(TRACKING_MODE)
+EXPERIMENT_ARG = shlex.quote(EXPERIMENT)
+RESULTS_ARG = shlex.quote(R)
+
+# hyperparameter tuning inside this profile's DAG (tuning: {trials, seeds}); vanilla and any
+# method without hyperparameters has no trials
+TUNING = tuning_of(P)
+TUNED = tuned_methods(P) if TUNING else []
+TUNING_SEEDS = list(TUNING["seeds"]) if TUNING else []
+TUNING_EXPORT = [str(export_path(R))] if TUNING else []
+
+
+# (dataset/arch) of the teachers imported from external checkpoints (rules/import_teachers.smk)
+EXTERNAL_TEACHERS = sorted(f"{t.dataset}/{t.arch}" for t in used_teachers(P))
+EXTERNAL_TEACHER_PATTERN = "|".join(re.escape(n) for n in EXTERNAL_TEACHERS) or "(?!)"
+
+
+def r(path):
+    """A path under the profile's results_dir."""
+    return os.path.join(R, path)
+
+
+def needs_teacher(method):
+    return get_method(method).needs_teacher
+
+
+def launcher(resources):
+    """How a training job calls kdbench: plainly for one process, else as one
+    data-parallel job of `nproc` processes under torchrun (--standalone: a free local
+    port, so that several jobs on one machine never collide)."""
+    n = int(resources.get("nproc", 1))
+    return "kdbench" if n <= 1 else f"torchrun --standalone --nproc-per-node {n} -m kdbench.cli"
+
+
+def check_prepared_data():
+    """A results/data/<d>/data.pt whose content does not match its meta.json loses the
+    meta.json, so that the data job rebuilds it (see the Snakefile)."""
+    from kdbench.data.cache import check_prepared, prepared_path
+
+    for dataset in P["datasets"]:
+        path = prepared_path(P["results_dir"], dataset)
+        problem = check_prepared(path) if path.is_file() else None
+        if problem:
+            print(f"kdbench: {path} {problem}: the data job rebuilds it", file=sys.stderr)
+            path.with_name("meta.json").unlink(missing_ok=True)
+
+
+def teacher_seed(seed):
+    seed = int(seed)
+    return seed if P["teacher_seed"] is None else int(P["teacher_seed"])
+
+
+def teacher_model(dataset, arch, seed):
+    return str(run_paths(R, "teacher", dataset, arch, teacher_seed(seed)) / "model.pt")
+
+
+# --------------------------------------------------------------------------- distill / evaluate
+def distill_teacher(w):
+    return teacher_model(w.dataset, w.teacher, w.seed) if needs_teacher(w.method) else []
+
+
+def distill_selection(w):
+    """The tuning selection a run's hyperparameters come from (when this profile tunes)."""
+    if w.method not in TUNED:
+        return []
+    return str(selection_path(R, w.dataset, w.teacher, w.student, w.method))
+
+
+def distill_key(w):
+    return rerun_key(P, w.dataset, w.teacher, w.student, w.method, int(w.seed))
+
+
+def student_dir(w, method=None):
+    return run_paths(R, "student", w.dataset, w.student, int(w.seed), teacher=w.teacher, method=method or w.method)
+
+
+def student_file(name, method=None):
+    return lambda w: str(student_dir(w, method) / name)
+
+
+def cell_student_files(name):
+    """``name`` of every student of one dataset x pair x seed (vanilla included: the base)."""
+    return lambda w: [str(student_dir(w, m) / name) for m in dict.fromkeys(["vanilla", *METHODS])]
+
+
+def cell_eval_outputs():
+    """The evaluation records one evaluate job writes: every method of its cell and seed."""
+    return [r(f"evals/{{dataset}}/{{teacher}}__{{student}}/{m}/s{{seed}}.json") for m in METHODS]
+
+
+# --------------------------------------------------------------------------- tuning
+def trial_teacher(w):
+    return distill_teacher(w)
+
+
+def trial_key(w):
+    return trial_config(P, w.dataset, w.teacher, w.student, w.method, int(w.trial), int(w.seed)).config_hash
+
+
+def cell_trials(w):
+    """Every trial x tuning seed of one dataset x pair x method."""
+    n = len(candidates(P, w.teacher, w.student, w.method))
+    return [str(trial_dir(R, w.dataset, w.teacher, w.student, w.method, k, s) / "metrics.json")
+            for k in range(n) for s in TUNING_SEEDS]
+
+
+def all_selections():
+    return [str(selection_path(R, d, t, s, m)) for d in DATASETS for t, s in PAIRS for m in TUNED]
+
+
+# --------------------------------------------------------------------------- leaderboard
+def board_runs():
+    """(dataset, teacher, student, method, seed) of every student run of the profile."""
+    return [(d, t, s, m, seed) for d in DATASETS for t, s in PAIRS for m in METHODS for seed in SEEDS]
+
+
+BOARD = r("leaderboard")
+
+
+def board_file(name):
+    return os.path.join(BOARD, name)
+
+
+def board_evals():
+    return [r(f"evals/{d}/{t}__{s}/{m}/s{seed}.json") for d, t, s, m, seed in board_runs()]
+
+
+def board_students():
+    return [str(run_paths(R, "student", d, s, seed, teacher=t, method=m) / "metrics.json")
+            for d, t, s, m, seed in board_runs()]
+
+
+def published_files():
+    return [f"params/published/{d}.yaml" for d in DATASETS if os.path.exists(f"params/published/{d}.yaml")]
+
+
+def board_teachers():
+    return sorted({str(run_paths(R, "teacher", d, t, teacher_seed(seed)) / "metrics.json")
+                   for d, t, s, m, seed in board_runs()})
