@@ -90,7 +90,7 @@ SEEDS = list(P["seeds"])
 THREADS = int(P["threads"])
 # processes (GPUs) per training job: > 1 runs it under torchrun (data-parallel, see
 # kdbench/engine/distributed.py); the rules' `nproc` / `gpu` resources default to it, and an
-# executor profile may set them per rule (set-resources: {distill: {nproc: 4, gpu: 4}})
+# executor profile may override them (set-resources, e.g. distill with nproc 4 and gpu 4)
 NPROC = int(P["nproc_per_node"])
 JOB_GPUS = 0 if P["device"] == "cpu" else NPROC
 TRACKING = bool(P["tracking"]["enabled"])
