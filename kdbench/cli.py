@@ -229,15 +229,24 @@ def cmd_tune_trial(args) -> int:
     if cfg.teacher is not None:
         teacher_path = run_paths(profile["results_dir"], "teacher", args.dataset, args.teacher,
                                  cfg.teacher_seed) / "model.pt"
+    # under `torchrun --nproc-per-node N`: one data-parallel job, as _train
+    from kdbench.engine import distributed as kdist
+
+    world = kdist.init_from_env(profile["device"])
+    main = world is None or world.is_main
     try:
         metrics = run(cfg, out, results_dir=Path(profile["results_dir"]), teacher_path=teacher_path, tracker=None)
     except NonFiniteLossError as err:
-        metrics = trial_metrics(cfg, val_top1=None, val_top1_best=None, diverged=True, error=str(err))
-        kio.write_json(metrics, out / "metrics.json")
-        (out / CHECKPOINT).unlink(missing_ok=True)
-        print(f"trial {args.trial} diverged ({err}): recorded, it scores lowest -> {out}", file=sys.stderr)
+        if main:
+            metrics = trial_metrics(cfg, val_top1=None, val_top1_best=None, diverged=True, error=str(err))
+            kio.write_json(metrics, out / "metrics.json")
+            (out / CHECKPOINT).unlink(missing_ok=True)
+            print(f"trial {args.trial} diverged ({err}): recorded, it scores lowest -> {out}", file=sys.stderr)
         return 0
-    print(f"trial {args.trial} {cfg.hparams} val_top1={metrics['val_top1']:.4f} -> {out}", file=sys.stderr)
+    finally:
+        kdist.shutdown()
+    if main:
+        print(f"trial {args.trial} {cfg.hparams} val_top1={metrics['val_top1']:.4f} -> {out}", file=sys.stderr)
     return 0
 
 

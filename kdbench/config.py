@@ -102,7 +102,11 @@ def yaml_load(text, source: str = "YAML") -> Any:
                           f"indentation there") from None
 
 
-def load_yaml(path: os.PathLike) -> dict:
+def load_yaml(path: os.PathLike, _seen: tuple = ()) -> dict:
+    """A YAML mapping. A params profile may start from another one: ``extends: FILE`` (a
+    path relative to this file) takes that profile and puts this file's keys over it
+    (mappings merged key by key, anything else replaced), e.g. the tuning profile of the
+    default profile, which adds only ``tuning:``."""
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"params file {str(p)!r} does not exist")
@@ -110,7 +114,25 @@ def load_yaml(path: os.PathLike) -> dict:
         data = yaml_load(fh, source=str(p)) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"params file {str(p)!r} must hold a mapping, got {type(data).__name__}")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ParamsError(f"{p}: extends must name one params file, got {base!r}")
+    base_path = (p.parent / base).resolve()
+    if base_path in _seen or base_path == p.resolve():
+        raise ParamsError(f"{p}: extends {base!r} makes a cycle")
+    return _merged(load_yaml(base_path, _seen + (p.resolve(),)), data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -208,6 +230,14 @@ def with_defaults(profile: dict) -> dict:
     return out
 
 
+def recipe_for(profile: dict, key: str, dataset: str) -> Dict[str, Any]:
+    """The training recipe ``key`` ("teacher_train" / "student_train") of one dataset: the
+    profile's recipe with its ``per_dataset[dataset]`` entries over it (e.g. more
+    ``student_shots`` on a dataset whose task needs more data)."""
+    base = dict(profile[key])
+    return {**{k: v for k, v in base.items() if k != "per_dataset"}, **((base.get("per_dataset") or {}).get(dataset) or {})}
+
+
 def validate_profile(profile: dict, source: str = "params") -> dict:
     """Validate a profile (structure, then names, then method hyperparameters, then every
     pair x method with the method's ``check_pair``, then ``student_shots`` against the
@@ -222,9 +252,15 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
     check_teacher_specs(full, source)
     nproc = int(full["nproc_per_node"])
     for recipe in ("teacher_train", "student_train"):
-        if full[recipe]["batch_size"] % nproc:
-            raise ParamsError(f"{source}: {recipe}.batch_size {full[recipe]['batch_size']} is not divisible by "
-                              f"nproc_per_node {nproc} (the global batch is split evenly over the processes)")
+        for dataset in (full[recipe].get("per_dataset") or {}):
+            if dataset not in full["datasets"]:
+                raise UnknownChoiceError(f"dataset of {recipe}.per_dataset (the profile's datasets)", dataset,
+                                         full["datasets"])
+        for dataset in full["datasets"]:
+            batch_size = recipe_for(full, recipe, dataset)["batch_size"]
+            if batch_size % nproc:
+                raise ParamsError(f"{source}: {recipe}.batch_size {batch_size} ({dataset}) is not divisible by "
+                                  f"nproc_per_node {nproc} (the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
         for method in full["methods"]:
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
@@ -298,12 +334,12 @@ def _inherits_default_check(cls) -> bool:
 
 # --------------------------------------------------------------------------- student_shots
 def _check_student_shots(full: dict, source: str) -> None:
-    shots = full["student_train"].get("student_shots")
-    if not shots:
-        return
     from kdbench.data.base import min_train_class_count
 
     for name, options in full["datasets"].items():
+        shots = recipe_for(full, "student_train", name).get("student_shots")
+        if not shots:
+            continue
         smallest = min_train_class_count(name, options)
         if smallest is not None and shots > smallest:
             raise ParamsError(
@@ -451,7 +487,7 @@ class RunConfig:
 def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConfig:
     return RunConfig(
         kind="teacher", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=arch,
-        method="vanilla", seed=seed, recipe=dict(profile["teacher_train"], student_shots=None),
+        method="vanilla", seed=seed, recipe=dict(recipe_for(profile, "teacher_train", dataset), student_shots=None),
         hparams={}, device=profile["device"], threads=profile["threads"],
         precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
 
@@ -473,7 +509,7 @@ def student_config(profile: dict, dataset: str, teacher: str, student: str, meth
     t_seed = profile.get("teacher_seed")
     return RunConfig(
         kind="student", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=student,
-        method=method, seed=seed, recipe=dict(profile["student_train"]),
+        method=method, seed=seed, recipe=recipe_for(profile, "student_train", dataset),
         hparams=method_hparams(method, teacher, student, profile.get("method_params"), tuned=tuned),
         teacher=teacher if needs_teacher else None,
         teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,

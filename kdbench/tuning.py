@@ -366,6 +366,8 @@ def export(profile: dict, source: str) -> str:
     """The profile's selections as one YAML document (what params/tuned/*.yaml holds)."""
     import yaml
 
+    from kdbench.config import recipe_for
+
     entries = []
     for dataset in profile["datasets"]:
         for pair in profile["pairs"]:
@@ -379,7 +381,8 @@ def export(profile: dict, source: str) -> str:
     tuning = profile["tuning"]
     doc = {"protocol": {"profile": source, "trials": int(tuning["trials"]), "seeds": list(tuning["seeds"]),
                         "score": SCORE, "tie_break": TIE_BREAK,
-                        "recipe": profile["student_train"], "datasets": profile["datasets"]},
+                        "recipe": {d: recipe_for(profile, "student_train", d) for d in profile["datasets"]},
+                        "datasets": profile["datasets"]},
            "entries": entries}
     header = (f"# Hyperparameters selected on the validation split by the tuning profile {source}:\n"
               f"# {int(tuning['trials'])} trials per (dataset, pair, method), seeds {list(tuning['seeds'])}.\n"

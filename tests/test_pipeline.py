@@ -97,14 +97,17 @@ def write_params(repo: Path, name: str, **changes) -> str:
 
 def profile_counts(path: Path) -> dict:
     """The job counts a profile must give: one data job per dataset, one teacher per dataset
-    x teacher arch (x student seed when teacher_seed is null), one distill and evaluate job per run."""
-    p = yaml.safe_load(path.read_text())
+    x teacher arch (x student seed when teacher_seed is null), one distill job per run, one
+    evaluate job per dataset x pair x seed (all its methods in one process)."""
+    from kdbench.config import load_yaml
+
+    p = load_yaml(path)  # with `extends:` resolved, as kdbench reads a profile
     n_d, n_seeds = len(p["datasets"]), len(p["seeds"])
     teachers = {x["teacher"] for x in p["pairs"]}
     t_seeds = n_seeds if p.get("teacher_seed", 0) is None else 1
     runs = n_d * len(p["pairs"]) * len(p["methods"]) * n_seeds
-    counts = {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs, "evaluate": runs,
-              "leaderboard": 1, "all": 1}
+    counts = {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs,
+              "evaluate": n_d * len(p["pairs"]) * n_seeds, "leaderboard": 1, "all": 1}
     if p.get("tuning"):  # every method but vanilla: `trials` trials x the tuning seeds, one selection per cell
         tuning = p["tuning"]
         cells = n_d * len(p["pairs"]) * len([m for m in p["methods"] if m != "vanilla"])
@@ -162,11 +165,11 @@ def test_profile_dry_run(bad_repo, profile):
 
 
 def test_tune_default_dry_run_counts(bad_repo):
-    """The tuning profile of the default: 2 datasets x 2 pairs x 9 tuned methods x 6 trials x
-    2 seeds = 432 trials, 36 selections; `tune` runs only them (and what they need)."""
+    """The tuning profile of the default: 2 datasets x 2 pairs x 8 tuned methods x 4 trials x
+    1 seed = 128 trials, 32 selections; `tune` runs only them (and what they need)."""
     proc = snakemake(bad_repo, "-n", "tune", "--configfile", "params/tune-default.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert job_counts(proc.stdout + proc.stderr) == {"data": 2, "teacher": 4, "tune_trial": 432, "tune_select": 36,
+    assert job_counts(proc.stdout + proc.stderr) == {"data": 2, "teacher": 4, "tune_trial": 128, "tune_select": 32,
                                                      "tune_export": 1, "tune": 1}
 
 
@@ -206,7 +209,7 @@ def test_slurm_profile_dry_run(bad_repo):
     distill = out[out.index("rule distill:"):]
     resources = re.search(r"resources: (.*)", distill).group(1)
     assert "gpu=1" in resources and "slurm_partition=" in resources and "runtime=" in resources
-    assert job_counts(out)["distill"] == 300
+    assert job_counts(out)["distill"] == profile_counts(bad_repo / "params" / "cifar100.yaml")["distill"]
 
 
 def _training_jobs(out: str):
@@ -220,9 +223,10 @@ def _training_jobs(out: str):
     return jobs
 
 
-def _assert_ddp_jobs(out: str, n: int):
+def _assert_ddp_jobs(out: str, n: int, repo: Path):
     jobs = _training_jobs(out)
-    assert len(jobs) == 306, len(jobs)  # 6 teachers + 300 students
+    counts = profile_counts(repo / "params" / "cifar100.yaml")
+    assert len(jobs) == counts["teacher"] + counts["distill"], len(jobs)  # every teacher and student
     for resources, cmd in jobs:
         assert f"nproc={n}" in resources and f"gpu={n}" in resources, resources
         assert f"torchrun --standalone --nproc-per-node {n} -m kdbench.cli " in cmd, cmd
@@ -236,10 +240,10 @@ def test_slurm_profile_dry_run_ddp(bad_repo):
                      "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    _assert_ddp_jobs(out, 2)
+    _assert_ddp_jobs(out, 2, bad_repo)
     for resources, _ in _training_jobs(out):
         assert "tasks=1" in resources and "tasks_per_gpu=0" in resources, resources
-    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+    assert job_counts(out) == profile_counts(bad_repo / "params" / "cifar100.yaml")
 
 
 def test_kubernetes_profile_dry_run_ddp(bad_repo, tmp_path):
@@ -253,12 +257,12 @@ def test_kubernetes_profile_dry_run_ddp(bad_repo, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "workflow/profiles/kubernetes" in out
-    _assert_ddp_jobs(out, 2)
+    _assert_ddp_jobs(out, 2, bad_repo)
     for resources, _ in _training_jobs(out):
         assert "gpu_manufacturer=nvidia" in resources, resources
     evaluate = out[out.index("rule evaluate:"):]
     assert "gpu=1" in re.search(r"resources: (.*)", evaluate).group(1)
-    assert job_counts(out) == {"data": 1, "teacher": 6, "distill": 300, "evaluate": 300, "leaderboard": 1, "all": 1}
+    assert job_counts(out) == profile_counts(bad_repo / "params" / "cifar100.yaml")
 
 
 # ----------------------------------------------------------------------------- smoke run

@@ -235,7 +235,8 @@ def board_students():
 
 
 def published_files():
-    return [f"params/published/{d}.yaml" for d in DATASETS if os.path.exists(f"params/published/{d}.yaml")]
+    # files of the checkout, never in a remote default storage (local)
+    return [local(f"params/published/{d}.yaml") for d in DATASETS if os.path.exists(f"params/published/{d}.yaml")]
 
 
 def board_teachers():

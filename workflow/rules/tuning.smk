@@ -12,6 +12,7 @@ rule tune_trial:
     output:
         metrics=r("tuning/{dataset}/{teacher}__{student}/{method}/t{trial}/s{seed}/metrics.json"),
     params:
+        kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         config_hash=trial_key,
         profile=PROFILE_ARG,
         overrides=SET_ARG,
@@ -19,14 +20,16 @@ rule tune_trial:
         r("logs/tuning/{dataset}/{teacher}__{student}/{method}/t{trial}/s{seed}.log"),
     conda:
         "../../environment.yml"
-    threads: THREADS
+    threads: THREADS * NPROC  # THREADS per process
     # after the teachers, before the distill jobs (which wait for their cell's selection)
     priority: 15
     resources:
         mem_mb=8000,
         runtime=24 * 60,
+        nproc=NPROC,
+        gpu=JOB_GPUS,
     shell:
-        "kdbench tune-trial --params {params.profile:q} --dataset {wildcards.dataset:q} "
+        "{params.kdbench} tune-trial --params {params.profile:q} --dataset {wildcards.dataset:q} "
         "--teacher {wildcards.teacher:q} --student {wildcards.student:q} --method {wildcards.method:q} "
         "--trial {wildcards.trial} --seed {wildcards.seed}{params.overrides} > {log:q} 2>&1"
 
