@@ -53,6 +53,7 @@ class OFD(Distiller):
             raise KDBenchError(f"ofd: teacher_bn must be one of {list(TEACHER_BN)}, got {hparams.get('teacher_bn')!r}")
         n = min(teacher.num_stages, student.num_stages)
         size = 32
+        teacher = teacher.probe_twin()  # the tap runs a forward: not on meta tensors
         tap = PreactTap(teacher, size)
         tap.remove()
         bns = margin_bns(teacher, size, tap.tapped)[-n:]

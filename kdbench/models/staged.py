@@ -163,13 +163,7 @@ class StagedNet(nn.Module):
         teacher/student pair can be bridged before any training starts."""
         dev = next(self.parameters()).device
         if dev.type == "meta" and getattr(self, "arch", None):
-            # meta kernels of conv/BN are Python decompositions (slow, and they import
-            # torch._dynamo): probe an uninitialised CPU twin instead (same shapes)
-            from kdbench.models import create_model
-
-            with torch.device("cpu"), skip_init():
-                twin = create_model(self.arch, self.num_classes)
-            return twin.infer_stage_shapes(input_size, in_chans)
+            return self.probe_twin().infer_stage_shapes(input_size, in_chans)
         was = self.training
         self.eval()
         try:
@@ -177,6 +171,18 @@ class StagedNet(nn.Module):
         finally:
             self.train(was)
         return [tuple(t.shape[1:]) for t in f.stages]
+
+    def probe_twin(self) -> "StagedNet":
+        """A model to run a probe forward on: this one, or for a model on the ``meta``
+        device an uninitialised CPU twin of the same arch (meta kernels of conv/BN are
+        Python decompositions: slow, and they import torch._dynamo). Same shapes and
+        modules, values meaningless."""
+        if next(self.parameters()).device.type != "meta" or not getattr(self, "arch", None):
+            return self
+        from kdbench.models import create_model
+
+        with torch.device("cpu"), skip_init():
+            return create_model(self.arch, self.num_classes)
 
     def _set_stage_channels(self, channels: Sequence[int]) -> None:
         self._stage_channels = [int(c) for c in channels]
