@@ -259,8 +259,8 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
         for dataset in full["datasets"]:
             batch_size = recipe_for(full, recipe, dataset)["batch_size"]
             if batch_size % nproc:
-                raise ParamsError(f"{source}: {recipe}.batch_size {batch_size} ({dataset}) is not divisible by "
-                                  f"nproc_per_node {nproc} (the global batch is split evenly over the processes)")
+                raise ParamsError(f"{source}: {recipe}.batch_size {batch_size} is not divisible by nproc_per_node "
+                                  f"{nproc} (dataset {dataset}; the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
         for method in full["methods"]:
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
