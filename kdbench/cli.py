@@ -313,12 +313,15 @@ def cmd_validate(args) -> int:
     verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
     from kdbench.tuning import tuned_methods, tuning_of
 
-    cells = len(profile["datasets"]) * len(profile["pairs"])
-    n = cells * len(profile["methods"]) * len(profile["seeds"])
+    from kdbench.config import pair_methods
+
+    n_data = len(profile["datasets"])
+    n = n_data * sum(len(pair_methods(profile, p["teacher"], p["student"])) for p in profile["pairs"]) * len(profile["seeds"])
     tuning = tuning_of(profile)
     extra = ""
     if tuning:
-        trials = cells * len(tuned_methods(profile)) * tuning["trials"] * len(tuning["seeds"])
+        trials = (n_data * sum(len(tuned_methods(profile, p)) for p in profile["pairs"])
+                  * tuning["trials"] * len(tuning["seeds"]))
         extra = f"; tuning: {tuning['trials']} trials x {len(tuning['seeds'])} seeds per tuned method, {trials} trial runs"
     elif profile.get("tuned"):
         extra = f"; hyperparameters from {profile['tuned']}"

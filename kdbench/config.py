@@ -197,11 +197,38 @@ def validate_names(profile: dict, source: str = "params") -> None:
         check_model_name(pair["student"])
     for name in profile["methods"]:
         get_method(name)
+    _check_excluded_methods(profile, source)
     for name in profile.get("method_params", {}):
         get_method(name)
     for recipe in ("teacher_train", "student_train"):
         for arch in profile.get(recipe, {}).get("arch_lr", {}) or {}:
             check_model_name(arch)
+
+
+#: the board's references: every cell needs them (Δ vs vanilla, Δ vs kd)
+REFERENCE_METHODS = ("vanilla", "kd")
+
+
+def pair_methods(profile: dict, teacher: str, student: str) -> List[str]:
+    """The methods one pair runs: the profile's ``methods`` less the pair's
+    ``exclude_methods`` (in the profile's order)."""
+    for pair in profile["pairs"]:
+        if pair["teacher"] == teacher and pair["student"] == student:
+            excluded = set(pair.get("exclude_methods") or ())
+            return [m for m in profile["methods"] if m not in excluded]
+    raise UnknownChoiceError("pair of this profile", f"{teacher}->{student}",
+                             [f"{p['teacher']}->{p['student']}" for p in profile["pairs"]])
+
+
+def _check_excluded_methods(profile: dict, source: str) -> None:
+    for pair in profile["pairs"]:
+        for name in pair.get("exclude_methods") or ():
+            where = f"exclude_methods of pair {pair['teacher']}->{pair['student']}"
+            if name not in profile["methods"]:
+                raise UnknownChoiceError(f"{where} (the profile's methods)", name, profile["methods"])
+            if name in REFERENCE_METHODS:
+                raise ParamsError(f"{source}: {where}: {name!r} cannot be excluded: every cell of the board is "
+                                  f"compared against {' and '.join(REFERENCE_METHODS)}")
 
 
 def _check_dataset_options(name: str, options: dict) -> None:
@@ -262,7 +289,7 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
                 raise ParamsError(f"{source}: {recipe}.batch_size {batch_size} is not divisible by nproc_per_node "
                                   f"{nproc} (dataset {dataset}; the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
-        for method in full["methods"]:
+        for method in pair_methods(full, pair["teacher"], pair["student"]):
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
             check_method_pair(method, pair["teacher"], pair["student"], hp)
     _check_student_shots(full, source)

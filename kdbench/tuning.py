@@ -195,8 +195,13 @@ def is_tuned(profile: dict, method: str) -> bool:
     return bool(method_hparams(method, None, "-")) and bool(profile_space(profile, method))
 
 
-def tuned_methods(profile: dict) -> List[str]:
-    return [m for m in profile["methods"] if is_tuned(profile, m)]
+def tuned_methods(profile: dict, pair: Optional[dict] = None) -> List[str]:
+    """The methods with trials: of the whole profile, or of one pair (less its
+    ``exclude_methods``)."""
+    from kdbench.config import pair_methods
+
+    methods = profile["methods"] if pair is None else pair_methods(profile, pair["teacher"], pair["student"])
+    return [m for m in methods if is_tuned(profile, m)]
 
 
 def candidates(profile: dict, teacher: str, student: str, method: str) -> List[dict]:
@@ -235,6 +240,8 @@ def validate_tuning(profile: dict, source: str = "params") -> None:
                 raise TuningError(f"{source}: method {method!r} has hyperparameters but no search space: add a "
                                   f"search: block to params/methods/{method}.yaml (every method gets the same trials)")
             for pair in profile["pairs"]:
+                if method not in tuned_methods(profile, pair):
+                    continue
                 for values in candidates(profile, pair["teacher"], pair["student"], method):
                     cls.check_hparams(method_hparams(method, pair["teacher"], pair["student"],
                                                      profile.get("method_params"), tuned=values))
@@ -371,7 +378,7 @@ def export(profile: dict, source: str) -> str:
     entries = []
     for dataset in profile["datasets"]:
         for pair in profile["pairs"]:
-            for method in tuned_methods(profile):
+            for method in tuned_methods(profile, pair):
                 path = selection_path(profile["results_dir"], dataset, pair["teacher"], pair["student"], method)
                 if not path.is_file():
                     raise TuningError(f"{path} not found: run the selection first (kdbench tune-select)")

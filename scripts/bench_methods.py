@@ -49,10 +49,29 @@ GROUPS["peers_b"] = ["crd", "reviewkd", "ofd", "dist", "kd_ls", "dkd_ls", "mlkd"
 # ---- end peer methods (b)
 
 
+def calibrated_teacher(arch: str, ds, device, batches: int = 8):
+    """An untrained teacher whose BatchNorm running statistics are those of the data (a few
+    train-mode forward passes, no weight update): an untrained net with the initial unit
+    statistics has activations that grow through every residual block, and a method that
+    fits the teacher's features (ft's paraphraser stage) diverges on them."""
+    torch.manual_seed(0)
+    teacher = create_model(arch, ds.num_classes).to(device)
+    for m in teacher.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration batches
+    teacher.train()
+    with torch.no_grad():
+        for i, batch in enumerate(make_loader(ds, "train", 64, train=False, seed=0, device=device)):
+            if i == batches:
+                break
+            teacher(batch["image"])
+    return teacher.eval()
+
+
 def bench(method: str, args, ds, device) -> dict:
     torch.manual_seed(0)
     cls = get_method(method)
-    teacher = create_model(args.teacher, ds.num_classes).to(device) if cls.needs_teacher else None
+    teacher = calibrated_teacher(args.teacher, ds, device) if cls.needs_teacher else None
     student = create_model(args.student, ds.num_classes)
     hp = method_hparams(method, args.teacher if cls.needs_teacher else None, args.student)
     for item in args.set or []:  # method.key=value (YAML value)

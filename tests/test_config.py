@@ -78,3 +78,58 @@ def test_overrides_and_config_hash():
 def test_teacher_seed_null_follows_student_seed():
     prof = with_defaults(_bad(teacher_seed=None))
     assert student_config(prof, "shapes", "resnet14", "resnet8", "kd", 2).teacher_seed == 2
+
+
+# ----------------------------------------------------------------------------- exclude_methods
+EXCLUDING_PAIRS = [{"teacher": "resnet14", "student": "resnet8"},
+                   {"teacher": "wrn_16_2", "student": "mobilenetv2", "exclude_methods": ["kdsvd", "fsp"]}]
+
+
+def test_pair_methods_drop_the_pairs_exclusions_in_profile_order():
+    from kdbench.board.records import expected_runs
+    from kdbench.config import pair_methods
+
+    full = validate_profile(_bad(pairs=copy.deepcopy(EXCLUDING_PAIRS), methods=["vanilla", "kd", "fsp", "at", "kdsvd"]))
+    assert pair_methods(full, "resnet14", "resnet8") == ["vanilla", "kd", "fsp", "at", "kdsvd"]
+    assert pair_methods(full, "wrn_16_2", "mobilenetv2") == ["vanilla", "kd", "at"]
+    runs = {(r["student"], r["method"]) for r in expected_runs(full)}
+    assert ("mobilenetv2", "kdsvd") not in runs and ("resnet8", "kdsvd") in runs and len(runs) == 8
+    with pytest.raises(UnknownChoiceError, match=r"pair of this profile 'resnet14->vgg8'.*resnet14->resnet8"):
+        pair_methods(full, "resnet14", "vgg8")
+
+
+def test_a_method_a_pair_cannot_run_names_exclude_methods():
+    """Without the exclusion, validation rejects kdsvd on wrn_16_2 -> mobilenetv2 (stage channel
+    counts differ) and says how to leave it out."""
+    pairs = copy.deepcopy(EXCLUDING_PAIRS)
+    del pairs[1]["exclude_methods"]
+    with pytest.raises(KDBenchError, match=r"method 'kdsvd' cannot run on pair wrn_16_2->mobilenetv2: .*exclude_methods"):
+        validate_profile(_bad(pairs=pairs, methods=["vanilla", "kd", "kdsvd"]))
+
+
+@pytest.mark.parametrize("excluded,pattern", [
+    (["kdvsd"], r"unknown exclude_methods of pair wrn_16_2->mobilenetv2 \(the profile's methods\) 'kdvsd' "
+                r"\(did you mean 'kdsvd'\?\); valid choices: "),
+    (["at"], r"unknown exclude_methods .* 'at'; valid choices: .*kdsvd"),          # not in the profile's methods
+    (["kd"], r"exclude_methods of pair wrn_16_2->mobilenetv2: 'kd' cannot be excluded"),
+    (["vanilla"], r"'vanilla' cannot be excluded"),
+    ("kdsvd", r"bad value at pairs.*exclude_methods.*'kdsvd' is not of type 'array'"),
+])
+def test_bad_exclusions_are_named(excluded, pattern):
+    pairs = copy.deepcopy(EXCLUDING_PAIRS)
+    pairs[1]["exclude_methods"] = excluded
+    with pytest.raises(KDBenchError, match=pattern):
+        validate_profile(_bad(pairs=pairs, methods=["vanilla", "kd", "kdsvd"]))
+
+
+def test_cifar100_profile_has_every_method():
+    """params/cifar100.yaml lists all registered methods; the pairs exclude only what they
+    cannot run (and validation passes: every other combination can)."""
+    from kdbench.config import load_profile, pair_methods, project_root
+    from kdbench.methods import iter_method_names
+
+    full = load_profile(project_root() / "params" / "cifar100.yaml")
+    assert sorted(full["methods"]) == sorted(iter_method_names())
+    excluded = {f"{p['teacher']}->{p['student']}": p.get("exclude_methods", []) for p in full["pairs"]}
+    assert excluded["resnet32x4->shufflenetv2"] == ["kdsvd", "fsp", "ab"]
+    assert excluded["resnet56->resnet20"] == [] and len(pair_methods(full, "resnet56", "resnet20")) == 31

@@ -106,12 +106,16 @@ def profile_counts(path: Path) -> dict:
     n_d, n_seeds = len(p["datasets"]), len(p["seeds"])
     teachers = {x["teacher"] for x in p["pairs"]}
     t_seeds = n_seeds if p.get("teacher_seed", 0) is None else 1
-    runs = n_d * len(p["pairs"]) * len(p["methods"]) * n_seeds
-    counts = {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs,
-              "evaluate": n_d * len(p["pairs"]) * n_seeds, "leaderboard": 1, "all": 1}
+    per_pair = [[m for m in p["methods"] if m not in x.get("exclude_methods", [])] for x in p["pairs"]]
+    runs = n_d * sum(map(len, per_pair)) * n_seeds
+    counts = {"data": n_d, "teacher": n_d * len(teachers) * t_seeds, "distill": runs, "leaderboard": 1, "all": 1}
+    # one evaluate rule per distinct method list of the pairs (the first: `evaluate`)
+    groups = list(dict.fromkeys(tuple(m) for m in per_pair))
+    for k, methods in enumerate(groups):
+        counts["evaluate" if k == 0 else f"evaluate_{k + 1}"] = n_d * per_pair.count(list(methods)) * n_seeds
     if p.get("tuning"):  # every method but vanilla: `trials` trials x the tuning seeds, one selection per cell
         tuning = p["tuning"]
-        cells = n_d * len(p["pairs"]) * len([m for m in p["methods"] if m != "vanilla"])
+        cells = n_d * sum(len([m for m in methods if m != "vanilla"]) for methods in per_pair)
         counts.update(tune_trial=cells * tuning["trials"] * len(tuning["seeds"]), tune_select=cells, tune_export=1)
         if p.get("teacher_seed", 0) is None:
             counts["teacher"] = n_d * len(teachers) * len(set(p["seeds"]) | set(tuning["seeds"]))

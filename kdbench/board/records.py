@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from kdbench.config import pair_methods
+
 KEYS = ["dataset", "teacher", "student", "method"]
 CELL = ["dataset", "teacher", "student"]
 
@@ -56,7 +58,7 @@ def expected_runs(profile: dict) -> List[dict]:
     t_seed = profile.get("teacher_seed", 0)
     for dataset in profile["datasets"]:
         for pair in profile["pairs"]:
-            for method in profile["methods"]:
+            for method in pair_methods(profile, pair["teacher"], pair["student"]):
                 for seed in profile["seeds"]:
                     out.append({"dataset": dataset, "teacher": pair["teacher"], "student": pair["student"],
                                 "method": method, "seed": int(seed),

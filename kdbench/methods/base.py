@@ -68,7 +68,8 @@ class PairError(KDBenchError, ValueError):
     """A method cannot run on a teacher/student pair: says method, pair and reason."""
 
     def __init__(self, method: str, teacher: str, student: str, reason: str):
-        super().__init__(f"method {method!r} cannot run on pair {teacher}->{student}: {reason}")
+        super().__init__(f"method {method!r} cannot run on pair {teacher}->{student}: {reason} "
+                         f"(a profile may list it in this pair's exclude_methods)")
 
 
 class Distiller(nn.Module):

@@ -57,7 +57,8 @@ SET_ITEMS = [f"{k}={_yaml_value(v)}" for k, v in _flatten(dict(workflow.config_s
 SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
 
 try:
-    from kdbench.config import SCHEMA_PATH, load_profile_with_overrides, load_yaml, run_paths, teacher_config
+    from kdbench.config import (SCHEMA_PATH, load_profile_with_overrides, load_yaml, pair_methods, run_paths,
+                                teacher_config)
     from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
                                 tuned_methods, tuning_of)
 
@@ -184,12 +185,32 @@ def student_file(name, method=None):
 
 def cell_student_files(name):
     """``name`` of every student of one dataset x pair x seed (vanilla included: the base)."""
-    return lambda w: [str(student_dir(w, m) / name) for m in dict.fromkeys(["vanilla", *METHODS])]
+    return lambda w: [str(student_dir(w, m) / name)
+                      for m in dict.fromkeys(["vanilla", *pair_methods(P, w.teacher, w.student)])]
 
 
-def cell_eval_outputs():
+def cell_eval_outputs(methods):
     """The evaluation records one evaluate job writes: every method of its cell and seed."""
-    return [r(f"evals/{{dataset}}/{{teacher}}__{{student}}/{m}/s{{seed}}.json") for m in METHODS]
+    return [r(f"evals/{{dataset}}/{{teacher}}__{{student}}/{m}/s{{seed}}.json") for m in methods]
+
+
+def evaluate_groups():
+    """The evaluate rules as (name, methods, teacher regex, student regex). One per set of
+    pairs that run the same methods (a pair's exclude_methods), as long as that set's
+    teachers x students match none of the other pairs (else one per pair). Without
+    exclusions: the single `evaluate`."""
+    groups = {}
+    for t, s in PAIRS:
+        groups.setdefault(tuple(pair_methods(P, t, s)), []).append((t, s))
+    split = []
+    for methods, pairs in groups.items():
+        teachers, students = {t for t, _ in pairs}, {s for _, s in pairs}
+        crossed = [p for p in PAIRS if p[0] in teachers and p[1] in students]
+        split += [(methods, pairs)] if len(crossed) == len(pairs) else [(methods, [p]) for p in pairs]
+    alternation = lambda names: "|".join(re.escape(n) for n in dict.fromkeys(names))
+    return [("evaluate" if k == 0 else f"evaluate_{k + 1}", list(methods),
+             alternation(t for t, _ in pairs), alternation(s for _, s in pairs))
+            for k, (methods, pairs) in enumerate(split)]
 
 
 # --------------------------------------------------------------------------- tuning
@@ -209,13 +230,14 @@ def cell_trials(w):
 
 
 def all_selections():
-    return [str(selection_path(R, d, t, s, m)) for d in DATASETS for t, s in PAIRS for m in TUNED]
+    return [str(selection_path(R, d, t, s, m)) for d in DATASETS for t, s in PAIRS for m in TUNED
+            if m in pair_methods(P, t, s)]
 
 
 # --------------------------------------------------------------------------- leaderboard
 def board_runs():
     """(dataset, teacher, student, method, seed) of every student run of the profile."""
-    return [(d, t, s, m, seed) for d in DATASETS for t, s in PAIRS for m in METHODS for seed in SEEDS]
+    return [(d, t, s, m, seed) for d in DATASETS for t, s in PAIRS for m in pair_methods(P, t, s) for seed in SEEDS]
 
 
 BOARD = r("leaderboard")
