@@ -606,7 +606,7 @@ def _corr(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(ok, num / den, torch.zeros_like(num))
 
 
-def _check_pair(x: Tensor, y: Tensor) -> None:
+def check_paired_samples(x: Tensor, y: Tensor) -> None:
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y have different numbers of samples: {x.shape[0]} vs {y.shape[0]}")
 
@@ -617,8 +617,22 @@ def distance_correlation(x: Tensor, y: Tensor) -> Tensor:
     (n×d each, more dims are flattened; the feature dimensions may differ). Signed, can
     be slightly negative. n ≥ 4 (ValueError otherwise). Returns 0 when a denominator is 0
     (x or y constant). Symmetric in x and y; differentiable."""
-    _check_pair(x, y)
-    return _corr(u_centered_distances(x), u_centered_distances(y))
+    check_paired_samples(x, y)
+    return distance_correlation_from_distances(u_centered_distances(x), u_centered_distances(y))
+
+
+def distance_correlation_from_distances(a: Tensor, b: Tensor) -> Tensor:
+    """:func:`distance_correlation` from the two U-centred distance matrices
+    (:func:`u_centered_distances`), for callers that reuse a matrix across pairs."""
+    return _corr(a, b)
+
+
+def label_distances(labels: Tensor, like: Tensor, num_classes: Optional[int] = None) -> Tensor:
+    """The U-centred distance matrix of a label representation (what
+    :func:`relevance_score` compares against; one-hot for integer labels)."""
+    rep = _label_representation(labels, like, num_classes)
+    check_paired_samples(like, rep)
+    return u_centered_distances(rep)
 
 
 def _label_representation(labels: Tensor, like: Tensor, num_classes: Optional[int]) -> Tensor:
@@ -642,12 +656,14 @@ def relevance_score(
     as is. If ⟨B,B⟩ = 0 (y constant) nothing is removed; a zero denominator gives 0.
     Differentiable w.r.t. x (and y).
     """
-    _check_pair(x, y)
-    rep = _label_representation(labels, x, num_classes)
-    _check_pair(x, rep)
-    a = u_centered_distances(x)
-    b = u_centered_distances(y)
-    lmat = u_centered_distances(rep)
+    check_paired_samples(x, y)
+    lmat = label_distances(labels, x, num_classes)
+    return relevance_score_from_distances(u_centered_distances(x), u_centered_distances(y), lmat)
+
+
+def relevance_score_from_distances(a: Tensor, b: Tensor, lmat: Tensor) -> Tensor:
+    """:func:`relevance_score` from the U-centred distance matrices of x, y and the label
+    representation (:func:`u_centered_distances`, :func:`label_distances`)."""
     coef = _safe_div(u_inner(a, b), u_inner(b, b))
     return _corr(a - coef * b, lmat)
 
@@ -710,7 +726,7 @@ def v_distance_correlation(x: Tensor, y: Tensor, normalize_rows: bool = True) ->
     centring, diagonal kept); Γ_XY = mean(A∘B); result Γ_XY / sqrt(Γ_XX·Γ_YY + 1e-9).
     n×d inputs (more dims flattened), n ≥ 2. Biased upwards for high-dimensional
     features: independent 1024-d Gaussians at n = 256 give ≈ 0.94."""
-    _check_pair(x, y)
+    check_paired_samples(x, y)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"v_distance_correlation needs n >= 2 samples, got {n}")
@@ -750,7 +766,7 @@ def batched_distance_correlation(x: Tensor, y: Tensor, batch_size: int = 5) -> T
     ``New_DC`` per DataLoader batch of 5, summed and divided by the number of batches):
     the mean over consecutive batches of ``batch_size`` rows of
     :func:`distance_correlation` (U-centred). A last batch of < 4 rows is dropped."""
-    _check_pair(x, y)
+    check_paired_samples(x, y)
     vals = [distance_correlation(x[s:e], y[s:e]) for s, e in _batches(x.shape[0], batch_size)]
     return torch.stack(vals).mean()
 
@@ -760,7 +776,7 @@ def batched_relevance_score(x: Tensor, y: Tensor, labels: Tensor, num_classes: O
     """:func:`relevance_score` averaged over consecutive batches of ``batch_size`` rows
     (the paper-era UniCAM code's ``P_DC`` per batch of 5). With integer labels the
     one-hot width is fixed for all batches (``num_classes`` or max + 1 over all rows)."""
-    _check_pair(x, y)
+    check_paired_samples(x, y)
     labels = torch.as_tensor(labels)
     if not labels.is_floating_point() and labels.dim() == 1 and num_classes is None:
         num_classes = int(labels.max()) + 1

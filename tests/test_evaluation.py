@@ -631,3 +631,33 @@ def test_teacher_eval_features_cached_once_exactly(trained):
     assert erun.load_teacher_eval(tdir, key) is not None
     # a retrained teacher (another model.pt) has another key
     assert erun.load_teacher_eval(tdir, {**key, "teacher_sha": "0" * 16}) is None
+
+
+def test_distance_cache_gives_the_uncached_numbers_and_computes_each_matrix_once(monkeypatch):
+    """fss_stages + rs_stages through one DistanceCache: the same floats as the direct
+    functional calls, with one U-centred matrix per distinct tensor (3 student, 3 base, 3
+    teacher stages, 1 label matrix) instead of one per use."""
+    from kdbench import functional as KF
+    from kdbench.evaluation import similarity
+
+    g = torch.Generator().manual_seed(0)
+    n = 24
+    s = [torch.randn(n, 4, 3, 3, generator=g) for _ in range(3)]
+    b = [x + 0.5 * torch.randn(x.shape, generator=g) for x in s]
+    t = [torch.randn(n, 6, 2, 2, generator=g) for _ in range(3)]
+    labels = torch.randint(0, 5, (n,), generator=g)
+    flat = lambda x: x.reshape(n, -1).double()
+    want_fss = [float(KF.distance_correlation(flat(x), flat(y))) for x, y in zip(s, t)]
+    want_rs = [float(KF.relevance_score(flat(x), flat(y), labels, num_classes=5)) for x, y in zip(s, b)]
+    want_res = [float(KF.relevance_score(flat(y), flat(x), labels, num_classes=5)) for x, y in zip(s, b)]
+
+    calls = []
+    real = KF.u_centered_distances
+    monkeypatch.setattr(KF, "u_centered_distances", lambda x: calls.append(1) or real(x))
+    cache = similarity.DistanceCache()
+    got_fss = similarity.fss_stages(s, t, "u_centered", cache)
+    got_rs, got_res = similarity.rs_stages(s, b, labels, 5, "u_centered", cache)
+    assert got_fss == want_fss and got_rs == want_rs and got_res == want_res  # bit-identical
+    assert len(calls) == 10
+    # without a shared cache each call still works (its own cache)
+    assert similarity.relevance(s[0], b[0], labels, 5) == want_rs[0]

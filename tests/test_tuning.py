@@ -284,9 +284,12 @@ def test_method_params_fix_an_axis(tmp_path):
 def test_tune_default_is_the_default_profile_plus_tuning():
     default = load_yaml(ROOT / "params" / "default.yaml")
     tune = load_yaml(ROOT / "params" / "tune-default.yaml")
-    for key in ("datasets", "pairs", "methods", "seeds", "teacher_seed", "teacher_train", "student_train",
+    for key in ("datasets", "pairs", "seeds", "teacher_seed", "teacher_train", "student_train",
                 "method_params", "results_dir", "device", "threads"):
         assert tune.get(key) == default.get(key), key
+    # the default's methods first, in its order, then the classic baselines embedded-all runs tuned
+    assert tune["methods"][:2] == default["methods"][:2] and set(default["methods"]) <= set(tune["methods"])
+    assert {"fitnet", "at", "dkd"} <= set(tune["methods"])
     assert default["tuned"] == "params/tuned/default.yaml" and "tuning" not in default
     assert tune.get("tuned") is None and set(tune["tuning"]["seeds"]).isdisjoint(default["seeds"])
     validate_profile(copy.deepcopy(default), "params/default.yaml")

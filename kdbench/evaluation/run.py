@@ -320,14 +320,15 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     # the UniCAM maps; evaluation.fss_estimator names the estimator (similarity.py)
     n_eval = rec["n_eval"]
     estimator = rec["fss_estimator"] = ev["fss_estimator"]
+    distances = similarity.DistanceCache()  # each stage's U-centred matrix once (FSS, RS both ways)
     if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
-        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"], estimator)
+        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"], estimator, distances)
         rec["fss"] = _mean(rec["fss_stages"])
     uni_d = uni_r = None
     if base is not None and n_eval >= 8:
         B = data["base"]
         rec["rs_stages"], rec["rs_residual_stages"] = similarity.rs_stages(
-            S["stages"], B["stages"], labels, num_classes, estimator)
+            S["stages"], B["stages"], labels, num_classes, estimator, distances)
         rec["rs"], rec["rs_residual"] = rec["rs_stages"][-1], rec["rs_residual_stages"][-1]
         # the reference's UniCAM target: RS of the pooled embeddings, maps min-max scaled
         uni_d, uni_r = unicam_maps(S["stages"][-1].to(device), B["stages"][-1].to(device), labels.to(device),
