@@ -221,11 +221,16 @@ def pair_methods(profile: dict, teacher: str, student: str) -> List[str]:
 
 
 def _check_excluded_methods(profile: dict, source: str) -> None:
+    """Every name in a pair's ``exclude_methods`` is a registered method (a profile that
+    lists fewer methods may keep the exclusions), and not one of the board's references."""
+    from kdbench.methods import iter_method_names
+
+    known = list(iter_method_names())
     for pair in profile["pairs"]:
         for name in pair.get("exclude_methods") or ():
             where = f"exclude_methods of pair {pair['teacher']}->{pair['student']}"
-            if name not in profile["methods"]:
-                raise UnknownChoiceError(f"{where} (the profile's methods)", name, profile["methods"])
+            if name not in known:
+                raise UnknownChoiceError(f"method in {where}", name, known)
             if name in REFERENCE_METHODS:
                 raise ParamsError(f"{source}: {where}: {name!r} cannot be excluded: every cell of the board is "
                                   f"compared against {' and '.join(REFERENCE_METHODS)}")

@@ -15,44 +15,22 @@ import torch
 
 from kdbench import functional as kf
 from kdbench.config import load_yaml, method_hparams, project_root
-from kdbench.data import build_dataset
 from kdbench.errors import KDBenchError
 from kdbench.methods import get_method
 from kdbench.methods.ab import stage_preacts
 from kdbench.methods.base import PairError
 from kdbench.models import create_model
 from tests.test_methods_seed import build, first_batch, make_ctx
+from tests.tiny import ds16, ds32, one_thread, t64  # noqa: F401  (fixtures; one_thread is autouse)
 
 PEER_METHODS = ["nst", "pkt", "rkd", "sp", "kdsvd", "vid", "cc", "fsp", "ft", "ab"]
 TWO_STAGE = ["fsp", "ab", "ft"]
 D = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-@pytest.fixture(scope="module")
-def ds16():
-    return build_dataset("shapes", image_size=16, n_train=48, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def ds32():
-    return build_dataset("shapes", image_size=32, n_train=32, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
-def t64(a):
-    return torch.as_tensor(np.asarray(a), dtype=D)
 
 
 def val(x):

@@ -18,41 +18,18 @@ import torch.nn.functional as F
 
 from kdbench import functional as KF
 from kdbench.config import method_hparams, student_config, teacher_config, validate_profile
-from kdbench.data import build_dataset
 from kdbench.data.loader import make_loader
 from kdbench.data.randaugment import OPS, draw_strong_params, strong_augment
 from kdbench.engine import trainer
 from kdbench.errors import KDBenchError
 from kdbench.methods import TrainContext, get_method
 from kdbench.models import create_model
-from tests.tiny import tiny_profile
+from tests.tiny import ds16, ds32, one_thread, t64, tiny_profile  # noqa: F401  (fixtures; one_thread is autouse)
 
 TEACHER, STUDENT = "resnet14", "resnet8"
 METHODS_B = ["kd_ls", "dkd_ls", "dist", "ctkd", "ctkd_ls", "mlkd", "mlkd_ls", "crd", "reviewkd", "ofd"]
 #: test-size overrides: CRD's 16384 negatives per image are for 50k CIFAR images
 SMALL = {"crd": {"nce_k": 32}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ds16():
-    return build_dataset("shapes", image_size=16, n_train=48, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def ds32():
-    return build_dataset("shapes", image_size=32, n_train=32, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
-def t64(a):
-    return torch.as_tensor(np.asarray(a), dtype=torch.float64)
 
 
 def np_softmax(z, axis=1):

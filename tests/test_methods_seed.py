@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.config import load_yaml, method_hparams, project_root
-from kdbench.data import build_dataset
 from kdbench.data.loader import make_loader
 from kdbench.errors import KDBenchError
 from kdbench.methods import TrainContext, get_method
@@ -23,31 +22,13 @@ from kdbench.methods.base import PairError
 from kdbench.methods.fcfd import frozen_bn_stats
 from kdbench.methods.tdd import derive_partition, teacher_partitions
 from kdbench.models import create_model
+from tests.tiny import ds16, ds32, one_thread  # noqa: F401  (fixtures; one_thread is autouse)
 
 SEED_METHODS = ["tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
 TEACHER, STUDENT = "resnet14", "resnet8"
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ds16():
-    return build_dataset("shapes", image_size=16, n_train=48, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def ds32():
-    return build_dataset("shapes", image_size=32, n_train=32, n_val=8, n_test=8, n_test_ood=8, seed=0)
-
-
 def make_ctx(ds, batch_size=16):
     def loader(split, bs, train, aligned=None):
         return make_loader(ds, split, bs, train=train, seed=0, aligned=aligned)

@@ -17,14 +17,7 @@ from kdbench.methods import TrainContext, get_method
 from kdbench.methods.tdd import (HIERARCHY_FILE, cached_teacher_tree, derive_partition,
                                  resolve_purity_threshold)
 from kdbench.models import create_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.tiny import one_thread  # noqa: F401  (fixture, autouse)
 
 
 # ----------------------------------------------------------------------------- the rule at K = 10

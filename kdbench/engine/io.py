@@ -1,11 +1,13 @@
 """Atomic writes: a file appears whole or not at all."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -63,3 +65,37 @@ def _jsonable(x):
 
 def load_torch(path: os.PathLike, map_location="cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def file_sha(path: os.PathLike, chars: int = 16) -> str:
+    """The first ``chars`` hex digits of a file's SHA-256 (read in 1 MiB chunks): the key
+    of the caches kept beside a model file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:chars]
+
+
+def cached_json(path: os.PathLike, key: dict, compute: Callable[[], dict], *, read_only_ok: bool = False) -> dict:
+    """``{"key": key, **compute()}``, cached in the JSON file ``path``: recomputed when the
+    file is missing, unreadable or holds another key, and written atomically (jobs that
+    race write the same content: ``compute`` must be deterministic). ``read_only_ok``: a
+    folder that cannot be written to gives the result uncached (with a note on stderr)
+    instead of the error. Returns what a reader of the file gets (JSON types)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            blob = json.loads(path.read_text())
+            if blob.get("key") == key:
+                return blob
+        except ValueError:
+            pass
+    blob = {"key": key, **compute()}
+    try:
+        write_json(blob, path)
+    except OSError as err:
+        if not read_only_ok:
+            raise
+        print(f"[kdbench] could not cache {path} ({err}); using it uncached", file=sys.stderr, flush=True)
+    return json.loads(json.dumps(blob))

@@ -31,7 +31,6 @@ Conventions (see ``specs/evaluation.md``):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from kdbench.engine import io as kio
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
 
@@ -117,14 +117,6 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     return out
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
                               tdd_hparams: Optional[dict] = None) -> List[List[List[int]]]:
     """The teacher's per-stage TDD partitions: exactly the tree TDD trains with
@@ -136,36 +128,19 @@ def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
                                device=device, batch_size=BATCH_SIZE)["partitions"]
 
 
-def _cached_json(path: Path, key: dict, compute) -> dict:
-    """``compute()`` (a JSON-able dict), cached in ``path`` under ``key``: recomputed when
-    the file is missing, unreadable or holds another key; written atomically."""
-    from kdbench.engine import io as kio
-
-    if path.is_file():
-        try:
-            blob = json.loads(path.read_text())
-            if blob.get("key") == key:
-                return blob
-        except ValueError:
-            pass
-    blob = {"key": key, **compute()}
-    kio.write_json(blob, path)
-    return blob
-
-
 def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> Dict[str, torch.Tensor]:
     """The teacher's top-1 classes on ``test`` (and ``test_ood``), cached in
     ``teacher_dir/teacher_predictions.json`` (keyed by the teacher file's hash and the
     dataset fingerprint): every student of the teacher needs them for ``agreement``."""
     from kdbench.evaluation.accuracy import split_predictions
 
-    key = {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint}
+    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint}
     splits = [s for s in ("test", "test_ood") if s in dataset.splits]
 
     def compute():
         return {"predictions": {s: split_predictions(teacher, dataset, s, device).tolist() for s in splits}}
 
-    blob = _cached_json(Path(teacher_dir) / PREDICTIONS_FILE, key, compute)
+    blob = kio.cached_json(Path(teacher_dir) / PREDICTIONS_FILE, key, compute)
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
 
 
@@ -173,7 +148,7 @@ def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int
     """What the teacher's evaluation pass depends on: the teacher file, the dataset
     content, the evaluation subset (size and seed), the batch size and the device type
     (float results may differ between them), and the torch version."""
-    return {"teacher_sha": _file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+    return {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
             "split": "test", "n_samples": int(n_samples), "subset_seed": SUBSET_SEED, "batch_size": int(batch_size),
             "device": torch.device(device).type, "torch": str(torch.__version__), "version": 1}
 
@@ -181,8 +156,6 @@ def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int
 def load_teacher_eval(teacher_dir: Path, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The cached teacher pass (``teacher_dir/eval_features.pt``, ``weights_only`` load)
     when it exists and was made under ``key``; else None (missing, unreadable, stale)."""
-    from kdbench.engine import io as kio
-
     path = Path(teacher_dir) / EVAL_FEATURES_FILE
     if not path.is_file():
         return None
@@ -195,8 +168,6 @@ def load_teacher_eval(teacher_dir: Path, key: Dict[str, Any]) -> Optional[Dict[s
 
 def save_teacher_eval(teacher_dir: Path, key: Dict[str, Any], stages, logits, gradcam) -> None:
     """Atomically: parallel evaluate jobs of one teacher at worst write identical files."""
-    from kdbench.engine import io as kio
-
     kio.save_torch({"key": key, "stages": list(stages), "logits": logits, "gradcam": gradcam},
                    Path(teacher_dir) / EVAL_FEATURES_FILE)
 
@@ -223,7 +194,6 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     ``dataset``: the loaded :class:`~kdbench.data.base.Dataset`; ``evaluation``: the
     profile's ``evaluation`` mapping. Writes the record atomically to ``out_path`` and the
     grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true)."""
-    from kdbench.engine import io as kio
     from kdbench.engine.trainer import load_deployed, load_model
     from kdbench.evaluation import accuracy as acc
     from kdbench.evaluation import efficiency, explanations, hierarchy, similarity

@@ -18,7 +18,7 @@ a method may carry ``default_hparams`` used when no params file exists for it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -186,6 +186,14 @@ class Distiller(nn.Module):
         with torch.no_grad():
             ft = self.teacher.forward_features(x)
         return fs, ft
+
+    def student_teacher_logits(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The student's logits on the batch's images and the frozen teacher's (no graph):
+        where a logit-distillation loss starts."""
+        z_s = self.student(batch["image"])
+        with torch.no_grad():
+            z_t = self.teacher(batch["image"])
+        return z_s, z_t
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the deployed model (the plain student unless a method says otherwise)."""

@@ -82,10 +82,8 @@ class CTKD(Distiller):
         return self.temperature_module(self.reversal_strength())
 
     def loss(self, batch):
-        x, y = batch["image"], batch["label"]
-        z_s = self.student(x)
-        with torch.no_grad():
-            z_t = self.teacher(x)
+        y = batch["label"]
+        z_s, z_t = self.student_teacher_logits(batch)
         h = self.hparams
         t = self.temperature()
         return {"ce": h["ce_weight"] * F.cross_entropy(z_s, y),

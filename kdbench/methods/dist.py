@@ -19,10 +19,8 @@ class DIST(Distiller):
     hparam_names = ("ce_weight", "dist_weight", "inter_weight", "intra_weight", "temperature")
 
     def loss(self, batch):
-        x, y = batch["image"], batch["label"]
-        z_s = self.student(x)
-        with torch.no_grad():
-            z_t = self.teacher(x)
+        y = batch["label"]
+        z_s, z_t = self.student_teacher_logits(batch)
         h = self.hparams
         dist = KF.dist_loss(z_s, z_t, beta=h["inter_weight"], gamma=h["intra_weight"], tau=h["temperature"])
         return {"ce": h["ce_weight"] * F.cross_entropy(z_s, y), "dist": h["dist_weight"] * dist}

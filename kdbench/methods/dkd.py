@@ -25,10 +25,8 @@ class DKD(Distiller):
         return 1.0 if warmup <= 0 else min((self.epoch + 1) / warmup, 1.0)
 
     def loss(self, batch):
-        x, y = batch["image"], batch["label"]
-        z_s = self.student(x)
-        with torch.no_grad():
-            z_t = self.teacher(x)
+        y = batch["label"]
+        z_s, z_t = self.student_teacher_logits(batch)
         h = self.hparams
         dkd = KF.dkd_loss(z_s, z_t, y, h["tckd_weight"], h["nckd_weight"], h["temperature"],
                           logit_stand=bool(h["logit_stand"]))

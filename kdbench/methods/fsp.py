@@ -34,7 +34,10 @@ def stem_and_stages(net, x):
 
 @torch.no_grad()
 def map_channels(net, input_size: int = 32):
-    """Channel counts of [stem output, stage outputs] (one eval-mode forward)."""
+    """Channel counts of [stem output, stage outputs] (one eval-mode forward; a model on
+    the meta device is probed through its CPU twin, ``StagedNet.probe_twin``)."""
+    if hasattr(net, "probe_twin"):
+        net = net.probe_twin()
     was = net.training
     net.eval()
     try:

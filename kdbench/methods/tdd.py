@@ -44,7 +44,6 @@ does nothing when the loaded state says it already ran.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -242,14 +241,6 @@ HIERARCHY_FILE = "hierarchy.json"
 DERIVATION_VERSION = 2
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def tree_settings(hparams: Optional[dict], num_classes: int) -> Dict[str, Any]:
     """The hyperparameters the tree depends on, resolved (τ as a number)."""
     from kdbench.config import method_hparams
@@ -284,32 +275,22 @@ def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: O
     teacher_path = Path(teacher_path)
     settings = tree_settings(hparams, dataset.num_classes)
     train = dataset.splits["train"]
-    key = {"teacher_sha": _file_sha(teacher_path), "dataset": dataset.name,
+    key = {"teacher_sha": kio.file_sha(teacher_path), "dataset": dataset.name,
            "dataset_fingerprint": dataset.fingerprint, "split": "train", "n_images": int(len(train)),
            **settings, "version": DERIVATION_VERSION}
-    path = teacher_path.parent / HIERARCHY_FILE
-    if path.is_file():
-        try:
-            blob = json.loads(path.read_text())
-            if blob.get("key") == key:
-                return blob
-        except ValueError:
-            pass
-    trees: List[dict] = []
-    parts, purities = teacher_partitions(
-        teacher, dataset, "train", purity_k=settings["purity_k"], purity_threshold=settings["purity_threshold"],
-        features=settings["teacher_features"], batch_size=batch_size, device=device, return_purity=True,
-        trees=trees)
-    blob = {"key": key, "partitions": [[sorted(int(c) for c in g) for g in p] for p in parts],
-            "purities": [[round(float(q), 6) for q in row] for row in purities],
-            "num_superclasses": [len(p) for p in parts], "trees": trees,
-            "class_names": list(getattr(dataset, "class_names", None) or [])}
-    try:
-        kio.write_json(blob, path)
-    except OSError as err:  # a read-only teacher dir: use the tree uncached
-        print(f"[tdd] could not cache the teacher's tree in {path} ({err}); using it uncached",
-              file=sys.stderr, flush=True)
-    return json.loads(json.dumps(blob))
+    def derive() -> dict:
+        trees: List[dict] = []
+        parts, purities = teacher_partitions(
+            teacher, dataset, "train", purity_k=settings["purity_k"], purity_threshold=settings["purity_threshold"],
+            features=settings["teacher_features"], batch_size=batch_size, device=device, return_purity=True,
+            trees=trees)
+        return {"partitions": [[sorted(int(c) for c in g) for g in p] for p in parts],
+                "purities": [[round(float(q), 6) for q in row] for row in purities],
+                "num_superclasses": [len(p) for p in parts], "trees": trees,
+                "class_names": list(getattr(dataset, "class_names", None) or [])}
+
+    # a read-only teacher dir (an imported teacher's): the tree is used uncached
+    return kio.cached_json(teacher_path.parent / HIERARCHY_FILE, key, derive, read_only_ok=True)
 
 
 def partition_to_map(partition: Partition, num_classes: int) -> torch.Tensor:
