@@ -136,3 +136,24 @@ def test_cifar100_profile_has_every_method():
     excluded = {f"{p['teacher']}->{p['student']}": p.get("exclude_methods", []) for p in full["pairs"]}
     assert excluded["resnet32x4->shufflenetv2"] == ["kdsvd", "fsp", "ab"]
     assert excluded["resnet56->resnet20"] == [] and len(pair_methods(full, "resnet56", "resnet20")) == 31
+
+
+def test_default_long_and_embedded_all_share_the_defaults_runs():
+    """The same config hash for the runs two profiles have in common: default-long's seeds
+    0-2 and embedded-all's resnet32 -> resnet8 runs of the default's methods are the
+    default's runs (a results folder holding the default board does not train them again)."""
+    from kdbench.config import load_profile, project_root
+
+    root = project_root() / "params"
+    default, long, every = (load_profile(root / f"{n}.yaml") for n in ("default", "default-long", "embedded-all"))
+    assert set(default["seeds"]) < set(long["seeds"]) and long["methods"] == default["methods"]
+    for dataset in default["datasets"]:
+        for method in default["methods"]:
+            for seed in default["seeds"]:
+                key = (dataset, "resnet32", "resnet8", method, seed)
+                want = student_config(default, *key).config_hash
+                assert student_config(long, *key).config_hash == want
+                if seed in every["seeds"]:
+                    assert student_config(every, *key).config_hash == want, key
+    assert student_config(every, "shapes", "resnet32", "resnet8", "fitnet", 0).hparams_source.startswith("tuned")
+    assert student_config(every, "shapes", "resnet32", "resnet8", "crd", 0).hparams_source == "paper"

@@ -161,7 +161,8 @@ def test_two_configfiles_refused(bad_repo):
 
 
 # ----------------------------------------------------------------------------- dry runs
-@pytest.mark.parametrize("profile", ["default", "tune-default", "cifar100", "cifar10", "imagenet", "waterbirds"])
+@pytest.mark.parametrize("profile", ["default", "default-long", "embedded-all", "tune-default", "cifar100", "cifar10",
+                                     "imagenet", "waterbirds"])
 def test_profile_dry_run(bad_repo, profile):
     proc = snakemake(bad_repo, "-n", "--configfile", f"params/{profile}.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
