@@ -299,6 +299,27 @@ def test_nan_guard_names_epoch_step_and_term(tiny, tmp_path):
     assert not (tmp_path / "nan/metrics.json").exists()
 
 
+@register_method("_test_svd_of_nan_features")
+class _SvdOfNan(Distiller):
+    needs_teacher = False
+
+    def loss(self, batch):
+        logits = self.student(batch["image"])
+        torch.linalg.svd(logits * float("nan"))  # what kdsvd does once its features diverge
+        return {"ce": torch.nn.functional.cross_entropy(logits, batch["label"])}
+
+
+def test_a_linear_algebra_failure_on_non_finite_features_is_a_divergence(tiny, tmp_path):
+    """An SVD (kdsvd) of non-finite features raises LinAlgError inside the loss, before the
+    NaN guard sees a total: it is reported as the same divergence (a tuning trial then
+    records it and scores it lowest, instead of the job failing)."""
+    _, prof, results, _ = tiny
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)
+    cfg.method = "_test_svd_of_nan_features"
+    with pytest.raises(trainer.NonFiniteLossError, match=r"epoch 1, step 1: loss=non-finite input \(.*svd"):
+        trainer.run(cfg, tmp_path / "svd", results_dir=results)
+
+
 # ----------------------------------------------------------------- plugins through entry points
 PLUGIN = '''
 import torch.nn.functional as F

@@ -351,7 +351,12 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         steps = 0
         for step, batch in enumerate(train_loader):
             with autocast:
-                terms = loss_fn(batch)
+                try:
+                    terms = loss_fn(batch)
+                except torch.linalg.LinAlgError as err:  # e.g. an SVD of features gone to inf/nan
+                    if "non-finite" not in str(err):
+                        raise
+                    raise NonFiniteLossError(epoch + 1, step + 1, {"loss": f"non-finite input ({err})"}) from err
             total = sum(terms.values())
             if not bool(torch.isfinite(total)):
                 raise NonFiniteLossError(epoch + 1, step + 1, {k: float(v) for k, v in terms.items()})
