@@ -313,14 +313,13 @@ def cmd_validate(args) -> int:
     verify_teachers(profile, params=_profile_ref(args))  # external teachers: files, hashes, keys
     from kdbench.tuning import tuned_methods, tuning_of
 
-    from kdbench.config import pair_methods
+    from kdbench.board.records import expected_runs
 
-    n_data = len(profile["datasets"])
-    n = n_data * sum(len(pair_methods(profile, p["teacher"], p["student"])) for p in profile["pairs"]) * len(profile["seeds"])
+    n = len(expected_runs(profile))
     tuning = tuning_of(profile)
     extra = ""
     if tuning:
-        trials = (n_data * sum(len(tuned_methods(profile, p)) for p in profile["pairs"])
+        trials = (len(profile["datasets"]) * sum(len(tuned_methods(profile, p)) for p in profile["pairs"])
                   * tuning["trials"] * len(tuning["seeds"]))
         extra = f"; tuning: {tuning['trials']} trials x {len(tuning['seeds'])} seeds per tuned method, {trials} trial runs"
     elif profile.get("tuned"):

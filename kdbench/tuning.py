@@ -225,6 +225,7 @@ def trial_config(profile: dict, dataset: str, teacher: str, student: str, method
 
 def validate_tuning(profile: dict, source: str = "params") -> None:
     """Checks of the ``tuning:`` / ``tuned:`` keys (called by validate_profile)."""
+    from kdbench.config import pair_methods
     from kdbench.methods import get_method
 
     tuning, tuned = tuning_of(profile), profile.get("tuned")
@@ -240,7 +241,7 @@ def validate_tuning(profile: dict, source: str = "params") -> None:
                 raise TuningError(f"{source}: method {method!r} has hyperparameters but no search space: add a "
                                   f"search: block to params/methods/{method}.yaml (every method gets the same trials)")
             for pair in profile["pairs"]:
-                if method not in tuned_methods(profile, pair):
+                if method not in pair_methods(profile, pair["teacher"], pair["student"]):
                     continue
                 for values in candidates(profile, pair["teacher"], pair["student"], method):
                     cls.check_hparams(method_hparams(method, pair["teacher"], pair["student"],

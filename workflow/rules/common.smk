@@ -57,6 +57,7 @@ SET_ITEMS = [f"{k}={_yaml_value(v)}" for k, v in _flatten(dict(workflow.config_s
 SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
 
 try:
+    from kdbench.board.records import expected_runs
     from kdbench.config import (SCHEMA_PATH, load_profile_with_overrides, load_yaml, pair_methods, run_paths,
                                 teacher_config)
     from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
@@ -237,7 +238,7 @@ def all_selections():
 # --------------------------------------------------------------------------- leaderboard
 def board_runs():
     """(dataset, teacher, student, method, seed) of every student run of the profile."""
-    return [(d, t, s, m, seed) for d in DATASETS for t, s in PAIRS for m in pair_methods(P, t, s) for seed in SEEDS]
+    return [(x["dataset"], x["teacher"], x["student"], x["method"], x["seed"]) for x in expected_runs(P)]
 
 
 BOARD = r("leaderboard")
