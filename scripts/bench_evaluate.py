@@ -72,7 +72,7 @@ def main() -> None:
         for label in ("cold", "warm"):
             t0 = time.perf_counter()
             rec = evaluate_run(sdir, tdir, bdir, dataset=ds, evaluation=profile["evaluation"],
-                               figure_path=Path(tmp) / f"{label}.png")
+                               figure_path=Path(tmp) / f"{label}.png", reuse=False)
             times.append(time.perf_counter() - t0)
     ev = profile["evaluation"]
     print(f"{ds_name} {teacher}->{student} {args.method} s{args.seed}: n_samples={ev['n_samples']} "

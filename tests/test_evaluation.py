@@ -396,7 +396,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     for i in range(2):
         out, fig = tmp / f"kd{i}.json", tmp / f"kd{i}.png"
         recs.append(evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, out_path=out,
-                                 figure_path=fig))
+                                 figure_path=fig, reuse=False))  # computed twice, not reused
         assert json.loads(out.read_text()) == recs[-1]
         pngs.append(fig.read_bytes())
     rec = recs[0]
@@ -452,7 +452,8 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     # a dataset without masks or hierarchy: EPG-type metrics and ARI null, the rest computed
     bare = dataclasses.replace(ds, hierarchy=None, splits={k: dataclasses.replace(v, masks=None)
                                                            for k, v in ds.splits.items()})
-    nm = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=bare, evaluation=ev)
+    # (reuse=False: a dataset object edited in place keeps its fingerprint)
+    nm = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=bare, evaluation=ev, reuse=False)
     for key in ("epg", "unicam_epg_distilled", "unicam_epg_residual", "hierarchy_ari"):
         assert nm[key] is None
     assert nm["rs"] == rec["rs"] and nm["expl_sim"] == rec["expl_sim"]
@@ -593,7 +594,7 @@ def test_teacher_eval_features_cached_once_exactly(trained):
     cache = tdir / erun.EVAL_FEATURES_FILE
     cache.unlink(missing_ok=True)
     strip = lambda r: {k: v for k, v in r.items() if k != "eval_s"}
-    fresh = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+    fresh = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, reuse=False)
     assert cache.is_file()
     blob = kio.load_torch(cache)  # weights_only=True
     key = erun.teacher_eval_key(tdir, ds, ev["n_samples"], erun.BATCH_SIZE, "cpu")
@@ -615,22 +616,82 @@ def test_teacher_eval_features_cached_once_exactly(trained):
 
     erun.collect = spy
     try:
-        cached = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
+        cached = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, reuse=False)
         assert calls[0] == ["base", "student"] and not any("teacher" in c for c in calls)
         assert strip(cached) == strip(fresh)
         # another evaluation subset: a stale cache is recomputed (and rewritten)
         calls.clear()
-        other = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "n_samples": 16})
+        other = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "n_samples": 16},
+                                  reuse=False)
         assert calls[0] == ["base", "student", "teacher"] and other["n_eval"] == 16
         assert kio.load_torch(cache)["key"]["n_samples"] == 16
     finally:
         erun.collect = real
     # a corrupt cache file is recomputed, not an error
     cache.write_bytes(b"not a torch file")
-    assert strip(erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)) == strip(fresh)
+    assert strip(erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev,
+                                   reuse=False)) == strip(fresh)
     assert erun.load_teacher_eval(tdir, key) is not None
     # a retrained teacher (another model.pt) has another key
     assert erun.load_teacher_eval(tdir, {**key, "teacher_sha": "0" * 16}) is None
+
+
+def test_record_reused_only_while_every_input_is_unchanged(trained, monkeypatch):
+    """A student evaluated again with the same inputs gets its kept record (nothing is
+    computed, the record file is written again); another model/metrics file, evaluation
+    setting, tree file, code, a missing figure or a corrupt cache each mean a new evaluation."""
+    from kdbench.evaluation import run as erun
+
+    tmp, prof, results, tdir, dirs = trained
+    ds = _dataset(prof, results)
+    ev = prof["evaluation"]
+    kept = dirs["kd"] / erun.RECORD_CACHE_FILE
+    fig = tmp / "reuse.png"
+    fresh = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev, figure_path=fig,
+                              reuse=False)
+    assert json.loads(kept.read_text())["record"] == fresh
+    calls = []
+    real = erun.collect
+    monkeypatch.setattr(erun, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def evaluate(**changes):
+        calls.clear()
+        kw = {"dataset": ds, "evaluation": ev, "figure_path": fig, "out_path": tmp / "reuse.json", **changes}
+        rec = erun.evaluate_run(dirs["kd"], tdir, dirs["vanilla"], **kw)
+        return rec, bool(calls)
+
+    rec, computed = evaluate()
+    assert not computed and rec == fresh and json.loads((tmp / "reuse.json").read_text()) == fresh
+    fig.unlink()  # the figure is asked for and gone: evaluated again
+    rec, computed = evaluate()
+    assert computed and fig.is_file() and {**rec, "eval_s": 0} == {**fresh, "eval_s": 0}
+    assert not evaluate()[1]
+    assert evaluate(evaluation={**ev, "n_samples": 16})[0]["n_eval"] == 16  # another setting
+    assert evaluate()[1]  # and back: the kept record is the n_samples=16 one, so again
+    metrics = dirs["kd"] / "metrics.json"
+    text = metrics.read_text()
+    metrics.write_text(text + "\n")  # another metrics file (same content): evaluated again
+    try:
+        assert evaluate()[1] and not evaluate()[1]
+    finally:
+        metrics.write_text(text)
+    assert evaluate()[1]
+    tree = tdir / erun.PARTITIONS_FILE
+    blob = json.loads(tree.read_text())
+    tree.write_text(json.dumps({**blob, "partitions": ds.hierarchy}))  # an edited tree file
+    rec, computed = evaluate()
+    assert computed and rec["hierarchy_ari"] == pytest.approx(1.0)
+    tree.write_text(json.dumps(blob))
+    assert evaluate()[0]["hierarchy_ari"] == fresh["hierarchy_ari"]
+    monkeypatch.setattr(erun, "_CODE_SHA", "0" * 16)  # other kdbench code
+    assert evaluate()[1] and not evaluate()[1]
+    kept.write_text("{not json")  # a corrupt kept record: evaluated again, no error
+    rec, computed = evaluate()
+    assert computed and {**rec, "eval_s": 0} == {**fresh, "eval_s": 0}
+    blob = json.loads(kept.read_text())
+    del blob["record"]["fss"]  # a record of another shape (an older kdbench): not reused
+    kept.write_text(json.dumps(blob))
+    assert evaluate()[1]
 
 
 def test_distance_cache_gives_the_uncached_numbers_and_computes_each_matrix_once(monkeypatch):

@@ -411,6 +411,10 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     for seed_dir in interrupted:
         assert "resuming after epoch" in (logs / f"{seed_dir}.log").read_text()
     assert not list(runs_dir.glob("s*/checkpoint.pt"))
+    # the cell's evaluate job evaluated the new method only: every other record was reused
+    for seed in (0, 1):
+        log = (repo / "results" / "logs" / "evals" / "shapes" / "resnet14__resnet8" / f"s{seed}.log").read_text()
+        assert log.count("record reused") == len(SMOKE_METHODS) and "half_kd:" in log
     board = pd.read_csv(repo / "results" / "leaderboard" / "leaderboard.csv")
     assert sorted(board["method"]) == sorted(SMOKE_METHODS + ["half_kd", "teacher"])
     row = board[board["method"] == "half_kd"].iloc[0]

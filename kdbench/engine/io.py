@@ -53,6 +53,12 @@ def write_json(obj: Any, path: os.PathLike) -> Path:
     return write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n", path)
 
 
+def json_types(obj: Any) -> Any:
+    """``obj`` as a reader of its JSON file gets it (tensors and numpy scalars as numbers or
+    lists, tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(obj, default=_jsonable))
+
+
 def _jsonable(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()

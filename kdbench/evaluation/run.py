@@ -52,6 +52,10 @@ PREDICTIONS_FILE = "teacher_predictions.json"
 PARTITIONS_FILE = "hierarchy.json"
 #: the teacher's pass over the evaluation subset (stage outputs, logits, Grad-CAM maps)
 EVAL_FEATURES_FILE = "eval_features.pt"
+#: a student's last evaluation record, kept beside its model with the key it was computed
+#: under: an evaluate job that finds the same key reuses it (a method added to a profile
+#: re-runs its cell's evaluate job; the cell's other students are not evaluated again)
+RECORD_CACHE_FILE = "eval_record.json"
 BATCH_SIZE = 256
 
 RECORD_KEYS = (
@@ -183,9 +187,89 @@ def _mean(values) -> Optional[float]:
     return float(sum(values) / len(values)) if values else None
 
 
+_CODE_SHA: Optional[str] = None
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the installed kdbench package (their
+    relative paths and bytes, sorted): a record computed by other code is never reused."""
+    global _CODE_SHA
+    if _CODE_SHA is None:
+        import hashlib
+
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _CODE_SHA = h.hexdigest()[:16]
+    return _CODE_SHA
+
+
+def _versions(*dists: str) -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for name in dists:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *, method: str, dataset,
+               evaluation: Dict[str, Any], device: torch.device, teacher_seed: Optional[int],
+               tdd_hparams: Optional[dict], batch_size: int) -> Dict[str, Any]:
+    """Everything one evaluation record depends on: the student's model and metrics files,
+    the teacher's and the base's model files and the teacher's tree file (by content:
+    an edited ``hierarchy.json`` is read again), the dataset content, the
+    evaluation settings, the tree settings, the batch size, the device type, the kdbench
+    code (:func:`code_fingerprint`), the source file of the run's method (plugins live
+    outside kdbench) and the torch / torchvision / timm versions."""
+    import inspect
+
+    from kdbench.methods import get_method
+    from kdbench.methods.tdd import tree_settings
+
+    base = Path(base_dir) / "model.pt" if base_dir is not None and method != "vanilla" else None
+    tree_file = Path(teacher_dir) / PARTITIONS_FILE
+    try:
+        method_file = inspect.getsourcefile(get_method(method))
+        method_sha = kio.file_sha(method_file) if method_file else None
+    except (KDBenchError, TypeError, OSError):
+        method_sha = None
+    return {"student": kio.file_sha(student_dir / "model.pt"), "metrics": kio.file_sha(student_dir / "metrics.json"),
+            "teacher": kio.file_sha(teacher_dir / "model.pt"),
+            "base": kio.file_sha(base) if base is not None and base.is_file() else None,
+            "teacher_tree": kio.file_sha(tree_file) if tree_file.is_file() else None,
+            "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
+            "evaluation": json.loads(json.dumps(evaluation, sort_keys=True)), "teacher_seed": teacher_seed,
+            "tree": tree_settings(tdd_hparams, dataset.num_classes), "batch_size": int(batch_size),
+            "device": device.type, "code": code_fingerprint(), "method_source": method_sha,
+            "versions": _versions("torch", "torchvision", "timm")}
+
+
+def reused_record(student_dir: Path, key: Dict[str, Any], figure_path) -> Optional[Dict[str, Any]]:
+    """The record cached beside the student (:data:`RECORD_CACHE_FILE`) when it was
+    computed under ``key`` (and its figure, when one is asked for, is still there); None
+    otherwise (missing, unreadable, another key)."""
+    path = Path(student_dir) / RECORD_CACHE_FILE
+    if figure_path is not None and key["evaluation"].get("figures", True) and not Path(figure_path).is_file():
+        return None
+    try:
+        blob = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(blob, dict) or blob.get("key") != key or not isinstance(blob.get("record"), dict):
+        return None
+    rec = blob["record"]
+    return rec if set(rec) == set(RECORD_KEYS) else None
+
+
 def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation: Optional[dict] = None,
                  out_path=None, figure_path=None, device="cpu", teacher_seed: Optional[int] = None,
-                 tdd_hparams: Optional[dict] = None, batch_size: int = BATCH_SIZE) -> Dict[str, Any]:
+                 tdd_hparams: Optional[dict] = None, batch_size: int = BATCH_SIZE,
+                 reuse: bool = True) -> Dict[str, Any]:
     """Evaluate one student run.
 
     ``student_dir`` / ``teacher_dir``: run dirs with ``model.pt`` (+ the student's
@@ -193,7 +277,12 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     seed (None or missing: no RS / UniCAM; ignored when the run is itself vanilla);
     ``dataset``: the loaded :class:`~kdbench.data.base.Dataset`; ``evaluation``: the
     profile's ``evaluation`` mapping. Writes the record atomically to ``out_path`` and the
-    grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true)."""
+    grid PNG to ``figure_path`` when given (and ``evaluation.figures`` is true).
+
+    The record is also kept beside the student (:data:`RECORD_CACHE_FILE`, with its
+    :func:`record_key`); with ``reuse`` a record computed under the same key is returned
+    (and written to ``out_path``) without evaluating again. Its ``eval_s`` is the time the
+    evaluation took when it ran."""
     from kdbench.engine.trainer import load_deployed, load_model
     from kdbench.evaluation import accuracy as acc
     from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
@@ -216,6 +305,18 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
         raise KDBenchError(f"evaluate: run {student_dir} was trained on dataset content {metrics['dataset_fingerprint']}, "
                            f"the loaded {ds.name!r} is {ds.fingerprint} (different options?)")
+    def current_key() -> Dict[str, Any]:
+        return record_key(student_dir, teacher_dir, base_dir, method=method, dataset=ds, evaluation=ev,
+                          device=device, teacher_seed=teacher_seed, tdd_hparams=tdd_hparams, batch_size=batch_size)
+
+    if reuse:
+        rec = reused_record(student_dir, current_key(), figure_path)
+        if rec is not None:
+            print(f"[evaluate] {student_dir}: inputs unchanged since its last evaluation: record reused",
+                  file=sys.stderr)
+            if out_path is not None:
+                kio.write_json(rec, Path(out_path))
+            return rec
 
     teacher, tmeta = load_model(teacher_dir / "model.pt", device)
     teacher.requires_grad_(False)
@@ -346,6 +447,12 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         write_grid(Path(figure_path), to_display(data["images"][:k], ds.mean, ds.std), cols, title)
 
     rec["eval_s"] = time.time() - t0
+    rec = kio.json_types(rec)
     if out_path is not None:
         kio.write_json(rec, Path(out_path))
+    try:
+        # the key as it is now: the evaluation may have derived the teacher's tree file
+        kio.write_json({"key": current_key(), "record": rec}, student_dir / RECORD_CACHE_FILE)
+    except OSError as err:  # a read-only run dir (an imported run): nothing to reuse next time
+        print(f"[evaluate] could not keep the record beside {student_dir} ({err})", file=sys.stderr)
     return rec

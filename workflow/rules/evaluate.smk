@@ -3,7 +3,9 @@
 # student of the same pair and seed. One job (one process) per dataset x pair x seed: the
 # interpreter, the data, the teacher and the vanilla base are loaded once for all its
 # methods (a job per student spent most of its time starting up). A method added to the
-# profile re-runs its cell's evaluation (seconds), never a training job. Pairs that exclude
+# profile re-runs its cell's evaluate job, never a training job; the job reuses the kept
+# record of every student whose inputs did not change (eval_record.json beside the
+# student: kdbench.evaluation.run.record_key), so only the new method is evaluated. Pairs that exclude
 # methods (exclude_methods) get a rule of their own (common.smk: evaluate_groups).
 for EVAL_RULE, EVAL_METHODS, EVAL_TEACHERS, EVAL_STUDENTS in evaluate_groups():
 
