@@ -42,7 +42,8 @@ def record(dataset, method, seed, top1, *, ood=True, masks=True):
         "rs": 0.1 * (seed + 1) if kd_like else None, "rs_residual": 0.05 if kd_like else None,
         "unicam_epg_distilled": (0.6 if masks else None) if kd_like else None,
         "unicam_epg_residual": (0.3 if masks else None) if kd_like else None,
-        "decision_consistency": 0.8, "hierarchy_ari": 1.0, "flops": 1.2e7, "eval_s": 3.0,
+        "decision_consistency": 0.8, "hierarchy_ari": 1.0, "hierarchy_ari_tree": 0.5, "flops": 1.2e7, "eval_s": 3.0,
+        "fss_estimator": "u_centered",
         "ece": 0.05 + seed / 100, "nll": 1.0 - top1, "hparams": HPARAMS.get(method, {}),
         "hparams_source": "tuned (8 trials, val)" if method == "dkd" else None,
         "teacher_top1": 0.9 if dataset == "shapes" else 0.8, "teacher_top1_ood": 0.7 if ood else None,
@@ -265,6 +266,30 @@ def test_files_written(runs, tmp_path):
     assert "## Scorecard" in paths["claims_md"].read_text()
     runs_back = pd.read_csv(paths["runs"])
     assert json.loads(runs_back["fss_stages"].iloc[0]) == [0.6, 0.7, 0.8]
+
+
+def test_notes_say_which_fss_estimator_the_runs_used(runs, board, tmp_path):
+    from kdbench.board.render import text as T
+    from kdbench.evaluation.similarity import FSS_ESTIMATORS
+
+    assert set(T.FSS_ESTIMATOR_TEXT) == set(FSS_ESTIMATORS)  # every estimator explained
+    assert row(board, "shapes", "kd")["fss_estimator"] == "u_centered"
+    assert row(board, "shapes", "teacher")["fss_estimator"] == ""
+    assert row(board, "shapes", "kd")["hierarchy_ari_tree_mean"] == pytest.approx(0.5)
+    paths = lb.write_board(runs, tmp_path / "u", figures=False, published_dir=tmp_path / "none")
+    for key in ("md", "tex", "html"):
+        text = paths[key].read_text().replace("\\_", "_")  # LaTeX escapes the underscore
+        assert "FSS / RS estimator: u_centered (kdbench" in text and "v_normalized" not in text, key
+    # runs with the UniCAM reference's estimator: the notes name it (and only it)
+    other = lb.runs_frame([dict(r, fss_estimator="v_normalized") for r in records()])
+    paths = lb.write_board(other, tmp_path / "v", figures=False, published_dir=tmp_path / "none")
+    md = paths["md"].read_text()
+    assert "FSS / RS estimator: v_normalized (the current UniCAM reference" in md and "u_centered (" not in md
+    assert pd.read_csv(paths["board"])["fss_estimator"].dropna().unique().tolist() == ["v_normalized"]
+    # seeds that disagree: the row says so and the notes point to runs.csv
+    recs = [record("shapes", "kd", 0, 0.7), dict(record("shapes", "kd", 1, 0.71), fss_estimator="v_normalized")]
+    mixed = lb.aggregate(lb.runs_frame(recs))
+    assert row(mixed, "shapes", "kd")["fss_estimator"] == "varies" and "runs.csv" in T.notes(mixed)
 
 
 def test_markdown_escapes_the_description(runs, tmp_path):

@@ -47,7 +47,7 @@ def board_columns() -> List[str]:
     deltas = [c for b in BASELINES for c in delta_columns(b)]
     return (KEYS + ["n_seeds", "rank", "top1_mean", "top1_std"] + deltas
             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std") if m != "top1"] + CONSTANTS
-            + ["hparams", "hparams_source"] + PUBLISHED)
+            + ["hparams", "hparams_source", "fss_estimator"] + PUBLISHED)
 
 
 def _ordered(values, order: Optional[Sequence]) -> list:
@@ -79,6 +79,7 @@ def _student_row(key, g) -> Dict[str, Any]:
     row["hparams"] = _one(g["hparams"].tolist()) if "hparams" in g else ""
     src = _one(g["hparams_source"].tolist()) if "hparams_source" in g else ""
     row["hparams_source"] = src or DEFAULT_SOURCE
+    row["fss_estimator"] = _one(g["fss_estimator"].tolist()) if "fss_estimator" in g else ""
     return row
 
 
@@ -123,7 +124,7 @@ def _teacher_row(cell, g) -> Dict[str, Any]:
     for c in CONSTANTS:
         vals = tv[c].dropna() if c in tv else []
         row[c] = vals.iloc[0] if len(vals) else math.nan
-    row["hparams"], row["hparams_source"] = "", ""
+    row["hparams"], row["hparams_source"], row["fss_estimator"] = "", "", ""
     return row
 
 

@@ -24,7 +24,7 @@ CELL = ["dataset", "teacher", "student"]
 METRICS = [
     "top1", "top1_sel", "top1_ood", "agreement", "agreement_ood", "expl_sim", "epg",
     "fss", "rs", "rs_residual", "unicam_epg_distilled", "unicam_epg_residual",
-    "decision_consistency", "hierarchy_ari", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
+    "decision_consistency", "hierarchy_ari", "hierarchy_ari_tree", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
 ]
 #: the teacher's numbers carried on every run (from the teacher's metrics.json): the
 #: teacher row of a cell is built from these, column <name> of the teacher row = teacher_<name>
@@ -32,8 +32,8 @@ TEACHER_METRICS = ["top1", "top1_sel", "top1_ood", "ece", "nll", "train_s", "par
 #: constant per row (the student's size), taken from the first seed
 CONSTANTS = ["params", "flops", "epochs"]
 #: per-run columns of runs.csv besides KEYS and METRICS
-RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", "fss_stages", "hparams",
-             "hparams_source", "config_hash", "dataset_fingerprint"]
+RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", "fss_stages", "fss_estimator",
+             "hparams", "hparams_source", "config_hash", "dataset_fingerprint"]
 #: what the board says when a run record has no hparams_source (runs before the tuning stage)
 DEFAULT_SOURCE = "paper"
 #: read from the student run's metrics.json (the evaluation record wins where it has a value)

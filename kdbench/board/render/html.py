@@ -178,7 +178,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     if note:
         parts.append(f'<p class="note">{e(note)}</p>')
-    parts.append(f'<p class="note">{len(board)} rows from {len(runs)} runs. {e(T.NOTES)} Click a column header '
+    parts.append(f'<p class="note">{len(board)} rows from {len(runs)} runs. {e(T.notes(board))} Click a column header '
                  "to sort.</p>")
     datasets = list(dict.fromkeys(board["dataset"]))
     has_repro = reproduction is not None and len(reproduction) > 0

@@ -22,7 +22,7 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
     lines = [f"# {esc(title)}", ""]
     if note:
         lines += [esc(note), ""]
-    lines += [T.NOTES + " Best student top-1 per table in bold.", ""]
+    lines += [esc(T.notes(board)) + " Best student top-1 per table in bold.", ""]
     columns = T.columns_for(board)
     aligns = ["left" if k in ("text", "hparams") else "right" for _, _, k in columns]
     current = None

@@ -52,6 +52,37 @@ NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanil
          "validation split). – = does not apply.")
 
 
+#: what each FSS / RS estimator (evaluation.fss_estimator) computes, for the board's notes
+#: (kdbench.evaluation.similarity.FSS_ESTIMATORS; README "FSS / RS estimator")
+FSS_ESTIMATOR_TEXT = {
+    "u_centered": "u_centered (kdbench's default: the unbiased U-centred distance correlation of the raw "
+                  "stage features over the evaluation subset)",
+    "v_normalized": "v_normalized (the current UniCAM reference's: the biased V-statistic on L2-normalised "
+                    "rows; near 1 even for independent features)",
+    "u_centered_batch5": "u_centered_batch5 (the UniCAM paper-era code's: U-centred, averaged over batches of "
+                         "5 images)",
+}
+
+
+def fss_note(board) -> str:
+    """Which FSS / RS estimator the board's runs used (every distinct one, each explained)."""
+    if "fss_estimator" not in board.columns:
+        return ""
+    used = [v for v in dict.fromkeys(board["fss_estimator"].tolist()) if isinstance(v, str) and v]
+    if "varies" in used:  # one row's seeds disagree: runs.csv has the estimator per run
+        used = [u for u in used if u != "varies"] + ["varies (per run in runs.csv)"]
+    if not used:
+        return ""
+    text = "; ".join(FSS_ESTIMATOR_TEXT.get(u, u) for u in used)
+    return f"FSS / RS estimator: {text}."
+
+
+def notes(board) -> str:
+    """The board's notes: :data:`NOTES` and, where the runs say, the FSS / RS estimator."""
+    extra = fss_note(board)
+    return f"{NOTES} {extra}" if extra else NOTES
+
+
 def fmt(x, digits: int = 3) -> str:
     return DASH if isnan(x) else f"{x:.{digits}f}"
 
