@@ -375,7 +375,7 @@ def cmd_evaluate(args) -> int:
         fig_dir = args.figures or results / "figures" / stem
         rec = evaluate_run(sdir, tdir, bdir, dataset=ds, evaluation=profile["evaluation"], out_path=out,
                            figure_path=Path(fig_dir) / f"s{args.seed}_unicam.png", device=device,
-                           teacher_seed=t_seed, tdd_hparams=tdd_hp)
+                           teacher_seed=t_seed, tdd_hparams=tdd_hp, reuse=not args.no_reuse)
         shown = " ".join(f"{k}={rec[k]:.4f}" for k in ("top1", "agreement", "expl_sim", "fss", "rs",
                                                        "decision_consistency") if isinstance(rec.get(k), float))
         print(f"{method}: {shown} ({rec['eval_s']:.1f}s) -> {out}", file=sys.stderr)
@@ -548,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output JSON file (default: results/evals/D/T__S/M/sN.json)")
     p.add_argument("--figures", type=Path, metavar="DIR",
                    help="directory for the sN_unicam.png grid (default: results/figures/D/T__S/M/)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="evaluate every run again, even one whose kept record (eval_record.json beside the "
+                        "student) was computed from exactly the same inputs")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("leaderboard", help="aggregate the evaluated runs into results/leaderboard/",

@@ -473,6 +473,13 @@ def test_cli_evaluate_writes_standard_paths(trained):
     fig = results / "figures/shapes/resnet8__resnet8/kd/s0_unicam.png"
     rec = json.loads(out.read_text())
     assert fig.is_file() and rec["method"] == "kd" and rec["rs"] is not None
+    # the same command again reuses the kept record; --no-reuse evaluates again
+    args = ["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8", "--student",
+            "resnet8", "--method", "kd", "--seed", "0", "--set", "evaluation.figure_images=2"]
+    assert main(args) == 0 and json.loads(out.read_text()) == rec
+    assert main(args + ["--no-reuse"]) == 0
+    again = json.loads(out.read_text())
+    assert again["eval_s"] != rec["eval_s"] and {**again, "eval_s": 0} == {**rec, "eval_s": 0}
     # the vanilla run finds its teacher through the profile's teacher_seed
     assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
                  "--student", "resnet8", "--method", "vanilla", "--seed", "0", "--out", str(tmp / "van.json"),

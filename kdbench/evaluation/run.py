@@ -223,7 +223,8 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     """Everything one evaluation record depends on: the student's model and metrics files,
     the teacher's and the base's model files and the teacher's tree file (by content:
     an edited ``hierarchy.json`` is read again), the dataset content, the
-    evaluation settings, the tree settings, the batch size, the device type, the kdbench
+    evaluation settings, the tree settings, the batch size, the device type and torch's
+    thread count, the kdbench
     code (:func:`code_fingerprint`), the source file of the run's method (plugins live
     outside kdbench) and the torch / torchvision / timm versions."""
     import inspect
@@ -245,7 +246,8 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
             "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
             "evaluation": json.loads(json.dumps(evaluation, sort_keys=True)), "teacher_seed": teacher_seed,
             "tree": tree_settings(tdd_hparams, dataset.num_classes), "batch_size": int(batch_size),
-            "device": device.type, "code": code_fingerprint(), "method_source": method_sha,
+            "device": device.type, "threads": torch.get_num_threads(), "code": code_fingerprint(),
+            "method_source": method_sha,
             "versions": _versions("torch", "torchvision", "timm")}
 
 
