@@ -162,13 +162,11 @@ def test_default_long_and_embedded_all_share_the_defaults_runs():
     assert student_config(every, "shapes", "resnet32", "resnet8", "crd", 0).hparams_source.startswith("tuned")
     # every method but vanilla is tuned in embedded-all, and the methods tune-default also tunes
     # carry the default's selections (the same trial jobs)
-    import yaml
-
     from kdbench.config import load_yaml
 
     shared = {m for m in load_yaml(root / "tune-default.yaml")["methods"] if m != "vanilla"}
     entries = lambda name: {(e["dataset"], e["teacher"], e["student"], e["method"]): e
-                            for e in yaml.safe_load((root / "tuned" / name).read_text())["entries"]}
+                            for e in load_yaml(root / "tuned" / name)["entries"]}
     mine, default_sel = entries("embedded-all.yaml"), entries("default.yaml")
     assert {k[3] for k in mine} == set(every["methods"]) - {"vanilla"}
     for k, e in mine.items():

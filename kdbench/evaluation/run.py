@@ -240,15 +240,13 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     except (KDBenchError, TypeError, OSError):
         method_sha = None
     return {"student": kio.file_sha(student_dir / "model.pt"), "metrics": kio.file_sha(student_dir / "metrics.json"),
-            "teacher": kio.file_sha(teacher_dir / "model.pt"),
+            # the teacher file, dataset content, subset, batch size, device type, torch version
+            "teacher_pass": teacher_eval_key(teacher_dir, dataset, int(evaluation["n_samples"]), batch_size, device),
             "base": kio.file_sha(base) if base is not None and base.is_file() else None,
             "teacher_tree": kio.file_sha(tree_file) if tree_file.is_file() else None,
-            "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
-            "evaluation": json.loads(json.dumps(evaluation, sort_keys=True)), "teacher_seed": teacher_seed,
-            "tree": tree_settings(tdd_hparams, dataset.num_classes), "batch_size": int(batch_size),
-            "device": device.type, "threads": torch.get_num_threads(), "code": code_fingerprint(),
-            "method_source": method_sha,
-            "versions": _versions("torch", "torchvision", "timm")}
+            "dataset": dataset.name, "evaluation": kio.json_types(evaluation), "teacher_seed": teacher_seed,
+            "tree": tree_settings(tdd_hparams, dataset.num_classes), "threads": torch.get_num_threads(),
+            "code": code_fingerprint(), "method_source": method_sha, "versions": _versions("torchvision", "timm")}
 
 
 def reused_record(student_dir: Path, key: Dict[str, Any], figure_path) -> Optional[Dict[str, Any]]:
@@ -307,6 +305,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
         raise KDBenchError(f"evaluate: run {student_dir} was trained on dataset content {metrics['dataset_fingerprint']}, "
                            f"the loaded {ds.name!r} is {ds.fingerprint} (different options?)")
+
     def current_key() -> Dict[str, Any]:
         return record_key(student_dir, teacher_dir, base_dir, method=method, dataset=ds, evaluation=ev,
                           device=device, teacher_seed=teacher_seed, tdd_hparams=tdd_hparams, batch_size=batch_size)
