@@ -7,7 +7,7 @@ from kdbench.data.base import DATASETS, Dataset, FileSplit, Split, fingerprint_t
 from kdbench.errors import UnknownChoiceError
 
 # importing the modules registers the datasets
-from kdbench.data import shapes, digits, cifar, folder  # noqa: E402,F401
+from kdbench.data import shapes, digits, cifar, folder, fashion_mnist  # noqa: E402,F401
 
 
 def build_dataset(name: str, **options) -> Dataset:
