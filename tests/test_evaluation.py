@@ -263,11 +263,11 @@ def test_decision_consistency_one_on_separable_features_and_ari():
     dc1, per1 = hierarchy.decision_consistency(tr, ytr, te, yte, [[list(range(8))], truth[1], truth[2]], 8)
     assert per1[0] is None and dc1 == pytest.approx(1.0)
 
-    assert hierarchy.hierarchy_ari(truth, truth, 8) == pytest.approx(1.0)
+    assert hierarchy.walk_partition_ari(truth, truth, 8) == pytest.approx(1.0)
     relabelled = [[[4, 5, 6, 7], [0, 1, 2, 3]], [[k] for k in range(8)]]
-    assert hierarchy.hierarchy_ari(relabelled, truth, 8) == pytest.approx(1.0)
-    assert hierarchy.hierarchy_ari([[[k] for k in range(8)]] * 2, truth, 8) == pytest.approx(0.0)
-    assert hierarchy.hierarchy_ari(truth, None, 8) is None
+    assert hierarchy.walk_partition_ari(relabelled, truth, 8) == pytest.approx(1.0)
+    assert hierarchy.walk_partition_ari([[[k] for k in range(8)]] * 2, truth, 8) == pytest.approx(0.0)
+    assert hierarchy.walk_partition_ari(truth, None, 8) is None
 
 
 def test_flops_of_a_linear_layer():
@@ -420,7 +420,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     with pytest.raises(KDBenchError, match="fss_estimator"):
         evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation={**ev, "fss_estimator": "nope"})
     for key in ("agreement", "agreement_ood", "expl_sim", "epg", "fss", "rs", "rs_residual",
-                "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "hierarchy_ari"):
+                "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "walk_partition_ari"):
         assert isinstance(rec[key], float) and math.isfinite(rec[key]), key
     assert 0 <= rec["agreement"] <= 1 and 0 <= rec["epg"] <= 1 and rec["flops"] > 0
 
@@ -443,10 +443,10 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     blob = json.loads((tdir / PARTITIONS_FILE).read_text())
     (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "partitions": ds.hierarchy}))  # one per stage
     planted = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)
-    assert planted["hierarchy_ari"] == pytest.approx(1.0)
+    assert planted["walk_partition_ari"] == pytest.approx(1.0)
     (tdir / PARTITIONS_FILE).write_text(json.dumps({**blob, "key": {"stale": True}}))  # another key: recomputed
-    assert evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)["hierarchy_ari"] == \
-        rec["hierarchy_ari"]
+    assert evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=ds, evaluation=ev)["walk_partition_ari"] == \
+        rec["walk_partition_ari"]
     assert json.loads((tdir / PARTITIONS_FILE).read_text()) == blob
 
     # a dataset without masks or hierarchy: EPG-type metrics and ARI null, the rest computed
@@ -454,7 +454,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
                                                            for k, v in ds.splits.items()})
     # (reuse=False: a dataset object edited in place keeps its fingerprint)
     nm = evaluate_run(dirs["kd"], tdir, dirs["vanilla"], dataset=bare, evaluation=ev, reuse=False)
-    for key in ("epg", "unicam_epg_distilled", "unicam_epg_residual", "hierarchy_ari"):
+    for key in ("epg", "unicam_epg_distilled", "unicam_epg_residual", "walk_partition_ari"):
         assert nm[key] is None
     assert nm["rs"] == rec["rs"] and nm["expl_sim"] == rec["expl_sim"]
 
@@ -578,7 +578,7 @@ def test_evaluation_hot_path_imports_no_sklearn_scipy_or_dynamo():
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "x = np.random.default_rng(0).normal(size=(64, 4)); y = (x[:, 0] > 0).astype(int)\n"
         "assert hierarchy.probe_accuracy(x, y, x, y) > 0.9\n"
-        "assert hierarchy.hierarchy_ari([[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]], 4) == 1.0\n"
+        "assert hierarchy.walk_partition_ari([[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]], 4) == 1.0\n"
         "assert efficiency.flops_per_image(torch.nn.Linear(10, 4), torch.randn(1, 10)) == 80\n"
         "bad = [m for m in ('sklearn', 'scipy', 'torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -687,9 +687,9 @@ def test_record_reused_only_while_every_input_is_unchanged(trained, monkeypatch)
     blob = json.loads(tree.read_text())
     tree.write_text(json.dumps({**blob, "partitions": ds.hierarchy}))  # an edited tree file
     rec, computed = evaluate()
-    assert computed and rec["hierarchy_ari"] == pytest.approx(1.0)
+    assert computed and rec["walk_partition_ari"] == pytest.approx(1.0)
     tree.write_text(json.dumps(blob))
-    assert evaluate()[0]["hierarchy_ari"] == fresh["hierarchy_ari"]
+    assert evaluate()[0]["walk_partition_ari"] == fresh["walk_partition_ari"]
     monkeypatch.setattr(erun, "_CODE_SHA", "0" * 16)  # other kdbench code
     assert evaluate()[1] and not evaluate()[1]
     kept.write_text("{not json")  # a corrupt kept record: evaluated again, no error

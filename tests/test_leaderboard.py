@@ -42,7 +42,7 @@ def record(dataset, method, seed, top1, *, ood=True, masks=True):
         "rs": 0.1 * (seed + 1) if kd_like else None, "rs_residual": 0.05 if kd_like else None,
         "unicam_epg_distilled": (0.6 if masks else None) if kd_like else None,
         "unicam_epg_residual": (0.3 if masks else None) if kd_like else None,
-        "decision_consistency": 0.8, "hierarchy_ari": 1.0, "hierarchy_ari_tree": 0.5, "flops": 1.2e7, "eval_s": 3.0,
+        "decision_consistency": 0.8, "walk_partition_ari": 1.0, "hierarchy_ari_tree": 0.5, "flops": 1.2e7, "eval_s": 3.0,
         "fss_estimator": "u_centered",
         "ece": 0.05 + seed / 100, "nll": 1.0 - top1, "hparams": HPARAMS.get(method, {}),
         "hparams_source": "tuned (8 trials, val)" if method == "dkd" else None,

@@ -208,7 +208,7 @@ def test_tree_from_full_train_split_cached_and_shared_with_evaluation(ds, tmp_pa
 
 
 def test_tree_ari_reads_the_ward_tree_cut_at_the_true_coarse_level():
-    from kdbench.evaluation.hierarchy import hierarchy_ari, tree_ari
+    from kdbench.evaluation.hierarchy import walk_partition_ari, tree_ari
 
     truth = [[[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4, 5], [6, 7]], [[k] for k in range(8)]]
     # class means on the true tree: coarse far apart, families nearer, classes nearest
@@ -221,7 +221,7 @@ def test_tree_ari_reads_the_ward_tree_cut_at_the_true_coarse_level():
     assert tree_ari(tree["linkage"], truth, 8) == 1.0
     # every node is pure (its 20 nearest images are its own), so the reference's walk splits
     # down to the leaves: the tree holds the hierarchy, the partition does not
-    assert sorted(part) == [[k] for k in range(8)] and hierarchy_ari([part], truth, 8) == 0.0
+    assert sorted(part) == [[k] for k in range(8)] and walk_partition_ari([part], truth, 8) == 0.0
     # a tree whose top split mixes the coarse groups scores lower
     mixed = np.array([[((k % 2) * 100) + (k // 2) * 10, 0.0] for k in range(8)])
     tree2 = {}
@@ -229,3 +229,62 @@ def test_tree_ari_reads_the_ward_tree_cut_at_the_true_coarse_level():
                      labels, 8, tree=tree2)
     assert tree_ari(tree2["linkage"], truth, 8) < 0.0
     assert tree_ari(tree["linkage"], None, 8) is None
+
+
+def _linkage(merges, num_leaves):
+    """A scipy-form linkage matrix from a list of (left id, right id) merges (heights 1, 2, ...)."""
+    sizes = {k: 1 for k in range(num_leaves)}
+    rows = []
+    for step, (a, b) in enumerate(merges):
+        sizes[num_leaves + step] = sizes[a] + sizes[b]
+        rows.append([a, b, step + 1.0, sizes[num_leaves + step]])
+    return np.array(rows)
+
+
+def test_dendrogram_purity_on_hand_built_trees():
+    from scipy.cluster.hierarchy import linkage
+
+    from kdbench.evaluation.hierarchy import dendrogram_purity, purity_baseline
+
+    groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # every group a branch: ((0,1),(2,3)) and ((4,5),(6,7)) under the root -> 1.0
+    branches = _linkage([(0, 1), (2, 3), (8, 9), (4, 5), (6, 7), (11, 12), (10, 13)], 8)
+    assert dendrogram_purity(branches, groups, 8) == 1.0
+    # the same tree as scipy builds it from class means on the true tree
+    means = np.array([[c * 100 + f * 10 + k] for c in range(2) for f in range(2) for k in range(2)], float)
+    assert dendrogram_purity(linkage(means, "ward"), groups, 8) == 1.0
+    # a mixed tree on 4 leaves, groups {0,1}, {2,3}: ((0,2),1),3. Pair (0,1): LCA {0,2,1}, 2 of
+    # 3 leaves in its group; pair (2,3): LCA the root, 2 of 4 -> (2/3 + 1/2) / 2 = 7/12
+    mixed = _linkage([(0, 2), (4, 1), (5, 3)], 4)
+    assert dendrogram_purity(mixed, [[0, 1], [2, 3]], 4) == pytest.approx(7 / 12)
+    # singleton groups have no pairs; only pairs of the same group count
+    assert dendrogram_purity(mixed, [[0, 1], [2], [3]], 4) == pytest.approx(2 / 3)
+    assert dendrogram_purity(mixed, [[0], [1], [2], [3]], 4) is None
+    assert dendrogram_purity(None, groups, 8) is None
+    # the permutation baseline: a perfect tree is above its 95th percentile, with a small
+    # p-value; the chance mean is what random labels give (every permutation of an
+    # all-in-one group gives 1.0: the baseline equals the observed value there)
+    base = purity_baseline(branches, groups, 8, n_permutations=500, seed=0)
+    assert base["p95"] < 1.0 and base["mean"] < 0.8 and base["p_value"] < 0.05
+    assert base == purity_baseline(branches, groups, 8, n_permutations=500, seed=0)  # fixed seed
+    flat = purity_baseline(mixed, [[0, 1, 2, 3]], 4, n_permutations=50)
+    assert flat["mean"] == flat["p95"] == 1.0 and flat["p_value"] == 1.0
+
+
+def test_teacher_tree_table_reads_the_stage_lists_of_runs_csv():
+    import json
+
+    import pandas as pd
+
+    from kdbench.board.trees import display, teacher_tree_table
+
+    run = {"dataset": "d", "teacher": "t", "teacher_seed": 0, "method": "kd", "seed": 0,
+           "tree_purity_stages": json.dumps([0.5, 0.9]), "tree_purity_chance_stages": json.dumps([0.45, 0.45]),
+           "tree_purity_p95_stages": json.dumps([0.6, 0.6]), "probe_coarse_stages": json.dumps([0.8, 0.95]),
+           "probe_fine_stages": json.dumps([0.5, 0.9])}
+    runs = pd.DataFrame([run, {**run, "seed": 1, "method": "vanilla"}])
+    table = teacher_tree_table(runs)
+    assert len(table) == 2 and table["above_chance_p95"].tolist() == [False, True]
+    assert table["probe_coarse"].tolist() == [0.8, 0.95]
+    assert display(table)["coarse probe %"].tolist() == ["80.0", "95.0"]
+    assert teacher_tree_table(runs.drop(columns=["tree_purity_stages"])).empty

@@ -11,6 +11,8 @@ For every board row with a published value the board adds ``published_top1``,
 ``delta_vs_published`` = our top1_mean − published, with ``_ci_lo`` / ``_ci_hi`` the
 95 % t-interval of our mean shifted by the published value, and ``reproduces``: the
 published value lies inside that interval (empty with fewer than two seeds).
+An entry with ``like_for_like: false`` (the same architecture family under another recipe)
+is shown with its Δ but no verdict (``published_kind``: "reference (other recipe)").
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ from typing import Optional, Sequence
 from kdbench.board import stats
 
 DEFAULT_DIR = Path("params") / "published"
-COLUMNS = ["published_top1", "published_source", "published_selection", "published_runs", "delta_vs_published",
-           "delta_vs_published_ci_lo", "delta_vs_published_ci_hi", "reproduces"]
+COLUMNS = ["published_top1", "published_source", "published_selection", "published_runs", "published_kind",
+           "delta_vs_published", "delta_vs_published_ci_lo", "delta_vs_published_ci_hi", "reproduces"]
+#: an entry with ``like_for_like: false`` is a reference for the architecture family under
+#: another recipe (resolution, data, schedule): shown beside ours, never a reproduction verdict
+REFERENCE_ONLY = "reference (other recipe)"
 REQUIRED = ("dataset", "teacher", "method", "top1", "source")
 
 
@@ -76,7 +81,7 @@ def attach(board, runs, entries) -> None:
 
     for c in COLUMNS:
         board[c] = pd.Series([math.nan] * len(board), index=board.index, dtype=object if c in (
-            "published_source", "published_selection", "published_runs", "reproduces") else "float64")
+            "published_source", "published_selection", "published_runs", "published_kind", "reproduces") else "float64")
     if not entries:
         return
     for i, row in board.iterrows():
@@ -91,7 +96,9 @@ def attach(board, runs, entries) -> None:
         board.at[i, "published_selection"] = None if e.get("selection") is None else str(e["selection"])
         board.at[i, "published_runs"] = None if e.get("runs") is None else str(e["runs"])   # a count or "unknown"
         board.at[i, "delta_vs_published"] = mean - pub
-        if not math.isnan(lo):
+        like_for_like = e.get("like_for_like", True) is not False
+        board.at[i, "published_kind"] = "like for like" if like_for_like else REFERENCE_ONLY
+        if like_for_like and not math.isnan(lo):
             board.at[i, "delta_vs_published_ci_lo"] = lo - pub
             board.at[i, "delta_vs_published_ci_hi"] = hi - pub
             board.at[i, "reproduces"] = bool(lo <= pub <= hi)
@@ -123,7 +130,9 @@ def scorecard(board):
     out = []
     for _, r in sub.iterrows():
         lo, hi = r["delta_vs_published_ci_lo"], r["delta_vs_published_ci_hi"]
-        if stats.isnan(lo) or stats.isnan(hi):
+        if r.get("published_kind") == REFERENCE_ONLY:
+            outcome = REFERENCE_ONLY
+        elif stats.isnan(lo) or stats.isnan(hi):
             outcome = "no CI"
         elif lo <= 0 <= hi:
             outcome = "reproduces"

@@ -24,7 +24,7 @@ CELL = ["dataset", "teacher", "student"]
 METRICS = [
     "top1", "top1_sel", "top1_ood", "agreement", "agreement_ood", "expl_sim", "epg",
     "fss", "rs", "rs_residual", "unicam_epg_distilled", "unicam_epg_residual",
-    "decision_consistency", "hierarchy_ari", "hierarchy_ari_tree", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
+    "decision_consistency", "walk_partition_ari", "hierarchy_ari_tree", "tree_purity", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
 ]
 #: the teacher's numbers carried on every run (from the teacher's metrics.json): the
 #: teacher row of a cell is built from these, column <name> of the teacher row = teacher_<name>
@@ -32,7 +32,10 @@ TEACHER_METRICS = ["top1", "top1_sel", "top1_ood", "ece", "nll", "train_s", "par
 #: constant per row (the student's size), taken from the first seed
 CONSTANTS = ["params", "flops", "epochs"]
 #: per-run columns of runs.csv besides KEYS and METRICS
-RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", "fss_stages", "fss_estimator",
+#: per-stage lists, kept in runs.csv as JSON arrays (the teacher-tree table is built from them)
+STAGE_LISTS = ["fss_stages", "tree_purity_stages", "tree_purity_chance_stages", "tree_purity_p95_stages",
+               "probe_coarse_stages", "probe_fine_stages"]
+RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", *STAGE_LISTS, "fss_estimator",
              "hparams", "hparams_source", "config_hash", "dataset_fingerprint"]
 #: what the board says when a run record has no hparams_source (runs before the tuning stage)
 DEFAULT_SOURCE = "paper"
@@ -132,8 +135,9 @@ def runs_frame(records: Iterable[dict]):
 
     records = [dict(r) for r in records]
     for r in records:
-        if isinstance(r.get("fss_stages"), (list, tuple)):
-            r["fss_stages"] = json.dumps([num(v) for v in r["fss_stages"]])
+        for key in STAGE_LISTS:
+            if isinstance(r.get(key), (list, tuple)):
+                r[key] = json.dumps([num(v) for v in r[key]])
         r["hparams"] = hparams_text(r.get("hparams"))
         if not r.get("hparams_source"):
             r["hparams_source"] = DEFAULT_SOURCE

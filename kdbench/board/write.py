@@ -12,7 +12,7 @@ from kdbench.board.stats import isnan
 BOARD_FILES = {
     "runs": "runs.csv", "board": "leaderboard.csv", "md": "leaderboard.md", "tex": "leaderboard.tex",
     "html": "leaderboard.html", "metrics": "metrics.json", "claims": "claims.csv", "claims_md": "claims.md",
-    "fig_accuracy": "accuracy.png", "fig_agreement": "accuracy_vs_agreement.png", "fig_ood": "ood_vs_id.png",
+    "trees": "teacher_trees.csv", "fig_accuracy": "accuracy.png", "fig_agreement": "accuracy_vs_agreement.png", "fig_ood": "ood_vs_id.png",
 }
 #: the numbers metrics.json (DVC) carries per row
 DVC_METRICS = ["n_seeds", "top1_mean", "top1_std", "top1_sel_mean", "top1_ood_mean", "agreement_mean",
@@ -57,6 +57,18 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
+def data_note(runs) -> str:
+    """Where each dataset's images come from (its release and checksum, as the runs'
+    evaluation records name it): "Data: name: source; ..." ('' when no run says)."""
+    if "dataset_source" not in runs.columns:
+        return ""
+    sources = {}
+    for d, src in zip(runs["dataset"], runs["dataset_source"]):
+        if isinstance(src, str) and src:
+            sources.setdefault(str(d), src)
+    return ("Data: " + "; ".join(f"{d}: {src}" for d, src in sources.items()) + ".") if sources else ""
+
+
 def csv_text(frame) -> str:
     return frame.to_csv(index=False, float_format="%.6g", na_rep="")
 
@@ -72,6 +84,7 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     from kdbench.board.render.html import render_html
     from kdbench.board.render.latex import render_latex
     from kdbench.board.render.markdown import render_claims_markdown, render_markdown
+    from kdbench.board.trees import teacher_tree_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,16 +94,18 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     entries = published.load(datasets, published_dir)
     board = aggregate(runs, datasets=datasets or None, pairs=profile.get("pairs"), published=entries)
     reproduction = published.scorecard(board)
-    note = profile.get("description", "")
+    note = " ".join(t for t in (profile.get("description", ""), data_note(runs)) if t)
+    trees = teacher_tree_table(runs)
     claims = claims_table(runs)
     card = scorecard(claims)
 
     write_text(paths["runs"], csv_text(runs))
     write_text(paths["board"], csv_text(board))
     write_text(paths["claims"], csv_text(claims))
+    write_text(paths["trees"], csv_text(trees))
     write_text(paths["claims_md"], render_claims_markdown(claims, card))
     write_text(paths["metrics"], json.dumps(metrics_tree(board), indent=2, sort_keys=True) + "\n")
-    write_text(paths["md"], render_markdown(board, title=title, note=note, reproduction=reproduction))
+    write_text(paths["md"], render_markdown(board, title=title, note=note, reproduction=reproduction, trees=trees))
     write_text(paths["tex"], render_latex(board, caption=title))
     fig_paths = {k: paths[k] for k in ("fig_accuracy", "fig_agreement", "fig_ood")}
     if figures:
@@ -100,5 +115,5 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
         plots.accuracy_vs_agreement(board, fig_paths["fig_agreement"])
         plots.ood_vs_id(board, fig_paths["fig_ood"])
     write_text(paths["html"], render_html(board, runs, claims, fig_paths if figures else None, title=title,
-                                          note=note, reproduction=reproduction, card=card))
+                                          note=note, reproduction=reproduction, card=card, trees=trees))
     return paths

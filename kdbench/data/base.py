@@ -81,6 +81,8 @@ class Dataset:
     meta: dict = field(default_factory=dict)
     """Extra per-dataset facts, e.g. ``meta["context"][split]``: int64 per-image background
     context ids (``shapes``, ``digits`` with ``colour_bias``), ``meta["paired_context"]``."""
+    source: str = ""
+    """Where the images come from, for the board's notes (release, version, checksum)."""
 
     @property
     def has_masks(self) -> bool:

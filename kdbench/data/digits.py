@@ -110,6 +110,7 @@ def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test
         fingerprint=fingerprint_tensors(*parts), hierarchy=None, mean=mean, std=std,
         augment={"crop_pad": max(1, image_size // 8), "flip": False}, image_size=image_size,
         ood_metric="accuracy", options=options, meta=meta,
+        source="scikit-learn's load_digits (the UCI ML hand-written digits test set, 1797 images of 8×8)",
     )
 
 

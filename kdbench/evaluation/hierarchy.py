@@ -1,6 +1,6 @@
 """TDD's claim as numbers: does the student's decision process follow the teacher's
 coarse-to-fine tree? (``decision_consistency``), and does the teacher's tree match the
-true hierarchy? (``hierarchy_ari``).
+true hierarchy? (``walk_partition_ari``).
 
 The teacher's per-stage partitions come from :mod:`kdbench.methods.tdd` (the same
 tree TDD trains with: derived once on the full training split and cached beside the
@@ -320,7 +320,7 @@ def coarsest_partition(partitions: Sequence[Partition]) -> Optional[Partition]:
     return min(pool, key=len)  # min keeps the first (earliest) on ties
 
 
-def hierarchy_ari(partitions: Sequence[Partition], hierarchy: Optional[Sequence[Partition]],
+def walk_partition_ari(partitions: Sequence[Partition], hierarchy: Optional[Sequence[Partition]],
                   num_classes: int) -> Optional[float]:
     """Adjusted Rand index (over classes) between the teacher's coarsest partition and
     the dataset's true coarse groups ``hierarchy[0]``; None without a hierarchy."""
@@ -402,3 +402,44 @@ def tree_ari(linkage_matrix, hierarchy: Optional[Sequence[Partition]], num_class
     z = np.asarray(linkage_matrix, dtype=np.float64)
     cut = fcluster(z, t=len(hierarchy[0]), criterion="maxclust")
     return adjusted_rand_index(class_to_group(hierarchy[0], num_classes), cut)
+
+
+def dendrogram_purity(linkage_matrix, groups: Partition, num_classes: int) -> Optional[float]:
+    """Dendrogram purity (Heller & Ghahramani, 2005) of the true ``groups`` in a tree of the
+    classes (``linkage_matrix``: scipy's (K-1)×4, leaves = class ids): for every pair of
+    classes in the same group, the fraction of the leaves under their lowest common
+    ancestor that belong to that group, averaged over those pairs. 1.0 when every group is
+    a branch of the tree; None when no group has two classes or there is no tree."""
+    if linkage_matrix is None or len(linkage_matrix) == 0:
+        return None
+    group_of = class_to_group(groups, num_classes)
+    members = {k: [k] for k in range(num_classes)}
+    total, pairs = 0.0, 0
+    for step, row in enumerate(np.asarray(linkage_matrix, dtype=np.float64)):
+        left, right = members.pop(int(row[0])), members.pop(int(row[1]))
+        node = left + right
+        counts = np.bincount(group_of[node], minlength=len(groups))
+        for a in left:  # the pairs whose lowest common ancestor is this node
+            same = sum(1 for b in right if group_of[b] == group_of[a])
+            total += same * counts[group_of[a]] / len(node)
+            pairs += same
+        members[num_classes + step] = node
+    return total / pairs if pairs else None
+
+
+def purity_baseline(linkage_matrix, groups: Partition, num_classes: int, *, n_permutations: int = 1000,
+                    seed: int = 0) -> Optional[dict]:
+    """Chance level of :func:`dendrogram_purity`: the purity of the same tree with the class
+    labels permuted (``n_permutations`` permutations drawn by ``np.random.default_rng(seed)``).
+    Returns ``{"mean", "p95", "p_value"}`` (p_value: the share of permutations whose purity is
+    at least the observed one, counting the observed labelling: (1 + hits) / (1 + n))."""
+    observed = dendrogram_purity(linkage_matrix, groups, num_classes)
+    if observed is None:
+        return None
+    rng = np.random.default_rng(seed)
+    sims = np.empty(n_permutations)
+    for i in range(n_permutations):
+        perm = rng.permutation(num_classes)
+        sims[i] = dendrogram_purity(linkage_matrix, [[int(perm[c]) for c in g] for g in groups], num_classes)
+    return {"mean": float(sims.mean()), "p95": float(np.quantile(sims, 0.95)),
+            "p_value": float((1 + np.sum(sims >= observed - 1e-12)) / (1 + n_permutations))}

@@ -52,6 +52,10 @@ PREDICTIONS_FILE = "teacher_predictions.json"
 PARTITIONS_FILE = "hierarchy.json"
 #: the teacher's pass over the evaluation subset (stage outputs, logits, Grad-CAM maps)
 EVAL_FEATURES_FILE = "eval_features.pt"
+#: the teacher's per-stage coarse / fine linear probes (cached_stage_probes)
+STAGE_PROBES_FILE = "stage_probes.json"
+#: training images the stage probes are fit on (the first of the training split)
+PROBE_TRAIN = 2000
 #: a student's last evaluation record, kept beside its model with the key it was computed
 #: under: an evaluate job that finds the same key reuses it (a method added to a profile
 #: re-runs its cell's evaluate job; the cell's other students are not evaluated again)
@@ -59,12 +63,13 @@ RECORD_CACHE_FILE = "eval_record.json"
 BATCH_SIZE = 256
 
 RECORD_KEYS = (
-    "dataset", "teacher", "student", "method", "seed", "teacher_seed",
+    "dataset", "dataset_source", "teacher", "student", "method", "seed", "teacher_seed",
     "top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params",
     "agreement", "agreement_ood", "expl_sim", "epg", "fss", "fss_stages", "fss_estimator",
     "rs", "rs_residual", "rs_stages", "rs_residual_stages",
     "unicam_epg_distilled", "unicam_epg_residual", "decision_consistency", "decision_consistency_stages",
-    "hierarchy_ari", "hierarchy_ari_tree", "hierarchy_ari_tree_stages", "flops", "n_eval", "eval_s",
+    "walk_partition_ari", "hierarchy_ari_tree", "hierarchy_ari_tree_stages", "tree_purity", "tree_purity_stages",
+    "tree_purity_chance_stages", "tree_purity_p95_stages", "probe_coarse_stages", "probe_fine_stages", "flops", "n_eval", "eval_s",
 )
 
 
@@ -146,6 +151,48 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
 
     blob = kio.cached_json(Path(teacher_dir) / PREDICTIONS_FILE, key, compute)
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
+
+
+def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str, device) -> List[dict]:
+    """The teacher's per-stage linear probes for the true coarse groups and for the classes
+    (:func:`kdbench.evaluation.hierarchy.stage_probe_table` on the features TDD's tree uses,
+    fit on ``PROBE_TRAIN`` training images, scored on the test split), cached in
+    ``teacher_dir/stage_probes.json`` (keyed by the teacher file and the dataset content)."""
+    from kdbench.evaluation.hierarchy import stage_probe_table
+
+    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+           "features": features, "n_train": PROBE_TRAIN, "version": 1}
+
+    def compute():
+        was = teacher.training
+        rows = stage_probe_table(teacher.to(device), dataset, n_train=PROBE_TRAIN, features=features)
+        teacher.train(was)
+        return {"stages": rows}
+
+    return kio.cached_json(Path(teacher_dir) / STAGE_PROBES_FILE, key, compute, read_only_ok=True)["stages"]
+
+
+def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hparams, device) -> Dict[str, Any]:
+    """The teacher's tree measured as what it is (README "TDD's tree"), per teacher stage:
+    the Ward tree cut at the true coarse level (``hierarchy_ari_tree``), its dendrogram
+    purity of the true coarse groups against a permutation baseline (``tree_purity*``),
+    and linear probes for coarse groups vs classes (``probe_*``: coarse decisions early?)."""
+    from kdbench.evaluation import hierarchy
+    from kdbench.methods.tdd import tree_settings
+
+    groups, k = dataset.hierarchy[0], dataset.num_classes
+    trees = [t.get("linkage") for t in tree.get("trees", [])]
+    base = [hierarchy.purity_baseline(z, groups, k) for z in trees]
+    source = tree_settings(tdd_hparams, k)["teacher_features"]  # tdd's "tap" / "stage"
+    probes = cached_stage_probes(teacher, teacher_dir, dataset, "taps" if source == "tap" else "stages", device)
+    out = {"hierarchy_ari_tree_stages": [hierarchy.tree_ari(z, dataset.hierarchy, k) for z in trees],
+           "tree_purity_stages": [hierarchy.dendrogram_purity(z, groups, k) for z in trees],
+           "tree_purity_chance_stages": [None if b is None else b["mean"] for b in base],
+           "tree_purity_p95_stages": [None if b is None else b["p95"] for b in base],
+           "probe_coarse_stages": [r["coarse"] for r in probes], "probe_fine_stages": [r["fine"] for r in probes]}
+    out["hierarchy_ari_tree"] = _max(out["hierarchy_ari_tree_stages"])
+    out["tree_purity"] = _max(out["tree_purity_stages"])
+    return out
 
 
 def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int, device) -> Dict[str, Any]:
@@ -333,7 +380,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         print(f"[evaluate] base run {base_dir} missing: rs / unicam metrics are null", file=sys.stderr)
 
     rec: Dict[str, Any] = {k: None for k in RECORD_KEYS}
-    rec.update(dataset=ds.name, teacher=tmeta["arch"], student=smeta["arch"], method=method, seed=metrics["seed"],
+    rec.update(dataset=ds.name, dataset_source=ds.source or None, teacher=tmeta["arch"], student=smeta["arch"], method=method, seed=metrics["seed"],
                teacher_seed=next((v for v in (metrics.get("teacher_seed"), teacher_seed, tmeta.get("seed"))
                                   if v is not None), None))
     for key in ("top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params"):
@@ -425,11 +472,10 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
         [s.numpy() for s in P["student"]["stages"]], P["labels"].numpy(), [s.numpy() for s in test_pooled],
         labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
     rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
-    rec["hierarchy_ari"] = hierarchy.hierarchy_ari(partitions, ds.hierarchy, num_classes)
-    if ds.hierarchy:  # the Ward tree itself, cut at the true coarse level, per teacher stage
-        rec["hierarchy_ari_tree_stages"] = [hierarchy.tree_ari(t.get("linkage"), ds.hierarchy, num_classes)
-                                            for t in tree.get("trees", [])]
-        rec["hierarchy_ari_tree"] = _max(rec["hierarchy_ari_tree_stages"])
+    # the walk's partition (TDD's training targets), not the tree's quality: README "TDD's tree"
+    rec["walk_partition_ari"] = hierarchy.walk_partition_ari(partitions, ds.hierarchy, num_classes)
+    if ds.hierarchy:
+        rec.update(teacher_tree_record(tree, ds, teacher, teacher_dir, tdd_hparams, device))
 
     # efficiency
     rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))

@@ -24,7 +24,7 @@ and asks the student to take the same intermediate decisions.
    tree itself is recorded too: ``trees`` in the cache).
    :func:`cached_teacher_tree` is the whole derivation for a teacher file, cached beside
    it (``hierarchy.json``); training (``prepare``) and the evaluation
-   (``decision_consistency``, ``hierarchy_ari``) read the same file.
+   (``decision_consistency``, ``walk_partition_ari``) read the same file.
 3. The student gets, for each teacher stage l, an auxiliary head h_l (GAP + linear to
    |P_l| super-classes) on the student stage at the same relative depth
    (``stage_pairs(n_t, n_s)``; with equal stage counts: the same stage), on every stage
@@ -260,7 +260,7 @@ def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: O
                         device=None, batch_size: int = 256) -> Dict[str, Any]:
     """The teacher's tree, derived once on the dataset's **full** training split and
     cached beside the teacher's model file (``<teacher dir>/hierarchy.json``): training
-    (TDD's ``prepare``) and evaluation (``decision_consistency``, ``hierarchy_ari``) both
+    (TDD's ``prepare``) and evaluation (``decision_consistency``, ``walk_partition_ari``) both
     read it, so both use the same partitions. Works for any teacher file (trained here or
     placed there by hand): the cache is keyed by the file's hash, the dataset fingerprint,
     the tree hyperparameters (``purity_k``, τ resolved, ``teacher_features``) and

@@ -170,7 +170,7 @@ CAPTIONS = {"fig_accuracy": "Top-1 per method, error bars: std over seeds, one p
 
 
 def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = None,
-                title: str = "kdbench leaderboard", note: str = "", reproduction=None, card=None) -> str:
+                title: str = "kdbench leaderboard", note: str = "", reproduction=None, card=None, trees=None) -> str:
     from kdbench.board.claims import scorecard
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -184,6 +184,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
     has_repro = reproduction is not None and len(reproduction) > 0
     nav = ["<nav>", '<a href="#claims">claims</a>']
     nav += [f'<a href="#ds-{e(d)}">{e(d)}</a>' for d in datasets]
+    nav += (['<a href="#trees">teacher trees</a>'] if trees is not None and len(trees) else [])
     nav += (['<a href="#reproduction">reproduction</a>'] if has_repro else [])
     nav += ['<a href="#figures">figures</a>', '<a href="#runs">runs</a></nav>']
     parts.append("".join(nav))
@@ -220,6 +221,11 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
 
         parts.append(html_table(g, columns, row_class=row_class))
 
+    if trees is not None and len(trees):
+        from kdbench.board.trees import NOTE, display
+
+        parts.append(f'<h2 id="trees">Teacher trees</h2><p class="note">{e(NOTE)}</p>')
+        parts.append(plain_table(display(trees)))
     if has_repro:
         parts.append('<h2 id="reproduction">Reproduction scorecard</h2>')
         parts.append(reproduction_html(reproduction))

@@ -18,7 +18,7 @@ def _table(frame, aligns) -> str:
     return frame.to_markdown(index=False, colalign=aligns, disable_numparse=True)
 
 
-def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None) -> str:
+def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None, trees=None) -> str:
     lines = [f"# {esc(title)}", ""]
     if note:
         lines += [esc(note), ""]
@@ -36,6 +36,12 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
         if best is not None:
             frame.loc[best, "Top-1 %"] = f"**{frame.loc[best, 'Top-1 %']}**"
         lines += [_table(frame, aligns), ""]
+    if trees is not None and len(trees):
+        from kdbench.board.trees import NOTE, display
+
+        frame = display(trees)
+        lines += ["## Teacher trees", "", esc(NOTE), "", _table(frame, ["left"] * 3 + ["right"] * (frame.shape[1] - 3)),
+                  ""]
     if reproduction is not None and len(reproduction):
         lines += ["## Reproduction scorecard", "", REPRO_NOTE, "", _table(reproduction_frame(reproduction),
                                                                          ["left"] * 3 + ["right"] * 3 + ["left"] * 2),
@@ -45,7 +51,8 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
 
 REPRO_NOTE = ("Published top-1 (params/published/) against ours: reproduces = the published value lies inside "
               "the 95 % t-interval of our mean over seeds; below / above = our interval lies entirely below / "
-              "above it; no CI = fewer than two seeds.")
+              "above it; no CI = fewer than two seeds; reference (other recipe) = the same architecture family "
+              "trained under another recipe (resolution, data, schedule): shown for scale, no verdict.")
 
 
 def reproduction_frame(rep):
