@@ -333,6 +333,22 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
     assert "Publ.\\ (\\%)" in paths["tex"].read_text()
 
 
+def test_a_reference_of_another_recipe_gets_its_delta_but_no_verdict(runs, tmp_path):
+    """like_for_like: false (the same architecture family under another recipe): shown with
+    its Δ, never "reproduces" / "below" / "above", whatever the interval says."""
+    pub = tmp_path / "published"
+    pub.mkdir()
+    entries = [{"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "kd", "top1": 90.0,
+                "source": "a ResNet18 at 28 px", "like_for_like": False}]
+    (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
+    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
+    kd = row(pd.read_csv(paths["board"]), "shapes", "kd")
+    assert kd["delta_vs_published"] == pytest.approx(0.72 - 0.90) and pd.isna(kd["reproduces"])
+    assert pd.isna(kd["delta_vs_published_ci_lo"]) and kd["published_kind"] == "reference (other recipe)"
+    rep = paths["md"].read_text().split("## Reproduction scorecard")[1]
+    assert "reference (other recipe)" in rep and "below" not in rep.split("\n\n", 2)[2]
+
+
 def test_the_shipped_cifar100_file_renders_on_toy_runs(tmp_path):
     """params/published/cifar100.yaml (the real data file) on a toy cifar100 board: the
     reference columns and the reproduction scorecard appear for the rows it covers."""
