@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CORES  ?= all
 STAMP  := $(VENV)/.kdbench-installed
 
-.PHONY: venv run smoke tune test clean-results
+.PHONY: venv data run smoke tune test clean-results
 
 venv: $(STAMP)
 
@@ -18,14 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-run: venv
+# the default profile's images: Fashion-MNIST's official files, from Debian's package
+# dataset-fashion-mnist when they are missing and this machine allows it (root, apt-get);
+# otherwise one line says what to run (scripts/ensure_data.py)
+data: venv
+	$(PY) scripts/ensure_data.py
+
+run: data
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 smoke: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile params/smoke.yaml
 
 # the hyperparameter selection params/default.yaml uses (params/tune-default.yaml; README "Hyperparameters")
-tune: venv
+tune: data
 	$(VENV)/bin/snakemake --cores $(CORES) tune --configfile params/tune-default.yaml
 	cp results/tuning/tuned.yaml params/tuned/default.yaml
 

@@ -1,6 +1,6 @@
 """Cost of ``kdbench evaluate`` for one student vs the cost of training it.
 
-    python scripts/bench_evaluate.py [--params params/default.yaml] [--dataset shapes]
+    python scripts/bench_evaluate.py [--params params/embedded.yaml] [--dataset shapes]
         [--teacher resnet32 --student resnet8] [--method kd] [--seed 0] [--teacher-epochs 5]
 
 If the run (and its teacher and vanilla base) exists under the profile's results_dir it
@@ -22,7 +22,7 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params/default.yaml")
+    ap.add_argument("--params", default="params/embedded.yaml")
     ap.add_argument("--dataset", default=None, help="default: the profile's first dataset")
     ap.add_argument("--teacher", default=None, help="default: the profile's first pair")
     ap.add_argument("--student", default=None)

@@ -1,6 +1,6 @@
 """Per-stage linear probes of a trained teacher: coarse groups vs fine classes.
 
-    python scripts/probe_shapes.py --params params/default.yaml --dataset shapes \
+    python scripts/probe_shapes.py --params params/embedded.yaml --dataset shapes \
         --arch resnet32 --seed 0 [--features stages|taps] [--n-train 2000]
 
 Loads ``results/teachers/<dataset>/<arch>/s<seed>/model.pt``, pools every stage's output
@@ -19,7 +19,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params/default.yaml")
+    ap.add_argument("--params", default="params/embedded.yaml")
     ap.add_argument("--dataset", default="shapes")
     ap.add_argument("--arch", required=True)
     ap.add_argument("--seed", type=int, default=0)

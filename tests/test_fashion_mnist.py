@@ -206,3 +206,45 @@ def test_the_real_release_passes_its_checks_and_matches_the_default_options():
     assert 0.45 < float(paired) < 0.55  # bias 0.5 (an "other" colour is never the class's own)
     assert not (ds.meta["context"]["test_ood"] == ds.splits["test_ood"].labels).any()
     assert time.time() - t0 < 60
+
+
+def _ensure_data():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ensure_data.py"
+    spec = importlib.util.spec_from_file_location("ensure_data", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_data_finds_installs_or_says_what_to_run(tiny_release, tmp_path, monkeypatch, capsys):
+    """scripts/ensure_data.py (`make data`, before `make run` and in CI): files found -> 0;
+    missing and installable -> installs (apt-get, here stubbed) and checks again; missing
+    and not installable -> one line naming the package and the download, exit 1."""
+    import yaml
+
+    folder, _ = tiny_release
+    mod = _ensure_data()
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"datasets": {"fashion_mnist": {"data_root": str(folder)}}}))
+    monkeypatch.setattr(mod, "install", lambda: pytest.fail("installed although the files are there"))
+    assert mod.main(["--params", str(profile)]) == 0
+    missing = tmp_path / "q.yaml"
+    missing.write_text(yaml.safe_dump({"datasets": {"fashion_mnist": {"data_root": str(tmp_path / "none")}}}))
+    monkeypatch.setattr(mod, "install", lambda: False)
+    assert mod.main(["--params", str(missing)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "apt-get install dataset-fashion-mnist" in err and "download=True" in err
+
+    def fake_install():  # what apt-get does: the files appear in the package's folder
+        monkeypatch.setattr(fm, "DEBIAN_DIR", str(folder))
+        return True
+
+    monkeypatch.setattr(mod, "install", fake_install)
+    assert mod.main(["--params", str(missing)]) == 0
+    other = tmp_path / "r.yaml"  # a profile without fashion_mnist needs nothing
+    other.write_text(yaml.safe_dump({"datasets": {"shapes": {}}}))
+    monkeypatch.setattr(mod, "install", lambda: pytest.fail("installed for a profile that does not read it"))
+    assert mod.main(["--params", str(other)]) == 0
