@@ -46,6 +46,7 @@ PROFILE_DEFAULTS: Dict[str, Any] = {
     "evaluation": {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8},
     "device": "auto",
     "threads": 1,
+    "teacher_threads": None,
     "precision": "fp32",
     "channels_last": False,
     "compile": False,
@@ -520,8 +521,15 @@ def teacher_config(profile: dict, dataset: str, arch: str, seed: int) -> RunConf
     return RunConfig(
         kind="teacher", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=arch,
         method="vanilla", seed=seed, recipe=dict(recipe_for(profile, "teacher_train", dataset), student_shots=None),
-        hparams={}, device=profile["device"], threads=profile["threads"],
+        hparams={}, device=profile["device"], threads=teacher_threads(profile),
         precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"])
+
+
+def teacher_threads(profile: dict) -> int:
+    """Torch threads of a teacher job: ``teacher_threads`` where the profile sets it (a
+    teacher trains before any student of its cell can start: more threads there shorten the
+    critical path), else ``threads``."""
+    return int(profile.get("teacher_threads") or profile["threads"])
 
 
 def student_config(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int,

@@ -141,34 +141,39 @@ def test_cifar100_profile_has_every_method():
     assert excluded["resnet56->resnet20"] == [] and len(pair_methods(full, "resnet56", "resnet20")) == 31
 
 
-def test_default_long_and_embedded_all_share_the_defaults_runs():
+def test_default_long_and_embedded_all_share_their_base_profiles_runs():
     """The same config hash for the runs two profiles have in common: default-long's seeds
-    0-2 and embedded-all's resnet32 -> resnet8 runs of the default's methods are the
-    default's runs (a results folder holding the default board does not train them again)."""
+    0-2 are the default's runs, and embedded-all's resnet32 -> resnet8 runs of the embedded
+    profile's methods are the embedded profile's (a results folder holding one board does
+    not train them again)."""
     from kdbench.config import load_profile, project_root
 
     root = project_root() / "params"
-    default, long, every = (load_profile(root / f"{n}.yaml") for n in ("default", "default-long", "embedded-all"))
+    default, long, embedded, every = (load_profile(root / f"{n}.yaml")
+                                      for n in ("default", "default-long", "embedded", "embedded-all"))
     assert set(default["seeds"]) < set(long["seeds"]) and long["methods"] == default["methods"]
-    for dataset in default["datasets"]:
-        for method in default["methods"]:
-            for seed in default["seeds"]:
-                key = (dataset, "resnet32", "resnet8", method, seed)
-                want = student_config(default, *key).config_hash
-                assert student_config(long, *key).config_hash == want
-                if seed in every["seeds"]:
-                    assert student_config(every, *key).config_hash == want, key
+    for base, other in ((default, long), (embedded, every)):
+        for dataset in base["datasets"]:
+            for method in base["methods"]:
+                for seed in set(base["seeds"]) & set(other["seeds"]):
+                    key = (dataset, "resnet32", "resnet8", method, seed)
+                    assert student_config(other, *key).config_hash == student_config(base, *key).config_hash, key
+    assert set(every["datasets"]) == set(embedded["datasets"]) == {"shapes", "digits"}
     assert student_config(every, "shapes", "resnet32", "resnet8", "fitnet", 0).hparams_source.startswith("tuned")
     assert student_config(every, "shapes", "resnet32", "resnet8", "crd", 0).hparams_source.startswith("tuned")
-    # every method but vanilla is tuned in embedded-all, and the methods tune-default also tunes
-    # carry the default's selections (the same trial jobs)
+    # every method but vanilla is tuned in embedded-all, and the methods tune-embedded also
+    # tunes carry the embedded profile's selections (the same trial jobs)
     from kdbench.config import load_yaml
 
-    shared = {m for m in load_yaml(root / "tune-default.yaml")["methods"] if m != "vanilla"}
+    shared = {m for m in load_yaml(root / "tune-embedded.yaml")["methods"] if m != "vanilla"}
     entries = lambda name: {(e["dataset"], e["teacher"], e["student"], e["method"]): e
                             for e in load_yaml(root / "tuned" / name)["entries"]}
-    mine, default_sel = entries("embedded-all.yaml"), entries("default.yaml")
+    mine, embedded_sel = entries("embedded-all.yaml"), entries("embedded.yaml")
     assert {k[3] for k in mine} == set(every["methods"]) - {"vanilla"}
     for k, e in mine.items():
         if k[3] in shared:
-            assert e == default_sel[k], k
+            assert e == embedded_sel[k], k
+    # the default's selection covers every method of the default but vanilla, on its cells
+    sel = entries("default.yaml")
+    assert {k[3] for k in sel} == set(default["methods"]) - {"vanilla"}
+    assert {k[0] for k in sel} == {"fashion_mnist"}

@@ -161,8 +161,8 @@ def test_two_configfiles_refused(bad_repo):
 
 
 # ----------------------------------------------------------------------------- dry runs
-@pytest.mark.parametrize("profile", ["default", "default-long", "embedded-all", "tune-default", "cifar100", "cifar10",
-                                     "imagenet", "waterbirds"])
+@pytest.mark.parametrize("profile", ["default", "default-long", "embedded", "embedded-all", "tune-default", "cifar100",
+                                     "cifar10", "imagenet", "waterbirds"])
 def test_profile_dry_run(bad_repo, profile):
     proc = snakemake(bad_repo, "-n", "--configfile", f"params/{profile}.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -170,13 +170,16 @@ def test_profile_dry_run(bad_repo, profile):
     assert not (bad_repo / "results").exists()
 
 
-def test_tune_default_dry_run_counts(bad_repo):
-    """The tuning profile of the default: 2 datasets x 2 pairs x 8 tuned methods x 4 trials x
-    1 seed = 128 trials, 32 selections; `tune` runs only them (and what they need)."""
-    proc = snakemake(bad_repo, "-n", "tune", "--configfile", "params/tune-default.yaml")
+@pytest.mark.parametrize("profile,counts", [
+    # the default's: 1 dataset x 1 pair x 5 tuned methods x 4 trials x 1 seed = 20 trials, 5 selections
+    ("tune-default", {"data": 1, "teacher": 1, "tune_trial": 20, "tune_select": 5}),
+    # the embedded profile's: 2 datasets x 2 pairs x 8 tuned methods x 4 trials = 128 trials, 32 selections
+    ("tune-embedded", {"data": 2, "teacher": 4, "tune_trial": 128, "tune_select": 32})])
+def test_tune_dry_run_counts(bad_repo, profile, counts):
+    """`tune` runs only the trials and selections (and what they need)."""
+    proc = snakemake(bad_repo, "-n", "tune", "--configfile", f"params/{profile}.yaml")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert job_counts(proc.stdout + proc.stderr) == {"data": 2, "teacher": 4, "tune_trial": 128, "tune_select": 32,
-                                                     "tune_export": 1, "tune": 1}
+    assert job_counts(proc.stdout + proc.stderr) == {**counts, "tune_export": 1, "tune": 1}
 
 
 @pytest.mark.parametrize("profile", ["default", "tune-default"])

@@ -281,16 +281,18 @@ def test_method_params_fix_an_axis(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the default profile
-def test_tune_default_is_the_default_profile_plus_tuning():
-    default = load_yaml(ROOT / "params" / "default.yaml")
-    tune = load_yaml(ROOT / "params" / "tune-default.yaml")
+@pytest.mark.parametrize("name", ["default", "embedded"])
+def test_tune_profile_is_its_profile_plus_tuning(name):
+    default = load_yaml(ROOT / "params" / f"{name}.yaml")
+    tune = load_yaml(ROOT / "params" / f"tune-{name}.yaml")
     for key in ("datasets", "pairs", "seeds", "teacher_seed", "teacher_train", "student_train",
-                "method_params", "results_dir", "device", "threads"):
+                "method_params", "results_dir", "device", "threads", "teacher_threads"):
         assert tune.get(key) == default.get(key), key
-    # the default's methods first, in its order, then the classic baselines embedded-all runs tuned
+    # the profile's methods first, in its order (the embedded profile's tuning adds the
+    # classic baselines embedded-all runs tuned)
     assert tune["methods"][:2] == default["methods"][:2] and set(default["methods"]) <= set(tune["methods"])
-    assert {"fitnet", "at", "dkd"} <= set(tune["methods"])
-    assert default["tuned"] == "params/tuned/default.yaml" and "tuning" not in default
+    assert ({"fitnet", "at", "dkd"} <= set(tune["methods"])) == (name == "embedded")
+    assert default["tuned"] == f"params/tuned/{name}.yaml" and "tuning" not in default
     assert tune.get("tuned") is None and set(tune["tuning"]["seeds"]).isdisjoint(default["seeds"])
-    validate_profile(copy.deepcopy(default), "params/default.yaml")
-    validate_profile(copy.deepcopy(tune), "params/tune-default.yaml")
+    validate_profile(copy.deepcopy(default), f"params/{name}.yaml")
+    validate_profile(copy.deepcopy(tune), f"params/tune-{name}.yaml")

@@ -59,7 +59,7 @@ SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
 try:
     from kdbench.board.records import expected_runs
     from kdbench.config import (SCHEMA_PATH, load_profile_with_overrides, load_yaml, pair_methods, run_paths,
-                                teacher_config)
+                                teacher_config, teacher_threads)
     from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
                                 tuned_methods, tuning_of)
 
@@ -90,6 +90,7 @@ PAIRS = [(p["teacher"], p["student"]) for p in P["pairs"]]
 METHODS = list(P["methods"])
 SEEDS = list(P["seeds"])
 THREADS = int(P["threads"])
+TEACHER_THREADS = teacher_threads(P)
 # processes (GPUs) per training job: > 1 runs it under torchrun (data-parallel, see
 # kdbench/engine/distributed.py); the rules' `nproc` / `gpu` resources default to it, and an
 # executor profile may override them (set-resources, e.g. distill with nproc 4 and gpu 4)

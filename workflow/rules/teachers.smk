@@ -20,7 +20,7 @@ rule teacher:
         r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
     conda:
         "../../environment.yml"
-    threads: THREADS * NPROC  # THREADS per process
+    threads: TEACHER_THREADS * NPROC  # TEACHER_THREADS per process
     # teachers first: each one unblocks every student of its dataset and pair (without
     # this, a teacher scheduled late leaves the other cores idle at the end of the run)
     priority: 20
