@@ -47,10 +47,16 @@ def test_identical_models_agree_explain_and_match_features():
 
 
 def test_gradcam_works_for_a_frozen_teacher():
-    m = _model()
-    m.requires_grad_(False)
-    cams, _ = gradcam_maps(m, torch.randn(4, 3, 16, 16), classes=[0, 1, 2, 3])
-    assert cams.shape == (4, 16, 16) and torch.isfinite(cams).all() and (cams >= 0).all()
+    """A frozen model (no parameter requires grad) gets the maps of the same model unfrozen."""
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    frozen, free = _model(), _model()
+    frozen.requires_grad_(False)
+    cams, logits = gradcam_maps(frozen, x, classes=[0, 1, 2, 3])
+    want, want_logits = gradcam_maps(free, x, classes=[0, 1, 2, 3])
+    assert cams.shape == (4, 16, 16) and int((cams.flatten(1).amax(1) > 0).sum()) >= 3  # maps, not zeros
+    torch.testing.assert_close(cams, want)
+    torch.testing.assert_close(logits, want_logits)
+    assert all(p.grad is None for p in free.parameters())  # the maps leave no gradients behind
 
 
 def test_fss_pairs_stages_at_the_same_relative_depth():
