@@ -465,7 +465,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     assert nm["rs"] == rec["rs"] and nm["expl_sim"] == rec["expl_sim"]
 
 
-def test_cli_evaluate_writes_standard_paths(trained):
+def test_cli_evaluate_writes_standard_paths(trained, capsys):
     import yaml
 
     from kdbench.cli import main
@@ -492,8 +492,13 @@ def test_cli_evaluate_writes_standard_paths(trained):
                  "--figures", str(tmp / "figs")]) == 0
     assert json.loads((tmp / "van.json").read_text())["rs"] is None and (tmp / "figs/s0_unicam.png").is_file()
     # a run that was never trained: a clear error, exit code 2
+    capsys.readouterr()
     assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
                  "--student", "resnet8", "--method", "kd", "--seed", "7"]) == 2
+    err = capsys.readouterr().err
+    missing = results / "students/shapes/resnet8__resnet8/kd/s7/metrics.json"
+    assert err.startswith(f"kdbench: error: evaluate: {missing} not found: train this run first: kdbench distill "), err
+    assert "--method kd --seed 7" in err and err.count("\n") == 1, err  # one line, the command that fixes it
 
 
 # ----------------------------------------------------------------- torch probe / ARI vs sklearn
