@@ -206,7 +206,7 @@ def test_cifar100_recipe(bad_repo):
 
 
 def test_slurm_profile_dry_run(bad_repo):
-    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import snakemake_executor_plugin_slurm  # noqa: F401  (pinned: a broken install fails, not skips)
     proc = snakemake(bad_repo, "-n", "--workflow-profile", "workflow/profiles/slurm",
                      "--configfile", "params/cifar100.yaml")
     out = proc.stdout + proc.stderr
@@ -241,7 +241,7 @@ def _assert_ddp_jobs(out: str, n: int, repo: Path):
 def test_slurm_profile_dry_run_ddp(bad_repo):
     """Multi-GPU jobs: nproc_per_node=2 -> every training job asks for 2 GPUs and one task
     (the torchrun launcher), and runs under torchrun."""
-    pytest.importorskip("snakemake_executor_plugin_slurm")
+    import snakemake_executor_plugin_slurm  # noqa: F401  (pinned: a broken install fails, not skips)
     proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/slurm",
                      "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2")
     out = proc.stdout + proc.stderr
@@ -255,8 +255,8 @@ def test_slurm_profile_dry_run_ddp(bad_repo):
 def test_kubernetes_profile_dry_run_ddp(bad_repo, tmp_path):
     """The Kubernetes profile (GPU requests per job, fs storage on a shared volume), with
     DDP resources; the storage prefix is moved to a temporary folder for the test."""
-    pytest.importorskip("snakemake_executor_plugin_kubernetes")
-    pytest.importorskip("snakemake_storage_plugin_fs")
+    import snakemake_executor_plugin_kubernetes  # noqa: F401  (pinned: a broken install fails, not skips)
+    import snakemake_storage_plugin_fs  # noqa: F401
     proc = snakemake(bad_repo, "-n", "-p", "--workflow-profile", "workflow/profiles/kubernetes",
                      "--configfile", "params/cifar100.yaml", "--config", "nproc_per_node=2",
                      "--default-storage-prefix", str(tmp_path / "store"))
