@@ -387,8 +387,7 @@ def test_cli_missing_teacher_says_how_to_train_it(tiny, tmp_path):
     assert "teacher model" in run.stderr and "kdbench train-teacher" in run.stderr
 
 
-def test_cli_help_is_fast_and_lists_commands():
-    t0 = time.time()
+def test_cli_help_lists_commands_without_importing_torch():
     run = subprocess.run(KDBENCH + ["--help"], env=_env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0
     for cmd in ("train-teacher", "distill", "list"):

@@ -47,10 +47,15 @@ def test_identical_models_agree_explain_and_match_features():
 
 
 def test_gradcam_works_for_a_frozen_teacher():
-    m = _model()
-    m.requires_grad_(False)
-    cams, _ = gradcam_maps(m, torch.randn(4, 3, 16, 16), classes=[0, 1, 2, 3])
-    assert cams.shape == (4, 16, 16) and torch.isfinite(cams).all() and (cams >= 0).all()
+    """A frozen model (no parameter requires grad) gets the maps of the same model unfrozen."""
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    frozen, free = _model(), _model()
+    frozen.requires_grad_(False)
+    cams, logits = gradcam_maps(frozen, x, classes=[0, 1, 2, 3])
+    want, want_logits = gradcam_maps(free, x, classes=[0, 1, 2, 3])
+    assert cams.shape == (4, 16, 16) and int((cams.flatten(1).amax(1) > 0).sum()) >= 3  # maps, not zeros
+    assert torch.allclose(cams, want, rtol=1e-6, atol=1e-8) and torch.allclose(logits, want_logits, rtol=1e-6, atol=1e-7)
+    assert all(p.grad is None for p in free.parameters())  # the maps leave no gradients behind
 
 
 def test_fss_pairs_stages_at_the_same_relative_depth():
@@ -459,7 +464,7 @@ def test_evaluate_run_end_to_end_deterministic(trained):
     assert nm["rs"] == rec["rs"] and nm["expl_sim"] == rec["expl_sim"]
 
 
-def test_cli_evaluate_writes_standard_paths(trained):
+def test_cli_evaluate_writes_standard_paths(trained, capsys):
     import yaml
 
     from kdbench.cli import main
@@ -486,8 +491,13 @@ def test_cli_evaluate_writes_standard_paths(trained):
                  "--figures", str(tmp / "figs")]) == 0
     assert json.loads((tmp / "van.json").read_text())["rs"] is None and (tmp / "figs/s0_unicam.png").is_file()
     # a run that was never trained: a clear error, exit code 2
+    capsys.readouterr()
     assert main(["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet8",
                  "--student", "resnet8", "--method", "kd", "--seed", "7"]) == 2
+    err = capsys.readouterr().err
+    missing = results / "students/shapes/resnet8__resnet8/kd/s7/metrics.json"
+    assert err.startswith(f"kdbench: error: evaluate: {missing} not found: train this run first: kdbench distill "), err
+    assert "--method kd --seed 7" in err and err.count("\n") == 1, err  # one line, the command that fixes it
 
 
 # ----------------------------------------------------------------- torch probe / ARI vs sklearn

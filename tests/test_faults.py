@@ -183,7 +183,7 @@ def test_method_pair_check_runs_at_validation():
     validate_profile(_with(methods=["vanilla", "kd", "fitnet", "at", "cid", "tdd", "e2kd"]))
 
 
-def test_paper_profile_validation_is_fast_and_light():
+def test_paper_profile_validation_is_light():
     """Every pair × method of params/cifar100.yaml is checked on meta-device models, without
     importing torch._dynamo (seconds on one core)."""
     code = ("import sys, time; t = time.time(); from kdbench.config import load_profile; "

@@ -252,7 +252,17 @@ def test_at_pooling_path_numpy(rng, student_larger):
     got = kf.at_loss(t64(fs), t64(ft)).item()
     assert got == pytest.approx(np_at(fs, ft), rel=1e-10)
     # pooling the raw map first differs from pooling the attention map: check it matters
-    assert got > 0
+    # (the other order, by hand: |F|² mean over channels at 8×8, pooled 2×2, then normalised)
+    def att_pooled_after(f, size):
+        m = (np.abs(f) ** 2).mean(axis=1)
+        if m.shape[-1] != size:
+            k = m.shape[-1] // size
+            m = m.reshape(m.shape[0], size, k, size, k).mean(axis=(2, 4))
+        m = m.reshape(m.shape[0], -1)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    other = float(np.mean((att_pooled_after(fs, 4) - att_pooled_after(ft, 4)) ** 2))
+    assert other > 0 and abs(got - other) > 1e-3 * other, (got, other)
 
 
 def test_at_hand_case():

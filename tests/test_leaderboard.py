@@ -357,8 +357,8 @@ def test_the_shipped_cifar100_file_renders_on_toy_runs(tmp_path):
     from kdbench.board import published
 
     pub_dir = Path(__file__).resolve().parents[1] / "params" / "published"
-    if not (pub_dir / "cifar100.yaml").is_file():
-        pytest.skip("no params/published/cifar100.yaml in this checkout")
+    # shipped with kdbench: a checkout without it is broken (fail, do not skip)
+    assert (pub_dir / "cifar100.yaml").is_file(), f"{pub_dir / 'cifar100.yaml'} is missing"
     entries = published.load(["cifar100"], pub_dir)
     kd = next(e for e in entries if e["teacher"] == "resnet56" and e["student"] == "resnet20" and e["method"] == "kd")
     recs = []
@@ -517,8 +517,16 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert "unknown method on the board 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
-                    reason="needs headless Chromium (apt-get install -y chromium)")
+#: CI (.ci/run) installs Chromium and sets KDBENCH_REQUIRE_CHROMIUM=1: there the test runs (and fails
+#: without a browser); elsewhere, without Chromium, it is skipped and the screenshot is a manual check
+#: (README, "The leaderboard and comparing methods": python scripts/screenshot_board.py)
+CHROMIUM = any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser", "google-chrome"))
+REQUIRE_CHROMIUM = __import__("os").environ.get("KDBENCH_REQUIRE_CHROMIUM") == "1"
+
+
+@pytest.mark.skipif(not CHROMIUM and not REQUIRE_CHROMIUM,
+                    reason="no headless Chromium on this machine (apt-get install -y chromium; CI installs it "
+                           "and sets KDBENCH_REQUIRE_CHROMIUM=1)")
 def test_screenshot_script_at_1400px(runs, tmp_path):
     """scripts/screenshot_board.py renders the page at 1400 px; its layout check finds the
     scorecard, every verdict and every table within the window (and finds them off-screen

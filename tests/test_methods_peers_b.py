@@ -263,28 +263,50 @@ def test_strong_view_deterministic_batched_and_weak_unchanged(ds16):
 
 
 def test_strong_ops_match_pil_on_a_batch():
-    """Each pixel op (batched) against PIL on every image of a small batch."""
+    """Every one of the 14 ops (batched) against PIL on every image of a small batch, as the
+    reference's ``augment_list`` applies it: an exact match (PIL's uint8 results)."""
     from PIL import Image, ImageEnhance, ImageOps
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (3, 3, 8, 8), generator=g, dtype=torch.uint8)
     x[1, :, :4] = 40  # some structure (ties) for equalize / autocontrast
     pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x]
-    cases = {"solarize": (lambda im, v: ImageOps.solarize(im, v), [10.0, 128.0, 250.0]),
-             "posterize": (lambda im, v: ImageOps.posterize(im, int(v)), [4.2, 6.9, 8.0]),
-             "equalize": (lambda im, v: ImageOps.equalize(im), [0.0, 0.0, 0.0]),
-             "autocontrast": (lambda im, v: ImageOps.autocontrast(im), [0.0, 0.0, 0.0]),
+    w, h = pil[0].size
+
+    cases = {"autocontrast": (lambda im, v: ImageOps.autocontrast(im), [0.0, 0.5, 1.0]),
              "brightness": (lambda im, v: ImageEnhance.Brightness(im).enhance(v), [0.05, 0.5, 0.95]),
-             "translate_x": (lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, v * 8, 0, 1, 0)), [-0.25, 0.0, 0.25])}
+             "color": (lambda im, v: ImageEnhance.Color(im).enhance(v), [0.05, 0.5, 0.95]),
+             "contrast": (lambda im, v: ImageEnhance.Contrast(im).enhance(v), [0.05, 0.5, 0.95]),
+             "equalize": (lambda im, v: ImageOps.equalize(im), [0.0, 0.5, 1.0]),
+             "identity": (lambda im, v: im, [0.0, 0.5, 1.0]),
+             "posterize": (lambda im, v: ImageOps.posterize(im, int(v)), [4.2, 6.9, 8.0]),
+             "rotate": (lambda im, v: im.rotate(v), [-30.0, 12.5, 30.0]),  # counter-clockwise for v > 0
+             "sharpness": (lambda im, v: ImageEnhance.Sharpness(im).enhance(v), [0.05, 0.5, 0.95]),
+             "shear_x": (lambda im, v: im.transform(im.size, Image.AFFINE, (1, v, 0, 0, 1, 0)), [-0.3, 0.1, 0.3]),
+             "shear_y": (lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, v, 1, 0)), [-0.3, 0.1, 0.3]),
+             "solarize": (lambda im, v: ImageOps.solarize(im, v), [10.0, 128.0, 250.0]),
+             "translate_x": (lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, v * w, 0, 1, 0)),
+                             [-0.25, 0.0, 0.25]),
+             "translate_y": (lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, v * h)),
+                             [-0.3, 0.1, 0.25])}
     names = [o[0] for o in OPS]
+    assert sorted(cases) == sorted(names)  # all 14
     for name, (ref, vals) in cases.items():
         op = names.index(name)
         params = {"ops": torch.tensor([[op, 5]] * 3), "mags": torch.tensor([[v, 0.0] for v in vals]),
                   "cutout": torch.zeros(3), "cutout_xy": torch.zeros(3, 2)}
         got = strong_augment(x, params)
-        want = torch.stack([torch.from_numpy(np.asarray(ref(im, v))).permute(2, 0, 1) for im, v in zip(pil, vals)])
-        diff = (got - want.float()).abs().max().item()
-        assert diff <= (1.0 if name == "brightness" else 0.0), name  # PIL's blend rounds, ours floors
+        want = torch.stack([torch.from_numpy(np.array(ref(im, v))).permute(2, 0, 1) for im, v in zip(pil, vals)])
+        assert torch.equal(got, want.float()), (name, (got - want.float()).abs().max().item())
+        if name not in ("identity", "equalize"):  # the op does something on this batch (equalize: see below)
+            assert not torch.equal(got, x.float()), name
+    # equalize changes an image whose histogram is far from flat (values 0..63, 32×32: PIL's step > 0)
+    skew = torch.randint(0, 64, (1, 3, 32, 32), generator=g, dtype=torch.uint8)
+    params = {"ops": torch.tensor([[names.index("equalize"), 5]]), "mags": torch.zeros(1, 2),
+              "cutout": torch.zeros(1), "cutout_xy": torch.zeros(1, 2)}
+    want = torch.from_numpy(np.array(ImageOps.equalize(Image.fromarray(skew[0].permute(1, 2, 0).numpy()))))
+    got = strong_augment(skew, params)
+    assert torch.equal(got[0], want.permute(2, 0, 1).float()) and not torch.equal(got, skew.float())
     # cutout: a gray square of side 0.5·W at the chosen centre, nothing else changed
     params = {"ops": torch.tensor([[5, 5]] * 3), "mags": torch.zeros(3, 2),
               "cutout": torch.tensor([0.0, 0.25, 0.5]), "cutout_xy": torch.full((3, 2), 0.5)}

@@ -244,7 +244,7 @@ def test_shipped_teachers_file_fits_the_cifar100_tar_layout(tmp_path, monkeypatc
 
 
 # ----------------------------------------------------------------------------- the import job
-def test_import_teacher_measures_accuracy_and_writes_teacher_outputs(tmp_path):
+def test_import_teacher_measures_accuracy_and_writes_teacher_outputs(tmp_path, capsys):
     from kdbench.cli import main
     from kdbench.data.cache import load_dataset
     from kdbench.data.loader import make_loader
@@ -288,8 +288,12 @@ def test_import_teacher_measures_accuracy_and_writes_teacher_outputs(tmp_path):
                  "--tracking", "off"]) == 0
     assert (out / "model.pt").stat().st_mtime_ns == before
     # no spec for this arch: a clear error
+    capsys.readouterr()
     assert main(["import-teacher", "--params", str(params), "--dataset", "cifar100", "--arch", "resnet20",
                  "--tracking", "off"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("kdbench: error: the profile names no external teacher for cifar100/resnet20 "
+                   "(teachers.cifar100.resnet20); train it with `kdbench train-teacher`\n"), err
 
 
 def test_fetch_teachers_without_download_says_where(tmp_path, capsys):
@@ -303,6 +307,9 @@ def test_fetch_teachers_without_download_says_where(tmp_path, capsys):
            f"{tmp_path / 'absent.pth'}" in capsys.readouterr().out
     # asked to download, with no url to download from
     assert main(["fetch-teachers", "--params", str(params), "--download"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdbench: error: external teacher cifar100/resnet56: no url to download from; "), err
+    assert f"checkpoint not found at {tmp_path / 'absent.pth'}" in err and err.count("\n") == 1, err
 
 
 def test_external_teacher_spec_paths(tmp_path, monkeypatch):

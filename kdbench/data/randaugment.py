@@ -49,11 +49,13 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """PIL's "L" conversion (ITU-R 601-2 luma), B×1×H×W."""
+    """PIL's "L" conversion (ITU-R 601-2 luma), B×1×H×W, as Pillow computes it: the
+    weights in 16-bit fixed point, rounded (``Convert.c`` ``L24``: (19595·R + 38470·G +
+    7471·B + 2¹⁵) >> 16), not the documented R·299/1000 + ... truncated."""
     if x.shape[1] != 3:
         return x[:, :1]
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return ((r * 299 + g * 587 + b * 114) / 1000).floor()
+    r, g, b = (x[:, k:k + 1].double() for k in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 32768) / 65536).floor().to(x.dtype)
 
 
 def _blend(degenerate: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
