@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import importlib.util
 import json
 import math
@@ -55,7 +56,6 @@ from kdbench.engine import trainer  # noqa: E402
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,  # noqa: E402
                                     set_rng_state)
 from kdbench.methods import TrainContext, get_method, iter_method_names  # noqa: E402
-from kdbench.models import create_model  # noqa: E402
 
 
 def _load_bench_gpu():
@@ -154,11 +154,8 @@ def profile_for(sizes: Sizes, device: str, work: Path, **changes) -> dict:
             "pairs": [{"teacher": sizes.teacher, "student": sizes.student}], "methods": ["vanilla"],
             "seeds": [0], "teacher_seed": 0, "teacher_train": dict(recipe), "student_train": dict(recipe),
             "device": device, "threads": 1, "tracking": {"enabled": False},
-            # the cid check compares per-sample terms: its class-shape loss couples the samples
-            # of a batch (per rank in DDP, as in the reference repositories)
-            "method_params": {"cid": {"class_weight": 0.0},
-                              # CRD's negatives per anchor: fewer than the training images
-                              "crd": {"nce_k": sizes.n_train // 2}}}
+            # CRD's negatives per anchor: fewer than the training images
+            "method_params": {"crd": {"nce_k": sizes.n_train // 2}}}
     prof.update(changes)
     return validate_profile(prof)
 
@@ -380,8 +377,6 @@ def engine_run(prof: dict, sizes: Sizes, method: str, work: Path, name: str, tea
 
 
 def history_losses(run_dir: Path) -> List[float]:
-    import csv
-
     return [float(r["loss"]) for r in csv.DictReader((run_dir / "history.csv").open())]
 
 
@@ -410,30 +405,40 @@ def ddp_worker(args) -> int:
     work = Path(args.ddp_worker)
     torch.set_num_threads(1)
     kdist.init_from_env(args.device)
-    prof = profile_for(sizes, args.device, work, student_train=ddp_recipe(sizes))
+    prof = ddp_profile(sizes, args.device, work)
     for method in DDP_METHODS:
         engine_run(prof, sizes, method, work, "ddp", work / "teacher" / "model.pt")
     kdist.shutdown()
     return 0
 
 
-def ddp_recipe(sizes: Sizes) -> dict:
-    return {"epochs": sizes.engine_epochs, "batch_size": sizes.batch_size, "lr": 0.01, "schedule": "cosine"}
+def ddp_profile(sizes: Sizes, device: str, work: Path) -> dict:
+    """lr 0.01 (tests/test_distributed.py's measured tolerances); CID without its
+    class-shape loss, which couples the samples of a batch (per rank in DDP, as in the
+    reference repositories): the rest of CID, its prototypes included, is compared."""
+    return profile_for(sizes, device, work, method_params={"cid": {"class_weight": 0.0}},
+                       student_train={"epochs": sizes.engine_epochs, "batch_size": sizes.batch_size, "lr": 0.01,
+                                      "schedule": "cosine"})
 
 
-def check_ddp(table: Table, args, prof: dict, sizes: Sizes, device: torch.device, teacher: Path, work: Path) -> None:
+def check_ddp(table: Table, args, sizes: Sizes, device: torch.device, teacher: Path, work: Path) -> None:
     n = torch.cuda.device_count() if device.type == "cuda" else 2
     if n < 2:
         table.add("ddp", "torchrun vs one process", None, f"{n} GPU: kdbench runs one rank per GPU")
         return
-    prof = profile_for(sizes, str(device.type), work, student_train=ddp_recipe(sizes))
+    prof = ddp_profile(sizes, device.type, work)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", str(n), str(Path(__file__).resolve()),
            "--device", device.type, "--ddp-worker", str(work)] + (["--tiny"] if args.tiny else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:
-        table.add("ddp", "torchrun", False, f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+
+    def launch():
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        tail = (proc.stderr or proc.stdout).strip()[-300:]
+        return proc.returncode == 0, f"{n} processes" if proc.returncode == 0 else f"exit {proc.returncode}: {tail}"
+
+    table.guarded("ddp", "torchrun", launch)
+    if table.rows[-1].status != "pass":
         return
     for method in DDP_METHODS:
         def compare(method=method):
@@ -508,7 +513,16 @@ def main(argv=None) -> int:
         return ddp_worker(args)
     device = select_device(args.device)
     sizes = TINY if args.tiny else FULL
-    torch.set_num_threads(1 if args.tiny else torch.get_num_threads())
+    threads = torch.get_num_threads()
+    if args.tiny:
+        torch.set_num_threads(1)
+    try:
+        return run_checks(args, device, sizes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_checks(args, device: torch.device, sizes: Sizes) -> int:
     set_deterministic()
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "no GPU"
     print(f"gpu_check: {device} ({gpu}), {sizes.teacher} -> {sizes.student}, {sizes.image_size} px, "
@@ -525,7 +539,7 @@ def main(argv=None) -> int:
         if "compile" in args.sections:
             check_compile(table, prof, sizes, device, teacher, work)
         if "ddp" in args.sections:
-            check_ddp(table, args, prof, sizes, device, teacher, work)
+            check_ddp(table, args, sizes, device, teacher, work)
         if "bench" in args.sections:
             check_bench(table, sizes, device, work)
         if "evaluate" in args.sections:
