@@ -214,9 +214,9 @@ class Stepper:
                    for k, v in (self.distiller.aligned_tensors() or {}).items()}
         self.loader = loader_for(self.ds.splits["train"], sizes.batch_size, True, aligned or None,
                                  **self.distiller.loader_options())
-        self.distiller.to(dtype=dtype)
-        self.batch_dtype = dtype
-        if dtype != torch.float32:  # state that prepare() keeps outside parameters and buffers
+        if dtype != torch.float32:  # the float64 path: every floating tensor, also those kept
+            self.distiller.to(dtype=dtype)  # by prepare() outside parameters and buffers
+            self.batch_dtype = dtype
             for module in self.distiller.modules():
                 for name, value in list(vars(module).items()):
                     if torch.is_tensor(value) and value.is_floating_point():

@@ -4,8 +4,9 @@
 node's. One SLURM run, against a local `--cores 2` run of the same profile:
 
 - every job but the local rules ran as a SLURM job (its job id, its state in `squeue`);
-- one training job is cancelled with `scancel` after its first epoch's checkpoint: Snakemake
-  retries it (the profile's `retries`), it resumes from that checkpoint (its log says so);
+- the teacher's training job is cancelled with `scancel` after its first epoch's checkpoint:
+  Snakemake retries it (the profile's `retries`), it resumes from that checkpoint (its log
+  says so) and the jobs after it take its output;
 - the board's runs.csv equals the local run's bit for bit (every column but the timings),
   the cancelled job's row included.
 
@@ -33,15 +34,19 @@ pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "local_slurm.sh"
 PARTITION = re.search(r"^PARTITION=(\S+)$", SCRIPT.read_text(), re.M).group(1)
 UP = ("idle", "mixed", "allocated", "completing")
-#: the tiny profile (from smoke.yaml): one pair, vanilla (no teacher) and kd, one seed, on
-#: the CPU; kd is the job cancelled in training
-PROFILE = {"methods": ["vanilla", "kd"], "seeds": [0], "method_params": {}, "device": "cpu",
+#: the tiny profile (from smoke.yaml): one pair, one seed, the vanilla student (a distill
+#: job), on the CPU: four SLURM jobs deep (data, teacher | distill, evaluate), the fewest
+#: with a training job whose output another job takes (the teacher, cancelled in training)
+PROFILE = {"methods": ["vanilla"], "seeds": [0], "method_params": {}, "device": "cpu",
            "datasets": {"shapes": {"image_size": 16, "n_train": 320, "n_val": 64, "n_test": 64, "n_test_ood": 64,
                                    "seed": 0}},
-           "student_train": {"epochs": 6, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
+           "teacher_train": {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
+           "student_train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
            "evaluation": {"n_samples": 32, "probe_train_samples": 64, "figures": False},
            "tracking": {"enabled": False}}
-CANCELLED = "kd"
+#: the job cancelled after its first epoch: its SLURM comment (the plugin's), run and log
+CANCELLED = {"comment": "rule_teacher_wildcards_shapes_resnet14_0", "run": "teachers/shapes/resnet14/s0",
+             "log": "logs/teachers/shapes/resnet14/s0.log", "epochs": PROFILE["teacher_train"]["epochs"]}
 #: timing columns of runs.csv: wall clocks, never equal between two runs
 TIMINGS = re.compile(r"(_s|_img_s)$")
 
@@ -98,14 +103,14 @@ def slurm_jobs(run_out: str) -> dict:
     return {i: (state, comment) for i, state, comment in rows if i in ids}
 
 
-def cancel_after_first_checkpoint(checkpoint: Path, method: str, stop: threading.Event, record: dict):
-    """scancel the running SLURM job of ``method``'s distill job once its checkpoint.pt exists."""
+def cancel_after_first_checkpoint(checkpoint: Path, comment: str, stop: threading.Event, record: dict):
+    """scancel the running SLURM job with this comment once its checkpoint.pt exists."""
     while not stop.is_set():
         if checkpoint.is_file():
             q = subprocess.run(["squeue", "-h", "-t", "running", "-o", "%i|%k"], capture_output=True, text=True)
             for line in q.stdout.splitlines():
-                job, comment = line.split("|", 1)
-                if comment.startswith("rule_distill_") and comment.endswith(f"_{method}_0"):
+                job, job_comment = line.split("|", 1)
+                if job_comment == comment:
                     subprocess.run(["scancel", job], check=True)
                     record.update(job=job, at=time.time())
                     return
@@ -125,10 +130,10 @@ def test_slurm_run_equals_local_run(cluster, tmp_path):
     repo = copy_repo(tmp_path / "slurm")
     write_profile(repo)
     profile = local_profile(tmp_path)
-    run_dir = repo / "results" / "students" / "shapes" / "resnet14__resnet8" / CANCELLED / "s0"
     stop, cancelled = threading.Event(), {}
-    watcher = threading.Thread(target=cancel_after_first_checkpoint,
-                               args=(run_dir / "checkpoint.pt", CANCELLED, stop, cancelled), daemon=True)
+    watcher = threading.Thread(target=cancel_after_first_checkpoint, daemon=True,
+                               args=(repo / "results" / CANCELLED["run"] / "checkpoint.pt", CANCELLED["comment"], stop,
+                                     cancelled))
     # the local run beside the SLURM one (which mostly waits for its status polls)
     local_run = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", params], cwd=local,
                                  env=env_for(tmp_path / "local"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -150,22 +155,21 @@ def test_slurm_run_equals_local_run(cluster, tmp_path):
     # every job but the local rules (all, leaderboard) was a SLURM job, and SLURM ran it
     jobs = slurm_jobs(out)
     rules = [re.match(r"rule_([a-z_]+?)(_wildcards|$)", comment).group(1) for _, comment in jobs.values()]
-    n_methods = len(PROFILE["methods"])
-    assert sorted(rules) == sorted(["data", "teacher", "evaluate"] + ["distill"] * (n_methods + 1)), jobs
-    assert cancelled, "the kd job was never seen running after its first checkpoint"
+    assert sorted(rules) == ["data", "distill", "evaluate", "teacher", "teacher"], jobs
+    assert cancelled, "the teacher job was never seen running after its first checkpoint"
     assert jobs[cancelled["job"]][0] == "CANCELLED", jobs
-    assert sorted(state for state, _ in jobs.values()).count("COMPLETED") == len(jobs) - 1, jobs
+    assert [state for state, _ in jobs.values()].count("COMPLETED") == len(jobs) - 1, jobs
 
     # the retry resumed from the cancelled attempt's checkpoint
-    log = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / CANCELLED / "s0.log"
-    resumed = re.search(r"resuming after epoch (\d+)", log.read_text())
-    assert resumed and 1 <= int(resumed.group(1)) < PROFILE["student_train"]["epochs"], log.read_text()[-2000:]
+    log = (repo / "results" / CANCELLED["log"]).read_text()
+    resumed = re.search(r"resuming after epoch (\d+)", log)
+    assert resumed and 1 <= int(resumed.group(1)) < CANCELLED["epochs"], log[-2000:]
     # the cancelled attempt's own log is gone (Snakemake deletes a job's declared log before
     # it runs it again); SLURM's log of that attempt is kept by the executor plugin
-    slurm_log = next((repo / ".snakemake" / "slurm_logs").glob(f"rule_distill/*_{CANCELLED}_0/{cancelled['job']}.log"))
+    slurm_log, = (repo / ".snakemake" / "slurm_logs").glob(f"rule_teacher/*/{cancelled['job']}.log")
     assert "CANCELLED" in slurm_log.read_text()
 
-    # the same numbers as the local run, bit for bit
+    # the same numbers as the local run, bit for bit (the teacher's are on every row too)
     slurm_runs, local_runs = read_runs(repo), read_runs(local)
-    assert len(local_runs) == n_methods
+    assert len(local_runs) == len(PROFILE["methods"])
     assert slurm_runs.to_dict("records") == local_runs.to_dict("records")
