@@ -422,9 +422,11 @@ def ddp_profile(sizes: Sizes, device: str, work: Path) -> dict:
 
 
 def check_ddp(table: Table, args, sizes: Sizes, device: torch.device, teacher: Path, work: Path) -> None:
-    n = torch.cuda.device_count() if device.type == "cuda" else 2
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 2
+    # every visible GPU, as many as divide the global batch (each rank takes an equal slice)
+    n = max(k for k in range(1, gpus + 1) if sizes.batch_size % k == 0)
     if n < 2:
-        table.add("ddp", "torchrun vs one process", None, f"{n} GPU: kdbench runs one rank per GPU")
+        table.add("ddp", "torchrun", None, f"{gpus} GPU: kdbench runs one rank per GPU")
         return
     prof = ddp_profile(sizes, device.type, work)
     torchrun = Path(sys.executable).with_name("torchrun")
