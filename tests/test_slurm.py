@@ -8,7 +8,7 @@ node's. One SLURM run, against a local `--cores 2` run of the same profile:
   Snakemake retries it (the profile's `retries`), it resumes from that checkpoint (its log
   says so) and the jobs after it take its output;
 - the board's runs.csv equals the local run's bit for bit (every column but the timings),
-  the cancelled job's row included.
+  the teacher's columns (the cancelled job's numbers) included.
 
 Skips with a one-line reason where the machine cannot run the cluster; with
 KDBENCH_REQUIRE_SLURM=1 (CI) a skip is a failure instead.
