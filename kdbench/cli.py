@@ -36,6 +36,9 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
         p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
 
 
+MAX_SEED = 2**32 - 1
+
+
 def _seed(text: str) -> int:
     """argparse type of --seed: a non-negative integer."""
     try:
@@ -44,6 +47,8 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed >= 0, e.g. --seed 0") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give a seed >= 0, e.g. --seed 0")
+    if value > MAX_SEED:  # numpy's and torch's generators take 32-bit seeds
+        raise argparse.ArgumentTypeError(f"{value} is too large; give a seed from 0 to {MAX_SEED}")
     return value
 
 
@@ -511,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True)
     p.add_argument("--method", required=True, help="method name (kdbench list methods)")
     p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True, help="one of the profile's tuning.seeds")
+    p.add_argument("--seed", type=_seed, required=True, help="one of the profile's tuning.seeds")
     p.set_defaults(func=cmd_tune_trial)
 
     p = sub.add_parser("tune-select", help="pick the trial with the best validation accuracy",

@@ -7,6 +7,7 @@ import copy
 import csv
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -335,3 +336,97 @@ def test_resynced_records_update_one_run(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     history = client.get_metric_history(runs[0].info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
+
+
+# ----------------------------------------------------------------------------- issue 21: inputs
+# Each bad input below passed `kdbench validate` and failed later (or did damage): now it
+# is one error before any work, and nothing is written.
+@pytest.mark.parametrize("key,value", [
+    ("student_train.lr", ".nan"), ("student_train.lr", ".inf"), ("teacher_train.momentum", ".nan"),
+    ("method_params.kd.temperature", ".nan"), ("student_train.weight_decay", "-.inf"),
+])
+def test_non_finite_numbers_are_refused_at_validation(tmp_path, capsys, key, value):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    err = _one_line_error(capsys, ["validate", "--params", str(params), "--set", f"{key}={value}"])
+    assert f"bad value at {key}" in err and "not a finite number" in err
+    # a method's own params file with a NaN is refused too (naming the file)
+    methods = tmp_path / "params" / "methods"
+    methods.mkdir(parents=True, exist_ok=True)
+    (methods / "kd.yaml").write_text("defaults: {temperature: .nan, ce_weight: 0.1, kd_weight: 0.9}\n")
+    with pytest.raises(ParamsError, match=r"kd.yaml: bad value at hyperparameters of kd.temperature: nan is not"):
+        method_hparams("kd", "resnet14", "resnet8", params_dir=methods)
+
+
+@pytest.mark.parametrize("option,value,pattern", [
+    ("n_train", -5, r"option n_train = -5 is invalid \(-5 is less than the minimum of 1\)"),
+    ("image_size", 0, r"option image_size = 0 is invalid \(0 is less than the minimum of 12\)"),
+    ("n_train", 1e10, r"option n_train = 10000000000.0 is invalid \(10000000000.0 is greater than the maximum of 100000"),
+    ("n_train", 10**10, r"option n_train = 10000000000 is invalid .*maximum of 100000"),
+    ("bias", "high", r"option bias = 'high' is invalid"),
+    ("seed", 2**40, r"option seed = 1099511627776 is invalid"),
+])
+def test_dataset_option_types_and_ranges_are_checked(tmp_path, capsys, option, value, pattern):
+    params = write_profile(tmp_path, tiny_profile(tmp_path, datasets={"shapes": {
+        **TINY_PROFILE["datasets"]["shapes"], option: value}}))
+    err = _one_line_error(capsys, ["validate", "--params", str(params)])
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "results").exists()
+
+
+def test_huge_seed_is_refused_and_writes_nothing(tmp_path, capsys):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    huge = "99999999999999999999999"
+    err = _one_line_error(capsys, ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                   "--student", "resnet8", "--method", "kd", "--seed", huge])
+    assert f"{huge} is too large; give a seed from 0 to 4294967295" in err
+    for key in ("seeds", "teacher_seed"):
+        bad = write_profile(tmp_path, tiny_profile(tmp_path, **{key: [2**32] if key == "seeds" else 2**32}), "b.yaml")
+        err = _one_line_error(capsys, ["validate", "--params", str(bad)])
+        assert key in err and "4294967296 is greater than the maximum of 4294967295" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_duplicate_yaml_keys_name_the_key_and_both_lines(tmp_path, capsys):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    text = params.read_text() + "seeds:\n- 5\n"
+    params.write_text(text)
+    first = next(k for k, line in enumerate(text.splitlines()) if line.startswith("seeds:")) + 1
+    err = _one_line_error(capsys, ["validate", "--params", str(params)])
+    assert f"the key 'seeds' appears twice (lines {first} and {len(text.splitlines()) - 1})" in err
+    assert str(params) in err
+    # YAML's merge key (params/cifar100.yaml's `<<: *recipe`) still overrides by design
+    (tmp_path / "m.yaml").write_text("a: &r {x: 1, y: 2}\nb:\n  <<: *r\n  y: 3\n")
+    assert load_yaml(tmp_path / "m.yaml")["b"] == {"x": 1, "y": 3}
+
+
+@pytest.mark.parametrize("results_dir,what", [("/", "the filesystem root"), (".", "the repository itself"),
+                                              ("..", "a folder above the repository")])
+def test_results_dir_at_root_or_repository_is_refused(capsys, monkeypatch, results_dir, what):
+    monkeypatch.chdir(ROOT)
+    prof = dict(copy.deepcopy(TINY_PROFILE), results_dir=results_dir)
+    with pytest.raises(ParamsError, match=re.escape(f"results_dir {results_dir!r} is {what}")):
+        validate_profile(prof)
+
+
+def _bombs() -> dict:
+    laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    return {
+        "a 5000-digit integer": ("seeds: [" + "9" * 5000 + "]\n", r"line 1: an integer of 5000 digits \(at most 30\)"),
+        "100k nested brackets": ("description: " + "[" * 100_000 + "]" * 100_000 + "\n",
+                                 r"line 1: nested more than 64 levels deep"),
+        "billion laughs in description": (laughs + "description: *i\n", r"line \d+: more than 100000 values once"),
+        "billion laughs in a dataset option": (
+            laughs + "datasets:\n  shapes: {image_size: 16, n_train: *i}\n", r"more than 100000 values once"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bombs()))
+def test_yaml_bombs_are_one_error_in_well_under_a_second(tmp_path, capsys, name):
+    text, pattern = _bombs()[name]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    err = _one_line_error(capsys, ["validate", "--params", str(path)])
+    assert time.perf_counter() - start < 0.5, "the reader took too long"
+    assert re.search(pattern, err) and str(path) in err, err
