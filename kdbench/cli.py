@@ -433,7 +433,7 @@ def cmd_sync_tracking(args) -> int:
 def cmd_init_tracking(args) -> int:
     from kdbench.tracking import init_store
 
-    uri = init_store(args.experiment)
+    uri = init_store(args.experiment, wait_s=args.wait)
     print(f"MLflow store ready: {uri} (experiment {args.experiment!r})", file=sys.stderr)
     return 0
 
@@ -593,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-tracking", help="create the MLflow store once (the pipeline does this first)")
     p.add_argument("--experiment", default="kdbench")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="wait this long for a store that another process holds; default: %(default)s")
     p.set_defaults(func=cmd_init_tracking)
     return parser
 

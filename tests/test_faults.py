@@ -430,3 +430,27 @@ def test_yaml_bombs_are_one_error_in_well_under_a_second(tmp_path, capsys, name)
     err = _one_line_error(capsys, ["validate", "--params", str(path)])
     assert time.perf_counter() - start < 0.5, "the reader took too long"
     assert re.search(pattern, err) and str(path) in err, err
+
+
+def test_init_tracking_waits_for_a_locked_store_then_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 21, item 13: a store another process holds (a real SQLite exclusive lock) is
+    waited for; released in time, the wait ends at once; held on, one line after the wait
+    (not sqlalchemy's traceback)."""
+    import threading
+
+    from kdbench.tracking import wait_for_sqlite
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).execute("create table experiments (name text)").connection.commit()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    start = time.monotonic()
+    err = _one_line_error(capsys, ["init-tracking", "--experiment", "second", "--wait", "1"])
+    assert 1 <= time.monotonic() - start < 3
+    assert f"MLflow store {db} is locked by another process" in err and "after waiting 1 s" in err
+    threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()
+    start = time.monotonic()
+    wait_for_sqlite(f"sqlite:///{db}", 20)
+    assert 0.4 < time.monotonic() - start < 5
+    holder.close()

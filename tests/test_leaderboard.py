@@ -301,6 +301,22 @@ def test_markdown_escapes_the_description(runs, tmp_path):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_markdown_shows_links_and_emphasis_of_the_description_as_text(runs, tmp_path):
+    """Issue 21: a description's Markdown link, image, emphasis and heading stay plain text in
+    leaderboard.md (as on the HTML page), and the board's own bold still works."""
+    markdown_it = pytest.importorskip("markdown_it")  # rich's (dvc's) Markdown parser
+
+    evil = "see [x](javascript:alert(1)) ![i](http://e/x.png) **bold** _em_ `code`\n# heading"
+    paths = lb.write_board(runs, tmp_path, profile={"description": evil}, figures=False,
+                           published_dir=tmp_path / "none")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(paths["md"].read_text())
+    note = next(p for p in html.split("</p>") if "javascript" in p)
+    assert "<a " not in note and "<img" not in note and "<strong>" not in note and "<em>" not in note
+    assert "<code>" not in note and "<h1>heading" not in html
+    assert "[x](javascript:alert(1)) ![i](http://e/x.png) **bold** _em_ `code` # heading" in note
+    assert "<strong>" in html  # the best top-1 of each table
+
+
 def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
     pub = tmp_path / "published"
     pub.mkdir()
