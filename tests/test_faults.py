@@ -454,3 +454,115 @@ def test_init_tracking_waits_for_a_locked_store_then_one_line(tmp_path, capsys, 
     wait_for_sqlite(f"sqlite:///{db}", 20)
     assert 0.4 < time.monotonic() - start < 5
     holder.close()
+
+
+# ----------------------------------------------------------------------------- issue 21: runs by hand
+def test_hand_run_of_another_config_never_replaces_a_finished_run(trained, capsys):
+    """Item 4: the README's by-hand example with another recipe retrained the profile's
+    finished run in place; now it is refused (naming --force and --out), the run untouched."""
+    tmp, raw, params = trained
+    model = Path(raw["results_dir"]) / "teachers/shapes/resnet14/s0/model.pt"
+    before = model.read_bytes()
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["train-teacher", "--params", str(params), "--dataset", "shapes", "--arch",
+                                   "resnet14", "--tracking", "off", "--set", "teacher_train.epochs=3"])
+    assert "holds a finished run of another config" in err and "--out DIR" in err and "--force" in err
+    assert model.read_bytes() == before
+
+
+def test_seed_outside_the_profile_is_refused_without_out(trained, capsys):
+    """Item 5: `distill --seed 7` with a profile of seed 0 wrote into the profile's tree."""
+    tmp, raw, params = trained
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                   "--student", "resnet8", "--method", "kd", "--seed", "7", "--tracking", "off"])
+    assert "seed 7 is not one of this profile's" in err and "seeds [0]" in err and "--out DIR" in err
+    err = _one_line_error(capsys, ["train-teacher", "--params", str(params), "--dataset", "shapes", "--arch",
+                                   "resnet14", "--seed", "3", "--tracking", "off"])
+    assert "teacher seed 3 is not one of this profile's" in err
+    assert not list(Path(raw["results_dir"]).rglob("s7")) and not list(Path(raw["results_dir"]).rglob("s3"))
+
+
+def test_second_job_on_a_live_jobs_directory_is_refused(tmp_path, capsys):
+    """Item 6: a job holds its output directory for its life (a real child process holds
+    the flock); another job for it is refused, and the lock goes with the process."""
+    from kdbench.engine.io import JobLock, job_lock_holder
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdbench.engine.io import JobLock\n"
+                               f"with JobLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert job_lock_holder(out) == str(holder.pid)
+        with pytest.raises(KDBenchError, match=rf"another job \(pid {holder.pid}\) is writing {out}"):
+            with JobLock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert job_lock_holder(out) is None
+    with JobLock(out):
+        assert job_lock_holder(out) == str(os.getpid())
+
+
+def test_damaged_finished_outputs_are_found_and_only_their_marker_removed(tmp_path, monkeypatch):
+    """Item 3: sealed outputs (size + SHA-256 where written); a truncated model.pt, metrics.json
+    or evaluation record loses only its run's completion marker; untouched files are not
+    read again (the stat is the cache)."""
+    from kdbench import integrity
+    from kdbench.engine.io import save_torch, write_json
+
+    runs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for d in runs.values():
+        save_torch({"w": list(range(1000))}, d / "model.pt")
+        write_json({"top1": 0.5, "config_hash": "x"}, d / "metrics.json")
+        for f in ("model.pt", "metrics.json"):
+            integrity.seal(d / f)
+    record = tmp_path / "evals" / "s1.json"
+    write_json({"top1": 0.5}, record)
+    integrity.seal(record)
+    files = [d / f for d in runs.values() for f in ("model.pt", "metrics.json")] + [record]
+    hashed = []
+    monkeypatch.setattr(integrity, "_sha256", lambda p: hashed.append(p) or "0")
+    assert integrity.check_finished(files) == [] and hashed == []   # untouched: stat only
+    monkeypatch.undo()
+    os.truncate(runs["a"] / "model.pt", 100)
+    os.truncate(runs["b"] / "metrics.json", 10)
+    os.truncate(record, 5)
+    damaged = integrity.check_finished(files)
+    assert [p for p, _ in damaged] == [runs["a"] / "model.pt", runs["b"] / "metrics.json", record]
+    assert all("bytes" in problem and "truncated" in problem for _, problem in damaged)
+    assert not (runs["a"] / "metrics.json").exists() and (runs["a"] / "model.pt").exists()
+    assert not (runs["b"] / "metrics.json").exists() and not record.exists()
+    assert (runs["c"] / "model.pt").exists() and (runs["c"] / "metrics.json").exists()
+    # same size, content changed: found by the hash; files written before seals: by format
+    (runs["c"] / "metrics.json").write_text((runs["c"] / "metrics.json").read_text().replace("0.5", "0.7"))
+    assert "SHA-256" in integrity.check_file(runs["c"] / "metrics.json")
+    old = tmp_path / "old" / "s0.json"
+    old.parent.mkdir()
+    old.write_text('{"top1": 0.')
+    assert "not readable JSON" in integrity.check_file(old)
+
+
+def test_evaluate_by_hand_names_a_damaged_run_and_its_command(trained, tmp_path, capsys):
+    """Item 3: a truncated student metrics.json gave a raw JSONDecodeError in evaluate."""
+    from kdbench.integrity import seal
+
+    tmp, raw, params = trained
+    sdir = Path(raw["results_dir"]) / "students/shapes/resnet14__resnet8/kd/s0"
+    sdir.mkdir(parents=True, exist_ok=True)
+    (sdir / "metrics.json").write_text('{"config_hash": "abc", "teacher_seed": 0}\n')
+    seal(sdir / "metrics.json")
+    os.truncate(sdir / "metrics.json", 8)
+    try:
+        capsys.readouterr()
+        err = _one_line_error(capsys, ["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher",
+                                       "resnet14", "--student", "resnet8", "--method", "kd", "--seed", "0"])
+    finally:
+        import shutil
+
+        shutil.rmtree(sdir.parent)
+    assert f"{sdir / 'metrics.json'} has 8 bytes" in err
+    assert (f"make it again: kdbench distill --params {params} --dataset shapes --teacher resnet14 --student "
+            f"resnet8 --method kd --seed 0 --force") in err
