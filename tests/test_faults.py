@@ -486,7 +486,7 @@ def test_seed_outside_the_profile_is_refused_without_out(trained, capsys):
 def test_second_job_on_a_live_jobs_directory_is_refused(tmp_path, capsys):
     """Item 6: a job holds its output directory for its life (a real child process holds
     the flock); another job for it is refused, and the lock goes with the process."""
-    from kdbench.engine.io import JobLock, job_lock_holder
+    from kdbench.engine.io import JobLock, job_lock_holder, live_jobs
 
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdbench.engine.io import JobLock\n"
@@ -495,6 +495,9 @@ def test_second_job_on_a_live_jobs_directory_is_refused(tmp_path, capsys):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert job_lock_holder(out) == str(holder.pid)
+        snakemake_lock = tmp_path / "0.output.lock"      # what Snakemake's lock file lists: one output a line
+        snakemake_lock.write_text(f"{out}/model.pt\n{out}/metrics.json\n{tmp_path}/other/metrics.json\n")
+        assert live_jobs([snakemake_lock]) == [(str(out), str(holder.pid))]
         with pytest.raises(KDBenchError, match=rf"another job \(pid {holder.pid}\) is writing {out}"):
             with JobLock(out):
                 pass

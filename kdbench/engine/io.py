@@ -163,3 +163,12 @@ def job_lock_holder(out_dir: os.PathLike):
             return fh.read().strip() or "?"
         fcntl.flock(fh, fcntl.LOCK_UN)
     return None
+
+
+def live_jobs(lock_files) -> list:
+    """(output directory, pid) of every live job (JobLock) among the outputs that Snakemake's
+    lock files (.snakemake/locks/*.output.lock: one path a line) list."""
+    outputs = {line.strip() for f in lock_files for line in Path(f).read_text(errors="replace").splitlines()
+               if line.strip()}
+    dirs = sorted({os.path.dirname(o) for o in outputs})
+    return [(d, pid) for d in dirs for pid in [job_lock_holder(d)] if pid is not None]
