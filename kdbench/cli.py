@@ -36,6 +36,9 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
         p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
 
 
+MAX_SEED = 2**32 - 1
+
+
 def _seed(text: str) -> int:
     """argparse type of --seed: a non-negative integer."""
     try:
@@ -44,6 +47,8 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed >= 0, e.g. --seed 0") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; give a seed >= 0, e.g. --seed 0")
+    if value > MAX_SEED:  # numpy's and torch's generators take 32-bit seeds
+        raise argparse.ArgumentTypeError(f"{value} is too large; give a seed from 0 to {MAX_SEED}")
     return value
 
 
@@ -100,6 +105,34 @@ def _finished(out: Path, cfg) -> bool:
     return model_config_hash(out / "model.pt") == cfg.config_hash
 
 
+def _refuse_foreign(out: Path, cfg) -> None:
+    """A run directory never gets a run of another config unless asked: a finished run
+    there (its metrics.json) of another config hash is refused, naming --force and --out."""
+    import json
+
+    from kdbench.errors import KDBenchError
+
+    try:
+        found = json.loads((out / "metrics.json").read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return  # nothing finished there (or a damaged file, which the run replaces)
+    if found is not None and found != cfg.config_hash:
+        raise KDBenchError(f"{out} holds a finished run of another config (config_hash {found}; this command's is "
+                           f"{cfg.config_hash}): give --out DIR (or a profile with another results_dir) to train "
+                           f"this one elsewhere, or --force to replace that run")
+
+
+def _check_profile_seed(profile, args, seed: int, seeds, what: str) -> None:
+    """A run written into the profile's results (no --out) has one of the profile's seeds:
+    another seed's run would sit in its tree, where its board and its jobs look."""
+    from kdbench.errors import KDBenchError
+
+    if args.out is None and seed not in seeds:
+        raise KDBenchError(f"{what} {seed} is not one of this profile's ({args.params}) {what}s {sorted(seeds)}: its "
+                           f"run would be written into the profile's results ({profile['results_dir']}); give --out "
+                           f"DIR for a run of your own, or add the seed to the profile")
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (a scheduler, `kill`, Snakemake stopping its jobs), raised in the main thread."""
 
@@ -109,11 +142,24 @@ def _on_sigterm(signum, frame):
 
 
 def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
+    import os
+    from contextlib import nullcontext
+
+    from kdbench.engine.io import JobLock
+
+    # one job per output directory, held for the job's life (rank 0 of a torchrun job)
+    with JobLock(out) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        return _train_locked(args, cfg, out, teacher_path, profile, **expect)
+
+
+def _train_locked(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
     from kdbench.engine.trainer import run
 
     if not args.force and _finished(out, cfg):
         print(f"{out} is already finished for this config (use --force to re-train)", file=sys.stderr)
         return 0
+    if not args.force:
+        _refuse_foreign(out, cfg)
     # under `torchrun --nproc-per-node N`: one data-parallel job (kdbench.engine.distributed)
     from kdbench.engine import distributed as kdist
 
@@ -143,6 +189,10 @@ def cmd_train_teacher(args) -> int:
 
     profile = _profile(args)
     check_in_profile(profile, args.dataset, None, args.arch, None)
+    # teacher_seed null: each student seed's (and each tuning seed's) own teacher
+    teacher_seeds = ([*profile["seeds"], *((profile.get("tuning") or {}).get("seeds") or [])]
+                     if profile.get("teacher_seed") is None else [profile["teacher_seed"]])
+    _check_profile_seed(profile, args, args.seed, teacher_seeds, "teacher seed")
     cfg = teacher_config(profile, args.dataset, args.arch, args.seed)
     out = args.out or run_paths(profile["results_dir"], "teacher", args.dataset, args.arch, args.seed)
     return _train(args, cfg, Path(out), None, profile)
@@ -180,6 +230,7 @@ def cmd_distill(args) -> int:
 
     profile = _profile(args)
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
+    _check_profile_seed(profile, args, args.seed, profile["seeds"], "seed")
     cfg = student_config(profile, args.dataset, args.teacher, args.student, args.method, args.seed)
     out = args.out or run_paths(profile["results_dir"], "student", args.dataset, args.student, args.seed,
                                 teacher=args.teacher, method=args.method)
@@ -337,6 +388,7 @@ def cmd_evaluate(args) -> int:
     from kdbench.config import check_in_profile, method_hparams, run_paths
     from kdbench.engine.runtime import select_device, set_threads
     from kdbench.errors import KDBenchError
+    from kdbench.integrity import require_whole
 
     profile = _profile(args)
     methods = list(dict.fromkeys(args.method))
@@ -352,6 +404,9 @@ def cmd_evaluate(args) -> int:
             todo = command_line(args, "distill", dataset=args.dataset, teacher=args.teacher, student=args.student,
                                 method=method, seed=args.seed)
             raise KDBenchError(f"evaluate: {sdir / 'metrics.json'} not found: train this run first: {todo}")
+        for name in ("metrics.json", "model.pt"):  # truncated or corrupt: named, with the command that redoes it
+            require_whole(sdir / name, command_line(args, "distill", dataset=args.dataset, teacher=args.teacher,
+                                                    student=args.student, method=method, seed=args.seed, force=True))
         runs.append((method, sdir))
     bdir = run_paths(results, "student", args.dataset, args.student, args.seed, teacher=args.teacher, method="vanilla")
     try:
@@ -387,7 +442,8 @@ def cmd_leaderboard(args) -> int:
 
     profile = _profile(args)
     paths = build(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
-                  tracking=profile["tracking"]["enabled"] and not args.no_tracking, published_dir=args.published)
+                  tracking=profile["tracking"]["enabled"] and not args.no_tracking, published_dir=args.published,
+                  params_ref=_profile_ref(args))
     print(f"leaderboard -> {paths['board'].parent}/ ({', '.join(p.name for p in paths.values() if p.exists())})",
           file=sys.stderr)
     return 0
@@ -428,7 +484,7 @@ def cmd_sync_tracking(args) -> int:
 def cmd_init_tracking(args) -> int:
     from kdbench.tracking import init_store
 
-    uri = init_store(args.experiment)
+    uri = init_store(args.experiment, wait_s=args.wait)
     print(f"MLflow store ready: {uri} (experiment {args.experiment!r})", file=sys.stderr)
     return 0
 
@@ -511,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True)
     p.add_argument("--method", required=True, help="method name (kdbench list methods)")
     p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True, help="one of the profile's tuning.seeds")
+    p.add_argument("--seed", type=_seed, required=True, help="one of the profile's tuning.seeds")
     p.set_defaults(func=cmd_tune_trial)
 
     p = sub.add_parser("tune-select", help="pick the trial with the best validation accuracy",
@@ -588,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-tracking", help="create the MLflow store once (the pipeline does this first)")
     p.add_argument("--experiment", default="kdbench")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="wait this long for a store that another process holds; default: %(default)s")
     p.set_defaults(func=cmd_init_tracking)
     return parser
 

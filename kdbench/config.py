@@ -82,11 +82,96 @@ YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
 
+#: the reader's bounds: a profile is a few hundred values; these stop a hostile or broken
+#: file (a billion-laughs alias bomb, 100k nested brackets, a 5000-digit number) in
+#: milliseconds with one error instead of a hang, a RecursionError or a traceback
+MAX_DEPTH = 64
+MAX_NODES = 100_000          # values after alias expansion
+MAX_SCALAR_CHARS = 10_000
+MAX_INT_DIGITS = 30
+
+
+class YamlLimitError(yaml.YAMLError):
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _bounded_compose_node(self, parent, index):
+    depth = getattr(self, "_kdb_depth", 0)
+    if depth >= MAX_DEPTH:
+        raise YamlLimitError(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+    self._kdb_depth = depth + 1
+    try:
+        event = self.peek_event()
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            raise YamlLimitError(f"a value of {len(event.value)} characters (at most {MAX_SCALAR_CHARS})",
+                                 event.start_mark)
+        node = yaml.composer.Composer.compose_node(self, parent, index)
+    finally:
+        self._kdb_depth = depth
+    sizes = self.__dict__.setdefault("_kdb_sizes", {})
+    if id(node) not in sizes:  # an alias returns its anchor's node, already counted
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = (node, 1 + sum(sizes[id(c)][1] for c in children))
+    if sizes[id(node)][1] > MAX_NODES:
+        raise YamlLimitError(f"more than {MAX_NODES} values once its aliases (*name) are expanded "
+                             f"(an alias bomb?)", node.start_mark)
+    return node
+
+
+def _bounded_int(self, node):
+    digits = len(str(node.value).lstrip("+-").replace("_", ""))
+    if digits > MAX_INT_DIGITS:
+        raise YamlLimitError(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})", node.start_mark)
+    return yaml.constructor.SafeConstructor.construct_yaml_int(self, node)
+
+
+def _unique_mapping(self, node, deep=False):
+    """A mapping whose keys are unique: a second ``seeds:`` is an error naming both lines
+    (YAML's merge key ``<<`` may repeat keys: the explicit one wins, as YAML says)."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise YamlLimitError(f"the key {key!r} appears twice (lines {seen[key] + 1} and "
+                                     f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+    return yaml.constructor.SafeConstructor.construct_mapping(self, node, deep=deep)
+
+
+YamlLoader.compose_node = _bounded_compose_node
+YamlLoader.construct_mapping = _unique_mapping
+YamlLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def _check_bracket_depth(text: str) -> None:
+    """Flow brackets nested deeper than MAX_DEPTH, found before PyYAML's scanner (which
+    looks ahead over every open bracket) spends seconds on them."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for line_no, line in enumerate(text.splitlines()):
+        for ch in line:
+            if ch in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise YamlLimitError(f"nested more than {MAX_DEPTH} levels deep", yaml.Mark("", 0, line_no, 0, None, None))
+            elif ch in "]}" and depth:
+                depth -= 1
+
 
 def yaml_load(text, source: str = "YAML") -> Any:
     """Parse YAML text or a stream with :class:`YamlLoader` (safe: plain values only).
     Errors are one-line ``ParamsError`` naming ``source``, the line and the problem."""
+    if not isinstance(text, str):
+        text = text.read()
     try:
+        _check_bracket_depth(text)
         return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
@@ -95,6 +180,12 @@ def yaml_load(text, source: str = "YAML") -> Any:
         what = f"the tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')!r}" if tag else str(err.problem)
         raise ParamsError(f"{where}: {what} is not allowed: params hold plain values only "
                           f"(numbers, strings, booleans, lists, mappings); remove the tag") from None
+    except YamlLimitError as err:
+        mark = err.problem_mark
+        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        raise ParamsError(f"{where}: {err.problem}") from None
+    except RecursionError:
+        raise ParamsError(f"{source}: nested too deeply to read") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
@@ -184,6 +275,35 @@ def validate_structure(profile: dict, source: str = "params") -> None:
     raise ParamsError(f"{source}: bad value at {where}: {err.message}")
 
 
+def check_finite(value, source: str = "params", where: str = "") -> None:
+    """No NaN or infinity anywhere (YAML's .nan / .inf): every range check of the schema
+    is false for NaN, so they would pass it and fail (or train garbage) later."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{source}: bad value at {where or '(top level)'}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            check_finite(item, source, f"{where}.{k}" if where else str(k))
+
+
+def check_results_dir(results_dir, source: str = "params") -> None:
+    """results_dir is a folder of its own: not the filesystem root, the repository (where
+    params/ lives) or a folder above it, where the pipeline would write data/, students/ ...
+    beside the user's files."""
+    if not isinstance(results_dir, str) or not results_dir.strip():
+        raise ParamsError(f"{source}: results_dir must name a folder, got {results_dir!r}")
+    path, root = Path(results_dir).expanduser().resolve(), project_root().resolve()
+    if path == Path(path.anchor) or path == root or path in root.parents:
+        what = ("the filesystem root" if path == Path(path.anchor) else
+                "the repository itself" if path == root else f"a folder above the repository {root}")
+        raise ParamsError(f"{source}: results_dir {results_dir!r} is {what}: outputs would be written among "
+                          f"other files; give a folder of its own, e.g. results_dir: results")
+
+
 def validate_names(profile: dict, source: str = "params") -> None:
     """Every dataset, arch and method name must exist (checked without building them)."""
     from kdbench.data import DATASETS, build_dataset  # noqa: F401  (registers datasets)
@@ -238,16 +358,33 @@ def _check_excluded_methods(profile: dict, source: str) -> None:
 
 
 def _check_dataset_options(name: str, options: dict) -> None:
+    """Every option is one the dataset takes, of its declared type and range
+    (kdbench.data.base.OPTION_TYPES, declared beside each dataset's registration)."""
     import inspect
 
+    import jsonschema
+
     from kdbench.data import DATASETS
+    from kdbench.data.base import OPTION_TYPES
 
     sig = inspect.signature(DATASETS.get(name))
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    for key in options:
-        if key not in sig.parameters:
-            raise UnknownChoiceError(f"option of dataset {name!r}", key, sig.parameters)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        for key in options:
+            if key not in sig.parameters:
+                raise UnknownChoiceError(f"option of dataset {name!r}", key, sig.parameters)
+    types = OPTION_TYPES.get(name)
+    if types is None:
+        raise ParamsError(f"dataset {name!r} declares no option types (OPTION_TYPES[{name!r}] beside its "
+                          f"registration): its options cannot be checked")
+    for key, value in options.items():
+        schema = types.get(key)
+        if schema is None:
+            raise ParamsError(f"dataset {name!r}: option {key!r} has no declared type (OPTION_TYPES[{name!r}])")
+        err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if err is not None:
+            expected = ", ".join(f"{k} {v}" for k, v in schema.items())
+            raise ParamsError(f"dataset {name!r}: option {key} = {value!r} is invalid ({err.message}); "
+                              f"expected {expected}")
 
 
 def with_defaults(profile: dict) -> dict:
@@ -279,7 +416,9 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
     from kdbench.teachers import check_teacher_specs, inline_teachers_file
 
     profile = inline_teachers_file(profile, source)  # `teachers: file.yaml` -> its mapping
+    check_finite(profile, source)
     validate_structure(profile, source)
+    check_results_dir(profile.get("results_dir", PROFILE_DEFAULTS["results_dir"]), source)
     validate_names(profile, source)
     full = with_defaults(profile)
     check_teacher_specs(full, source)
@@ -468,6 +607,7 @@ def method_hparams(method: str, teacher: Optional[str], student: str,
     hp.update(copy.deepcopy(tuned or {}))
     hp.update(copy.deepcopy((overrides or {}).get(method, {}) or {}))
     cls.check_hparams(hp)
+    check_finite(hp, str(path), f"hyperparameters of {method}")
     check_hparam_types(method, hp, types, str(path))
     return hp
 

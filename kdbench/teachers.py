@@ -303,6 +303,8 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
                    params: str = "PARAMS", tracker=None, force: bool = False) -> dict:
     """Load the external checkpoint of (dataset, arch), measure its accuracy once and write
     ``model.pt`` + ``metrics.json`` (the train-teacher outputs) to ``out_dir``."""
+    from kdbench.integrity import seal
+
     import torch
 
     from kdbench.data.cache import load_dataset
@@ -374,7 +376,9 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
     # checkpoint's own, else the profile's teacher recipe length
     run = _ImportConfig(dataset, arch, seed, ident, epoch or int(profile["teacher_train"]["epochs"]))
     save_model(out_dir / "model.pt", distiller, run, ds.num_classes, meta)
+    seal(out_dir / "model.pt")  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
     kio.write_json(metrics, mpath)
+    seal(mpath)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)  # a stale train-teacher checkpoint
     if tracker is not None:
         tracker.log_metrics({k: v for k, v in metrics.items()

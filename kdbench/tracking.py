@@ -79,17 +79,54 @@ def _retry(fn, *args, attempts: int = 8, **kw):
             delay = min(delay * 2, 3.0)
 
 
-def init_store(experiment: str = DEFAULT_EXPERIMENT, uri: Optional[str] = None) -> str:
-    """Create the store and the experiment once (idempotent, safe to call concurrently)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+def wait_for_sqlite(uri: str, wait_s: float) -> None:
+    """Wait up to ``wait_s`` seconds until a SQLite store takes a write (another process,
+    e.g. an MLflow UI or a sync, may hold it); then a one-line KDBenchError."""
+    import sqlite3
+
+    from kdbench.errors import KDBenchError
+
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is None or not path.is_file():
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = sqlite3.connect(path, timeout=min(1.0, max(wait_s, 0.01)), isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+                return
+            finally:
+                con.close()
+        except sqlite3.OperationalError as err:
+            if time.monotonic() >= deadline:
+                raise KDBenchError(f"MLflow store {path} is locked by another process ({err}) after waiting "
+                                   f"{wait_s:g} s: close what holds it (an MLflow UI, another run) and run the "
+                                   f"same command again, or set tracking: {{enabled: false}}") from None
+            time.sleep(0.2)
+
+
+def init_store(experiment: str = DEFAULT_EXPERIMENT, uri: Optional[str] = None, wait_s: float = 60.0) -> str:
+    """Create the store and the experiment once (idempotent, safe to call concurrently). A
+    store that another process holds is waited for up to ``wait_s`` seconds, then a
+    one-line KDBenchError (not MLflow's traceback)."""
+    from kdbench.errors import KDBenchError
 
     uri = uri or tracking_uri()
     with _store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+        wait_for_sqlite(uri, wait_s)
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+        except MlflowException as err:
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise KDBenchError(f"MLflow store {uri} could not be opened: {first}") from None
     return uri
 
 

@@ -177,3 +177,25 @@ def test_default_long_and_embedded_all_share_their_base_profiles_runs():
     sel = entries("default.yaml")
     assert {k[3] for k in sel} == set(default["methods"]) - {"vanilla"}
     assert {k[0] for k in sel} == {"fashion_mnist"}
+
+
+def test_every_dataset_declares_every_option_type_and_range():
+    """Issue 21: each registered dataset (a new one too) declares, beside its registration,
+    a type and range for every option of its builder (kdbench.data.base.OPTION_TYPES),
+    and each builder's default value passes its own declaration."""
+    import inspect
+
+    import jsonschema
+
+    from kdbench.data import DATASETS, list_datasets
+    from kdbench.data.base import OPTION_TYPES
+
+    for name in list_datasets():
+        assert name in OPTION_TYPES, f"dataset {name!r} declares no OPTION_TYPES[{name!r}] beside its registration"
+        params = inspect.signature(DATASETS.get(name)).parameters
+        assert set(OPTION_TYPES[name]) == set(params), f"{name}: declared {sorted(OPTION_TYPES[name])}, takes {sorted(params)}"
+        for key, p in params.items():
+            jsonschema.Draft202012Validator.check_schema(OPTION_TYPES[name][key])
+            if p.default is not None:
+                assert jsonschema.Draft202012Validator(OPTION_TYPES[name][key]).is_valid(p.default), (name, key)
+            assert any(k in OPTION_TYPES[name][key] for k in ("type", "enum")), (name, key)

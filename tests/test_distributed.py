@@ -136,7 +136,10 @@ def test_ddp_rank0_alone_writes(runs):
     tmp, _ = runs
     for m in METHODS + ("teacher",):
         out = tmp / "ddp" / m
-        assert sorted(p.name for p in out.iterdir()) == ["artifacts.json", "history.csv", "metrics.json", "model.pt"]
+        # the outputs, their seals (kdbench.integrity) and, for the job run by the CLI, its lock
+        lock = [".kdbench-job.lock"] if m == "teacher" else []
+        assert sorted(p.name for p in out.iterdir()) == lock + [".metrics.json.sum", ".model.pt.sum", "artifacts.json",
+                                                                 "history.csv", "metrics.json", "model.pt"]
 
 
 # ------------------------------------------------------------------ without processes

@@ -7,6 +7,7 @@ import copy
 import csv
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -335,3 +336,236 @@ def test_resynced_records_update_one_run(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     history = client.get_metric_history(runs[0].info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
+
+
+# ----------------------------------------------------------------------------- issue 21: inputs
+# Each bad input below passed `kdbench validate` and failed later (or did damage): now it
+# is one error before any work, and nothing is written.
+@pytest.mark.parametrize("key,value", [
+    ("student_train.lr", ".nan"), ("student_train.lr", ".inf"), ("teacher_train.momentum", ".nan"),
+    ("method_params.kd.temperature", ".nan"), ("student_train.weight_decay", "-.inf"),
+])
+def test_non_finite_numbers_are_refused_at_validation(tmp_path, capsys, key, value):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    err = _one_line_error(capsys, ["validate", "--params", str(params), "--set", f"{key}={value}"])
+    assert f"bad value at {key}" in err and "not a finite number" in err
+    # a method's own params file with a NaN is refused too (naming the file)
+    methods = tmp_path / "params" / "methods"
+    methods.mkdir(parents=True, exist_ok=True)
+    (methods / "kd.yaml").write_text("defaults: {temperature: .nan, ce_weight: 0.1, kd_weight: 0.9}\n")
+    with pytest.raises(ParamsError, match=r"kd.yaml: bad value at hyperparameters of kd.temperature: nan is not"):
+        method_hparams("kd", "resnet14", "resnet8", params_dir=methods)
+
+
+@pytest.mark.parametrize("option,value,pattern", [
+    ("n_train", -5, r"option n_train = -5 is invalid \(-5 is less than the minimum of 1\)"),
+    ("image_size", 0, r"option image_size = 0 is invalid \(0 is less than the minimum of 12\)"),
+    ("n_train", 1e10, r"option n_train = 10000000000.0 is invalid \(10000000000.0 is greater than the maximum of 100000"),
+    ("n_train", 10**10, r"option n_train = 10000000000 is invalid .*maximum of 100000"),
+    ("bias", "high", r"option bias = 'high' is invalid"),
+    ("seed", 2**40, r"option seed = 1099511627776 is invalid"),
+])
+def test_dataset_option_types_and_ranges_are_checked(tmp_path, capsys, option, value, pattern):
+    params = write_profile(tmp_path, tiny_profile(tmp_path, datasets={"shapes": {
+        **TINY_PROFILE["datasets"]["shapes"], option: value}}))
+    err = _one_line_error(capsys, ["validate", "--params", str(params)])
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "results").exists()
+
+
+def test_huge_seed_is_refused_and_writes_nothing(tmp_path, capsys):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    huge = "99999999999999999999999"
+    err = _one_line_error(capsys, ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                   "--student", "resnet8", "--method", "kd", "--seed", huge])
+    assert f"{huge} is too large; give a seed from 0 to 4294967295" in err
+    for key in ("seeds", "teacher_seed"):
+        bad = write_profile(tmp_path, tiny_profile(tmp_path, **{key: [2**32] if key == "seeds" else 2**32}), "b.yaml")
+        err = _one_line_error(capsys, ["validate", "--params", str(bad)])
+        assert key in err and "4294967296 is greater than the maximum of 4294967295" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_duplicate_yaml_keys_name_the_key_and_both_lines(tmp_path, capsys):
+    params = write_profile(tmp_path, tiny_profile(tmp_path))
+    text = params.read_text() + "seeds:\n- 5\n"
+    params.write_text(text)
+    first = next(k for k, line in enumerate(text.splitlines()) if line.startswith("seeds:")) + 1
+    err = _one_line_error(capsys, ["validate", "--params", str(params)])
+    assert f"the key 'seeds' appears twice (lines {first} and {len(text.splitlines()) - 1})" in err
+    assert str(params) in err
+    # YAML's merge key (params/cifar100.yaml's `<<: *recipe`) still overrides by design
+    (tmp_path / "m.yaml").write_text("a: &r {x: 1, y: 2}\nb:\n  <<: *r\n  y: 3\n")
+    assert load_yaml(tmp_path / "m.yaml")["b"] == {"x": 1, "y": 3}
+
+
+@pytest.mark.parametrize("results_dir,what", [("/", "the filesystem root"), (".", "the repository itself"),
+                                              ("..", "a folder above the repository")])
+def test_results_dir_at_root_or_repository_is_refused(capsys, monkeypatch, results_dir, what):
+    monkeypatch.chdir(ROOT)
+    prof = dict(copy.deepcopy(TINY_PROFILE), results_dir=results_dir)
+    with pytest.raises(ParamsError, match=re.escape(f"results_dir {results_dir!r} is {what}")):
+        validate_profile(prof)
+
+
+def _bombs() -> dict:
+    laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    return {
+        "a 5000-digit integer": ("seeds: [" + "9" * 5000 + "]\n", r"line 1: an integer of 5000 digits \(at most 30\)"),
+        "100k nested brackets": ("description: " + "[" * 100_000 + "]" * 100_000 + "\n",
+                                 r"line 1: nested more than 64 levels deep"),
+        "billion laughs in description": (laughs + "description: *i\n", r"line \d+: more than 100000 values once"),
+        "billion laughs in a dataset option": (
+            laughs + "datasets:\n  shapes: {image_size: 16, n_train: *i}\n", r"more than 100000 values once"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bombs()))
+def test_yaml_bombs_are_one_error_in_well_under_a_second(tmp_path, capsys, name):
+    text, pattern = _bombs()[name]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    err = _one_line_error(capsys, ["validate", "--params", str(path)])
+    assert time.perf_counter() - start < 0.5, "the reader took too long"
+    assert re.search(pattern, err) and str(path) in err, err
+
+
+def test_init_tracking_waits_for_a_locked_store_then_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 21, item 13: a store another process holds (a real SQLite exclusive lock) is
+    waited for; released in time, the wait ends at once; held on, one line after the wait
+    (not sqlalchemy's traceback)."""
+    import threading
+
+    from kdbench.tracking import wait_for_sqlite
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).execute("create table experiments (name text)").connection.commit()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    start = time.monotonic()
+    err = _one_line_error(capsys, ["init-tracking", "--experiment", "second", "--wait", "1"])
+    assert 1 <= time.monotonic() - start < 3
+    assert f"MLflow store {db} is locked by another process" in err and "after waiting 1 s" in err
+    threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()
+    start = time.monotonic()
+    wait_for_sqlite(f"sqlite:///{db}", 20)
+    assert 0.4 < time.monotonic() - start < 5
+    holder.close()
+
+
+# ----------------------------------------------------------------------------- issue 21: runs by hand
+def test_hand_run_of_another_config_never_replaces_a_finished_run(trained, capsys):
+    """Item 4: the README's by-hand example with another recipe retrained the profile's
+    finished run in place; now it is refused (naming --force and --out), the run untouched."""
+    tmp, raw, params = trained
+    model = Path(raw["results_dir"]) / "teachers/shapes/resnet14/s0/model.pt"
+    before = model.read_bytes()
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["train-teacher", "--params", str(params), "--dataset", "shapes", "--arch",
+                                   "resnet14", "--tracking", "off", "--set", "teacher_train.epochs=3"])
+    assert "holds a finished run of another config" in err and "--out DIR" in err and "--force" in err
+    assert model.read_bytes() == before
+
+
+def test_seed_outside_the_profile_is_refused_without_out(trained, capsys):
+    """Item 5: `distill --seed 7` with a profile of seed 0 wrote into the profile's tree."""
+    tmp, raw, params = trained
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["distill", "--params", str(params), "--dataset", "shapes", "--teacher", "resnet14",
+                                   "--student", "resnet8", "--method", "kd", "--seed", "7", "--tracking", "off"])
+    assert "seed 7 is not one of this profile's" in err and "seeds [0]" in err and "--out DIR" in err
+    err = _one_line_error(capsys, ["train-teacher", "--params", str(params), "--dataset", "shapes", "--arch",
+                                   "resnet14", "--seed", "3", "--tracking", "off"])
+    assert "teacher seed 3 is not one of this profile's" in err
+    assert not list(Path(raw["results_dir"]).rglob("s7")) and not list(Path(raw["results_dir"]).rglob("s3"))
+
+
+def test_second_job_on_a_live_jobs_directory_is_refused(tmp_path, capsys):
+    """Item 6: a job holds its output directory for its life (a real child process holds
+    the flock); another job for it is refused, and the lock goes with the process."""
+    from kdbench.engine.io import JobLock, job_lock_holder, live_jobs
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdbench.engine.io import JobLock\n"
+                               f"with JobLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert job_lock_holder(out) == str(holder.pid)
+        snakemake_lock = tmp_path / "0.output.lock"      # what Snakemake's lock file lists: one output a line
+        snakemake_lock.write_text(f"{out}/model.pt\n{out}/metrics.json\n{tmp_path}/other/metrics.json\n")
+        assert live_jobs([snakemake_lock]) == [(str(out), str(holder.pid))]
+        with pytest.raises(KDBenchError, match=rf"another job \(pid {holder.pid}\) is writing {out}"):
+            with JobLock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert job_lock_holder(out) is None
+    with JobLock(out):
+        assert job_lock_holder(out) == str(os.getpid())
+
+
+def test_damaged_finished_outputs_are_found_and_only_their_marker_removed(tmp_path, monkeypatch):
+    """Item 3: sealed outputs (size + SHA-256 where written); a truncated model.pt, metrics.json
+    or evaluation record loses only its run's completion marker; untouched files are not
+    read again (the stat is the cache)."""
+    from kdbench import integrity
+    from kdbench.engine.io import save_torch, write_json
+
+    runs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for d in runs.values():
+        save_torch({"w": list(range(1000))}, d / "model.pt")
+        write_json({"top1": 0.5, "config_hash": "x"}, d / "metrics.json")
+        for f in ("model.pt", "metrics.json"):
+            integrity.seal(d / f)
+    record = tmp_path / "evals" / "s1.json"
+    write_json({"top1": 0.5}, record)
+    integrity.seal(record)
+    files = [d / f for d in runs.values() for f in ("model.pt", "metrics.json")] + [record]
+    hashed = []
+    monkeypatch.setattr(integrity, "_sha256", lambda p: hashed.append(p) or "0")
+    assert integrity.check_finished(files) == [] and hashed == []   # untouched: stat only
+    monkeypatch.undo()
+    os.truncate(runs["a"] / "model.pt", 100)
+    os.truncate(runs["b"] / "metrics.json", 10)
+    os.truncate(record, 5)
+    damaged = integrity.check_finished(files)
+    assert [p for p, _ in damaged] == [runs["a"] / "model.pt", runs["b"] / "metrics.json", record]
+    assert all("bytes" in problem and "truncated" in problem for _, problem in damaged)
+    assert not (runs["a"] / "metrics.json").exists() and (runs["a"] / "model.pt").exists()
+    assert not (runs["b"] / "metrics.json").exists() and not record.exists()
+    assert (runs["c"] / "model.pt").exists() and (runs["c"] / "metrics.json").exists()
+    # same size, content changed: found by the hash; files written before seals: by format
+    (runs["c"] / "metrics.json").write_text((runs["c"] / "metrics.json").read_text().replace("0.5", "0.7"))
+    assert "SHA-256" in integrity.check_file(runs["c"] / "metrics.json")
+    old = tmp_path / "old" / "s0.json"
+    old.parent.mkdir()
+    old.write_text('{"top1": 0.')
+    assert "not readable JSON" in integrity.check_file(old)
+
+
+def test_evaluate_by_hand_names_a_damaged_run_and_its_command(trained, tmp_path, capsys):
+    """Item 3: a truncated student metrics.json gave a raw JSONDecodeError in evaluate."""
+    from kdbench.integrity import seal
+
+    tmp, raw, params = trained
+    sdir = Path(raw["results_dir"]) / "students/shapes/resnet14__resnet8/kd/s0"
+    sdir.mkdir(parents=True, exist_ok=True)
+    (sdir / "metrics.json").write_text('{"config_hash": "abc", "teacher_seed": 0}\n')
+    seal(sdir / "metrics.json")
+    os.truncate(sdir / "metrics.json", 8)
+    try:
+        capsys.readouterr()
+        err = _one_line_error(capsys, ["evaluate", "--params", str(params), "--dataset", "shapes", "--teacher",
+                                       "resnet14", "--student", "resnet8", "--method", "kd", "--seed", "0"])
+    finally:
+        import shutil
+
+        shutil.rmtree(sdir.parent)
+    assert f"{sdir / 'metrics.json'} has 8 bytes" in err
+    assert (f"make it again: kdbench distill --params {params} --dataset shapes --teacher resnet14 --student "
+            f"resnet8 --method kd --seed 0 --force") in err

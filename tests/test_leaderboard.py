@@ -5,6 +5,7 @@ files, and compare's paired tests."""
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import numpy as np
@@ -301,6 +302,22 @@ def test_markdown_escapes_the_description(runs, tmp_path):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_markdown_shows_links_and_emphasis_of_the_description_as_text(runs, tmp_path):
+    """Issue 21: a description's Markdown link, image, emphasis and heading stay plain text in
+    leaderboard.md (as on the HTML page), and the board's own bold still works."""
+    markdown_it = pytest.importorskip("markdown_it")  # rich's (dvc's) Markdown parser
+
+    evil = "see [x](javascript:alert(1)) ![i](http://e/x.png) **bold** _em_ `code`\n# heading"
+    paths = lb.write_board(runs, tmp_path, profile={"description": evil}, figures=False,
+                           published_dir=tmp_path / "none")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(paths["md"].read_text())
+    note = next(p for p in html.split("</p>") if "javascript" in p)
+    assert "<a " not in note and "<img" not in note and "<strong>" not in note and "<em>" not in note
+    assert "<code>" not in note and "<h1>heading" not in html
+    assert "[x](javascript:alert(1)) ![i](http://e/x.png) **bold** _em_ `code` # heading" in note
+    assert "<strong>" in html  # the best top-1 of each table
+
+
 def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
     pub = tmp_path / "published"
     pub.mkdir()
@@ -472,9 +489,10 @@ def test_compare_one_seed_has_no_p_value():
     assert t.iloc[0]["test"] is None or pd.isna(t.iloc[0]["test"])
 
 
-def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
-    """`kdbench leaderboard` reads the profile's eval files (+ run and teacher metrics)."""
-    from kdbench.cli import main
+def _evaluated_runs(tmp_path):
+    """A profile's evaluation records, run and teacher metrics on disk (no training): the
+    runs carry the config hash their profile implies. Returns (results, params)."""
+    from kdbench.config import load_profile, student_config
 
     results = tmp_path / "results"
     profile = {
@@ -487,6 +505,7 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     }
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump(profile))
+    full = load_profile(params)
     for method, accs in TOP1.items():
         for seed, acc in enumerate(accs):
             rec = record("shapes", method, seed, acc)
@@ -495,17 +514,25 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
             ev.write_text(json.dumps(rec))
             sdir = results / "students" / "shapes" / "resnet14__resnet8" / method / f"s{seed}"
             sdir.mkdir(parents=True)
-            (sdir / "metrics.json").write_text(json.dumps({"epochs": 1, "best_epoch": 1, "config_hash": f"h{seed}"}))
+            config_hash = student_config(full, "shapes", "resnet14", "resnet8", method, seed).config_hash
+            (sdir / "metrics.json").write_text(json.dumps({"epochs": 1, "best_epoch": 1, "config_hash": config_hash}))
     tdir = results / "teachers" / "shapes" / "resnet14" / "s0"
     tdir.mkdir(parents=True)
     (tdir / "metrics.json").write_text(json.dumps({"top1": 0.9}))
+    return results, params
 
+
+def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
+    """`kdbench leaderboard` reads the profile's eval files (+ run and teacher metrics)."""
+    from kdbench.cli import main
+
+    results, params = _evaluated_runs(tmp_path)
     assert main(["leaderboard", "--params", str(params), "--no-figures", "--published", str(tmp_path / "none")]) == 0
     board = pd.read_csv(results / "leaderboard" / "leaderboard.csv")
     assert board["teacher_top1_mean"].tolist() == pytest.approx([0.9, 0.9, 0.9, 0.9])
     assert board["method"].iloc[0] == "teacher" and board["top1_mean"].iloc[0] == pytest.approx(0.9)
     runs = pd.read_csv(results / "leaderboard" / "runs.csv")
-    assert sorted(runs["config_hash"].unique()) == ["h0", "h1", "h2"]
+    assert runs["config_hash"].nunique() == 9  # 3 methods x 3 seeds
 
     capsys.readouterr()
     assert main(["compare", "dkd", "--params", str(params), "--format", "csv"]) == 0
@@ -515,6 +542,38 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert (out["test"] == "paired_t").all()
     assert main(["compare", "nope", "--runs", str(results / "leaderboard" / "runs.csv")]) == 2
     assert "unknown method on the board 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault", ["truncated evaluation", "truncated run metrics", "truncated teacher metrics",
+                                   "run of another config"])
+def test_board_refuses_damaged_or_foreign_runs_naming_each(tmp_path, capsys, fault):
+    """Issue 21, items 1, 2 and 4: a truncated evaluation record (was: a dropped seed), a
+    truncated run or teacher metrics.json (was: read as {}, blank columns) or a run trained
+    with another config (was: published beside the others) is one error naming the file
+    and the command that makes it again, with or without --strict; no board is written."""
+    from kdbench.cli import main
+    from kdbench.integrity import seal
+
+    results, params = _evaluated_runs(tmp_path)
+    cell = "shapes/resnet14__resnet8"
+    target = {"truncated evaluation": results / "evals" / cell / "kd" / "s1.json",
+              "truncated run metrics": results / "students" / cell / "kd" / "s1" / "metrics.json",
+              "truncated teacher metrics": results / "teachers" / "shapes" / "resnet14" / "s0" / "metrics.json",
+              "run of another config": results / "students" / cell / "kd" / "s1" / "metrics.json"}[fault]
+    if fault == "run of another config":
+        target.write_text(json.dumps({**json.loads(target.read_text()), "config_hash": "0123456789ab"}))
+    else:
+        seal(target)  # as a job writes it
+        os.truncate(target, target.stat().st_size // 2)
+    argv = ["leaderboard", "--params", str(params), "--no-figures", "--published", str(tmp_path / "none")]
+    for strict in ([], ["--strict"]):
+        assert main(argv + strict) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(target.parent if "config" in fault else target) in err, err
+        redo = {"truncated evaluation": "kdbench evaluate", "truncated teacher metrics": "kdbench train-teacher"}
+        assert f"{redo.get(fault, 'kdbench distill')} --params {params} --dataset shapes" in err
+        assert "--seed 1" in err or "teacher" in fault
+    assert not (results / "leaderboard").exists()
 
 
 #: CI (.ci/run) installs Chromium and sets KDBENCH_REQUIRE_CHROMIUM=1: there the test runs (and fails

@@ -27,13 +27,13 @@ from typing import Dict, Optional
 
 def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathLike] = None, *,
           strict: bool = False, figures: bool = True, tracking: bool = True,
-          published_dir: Optional[os.PathLike] = None) -> Dict[str, Path]:
+          published_dir: Optional[os.PathLike] = None, params_ref: Optional[str] = None) -> Dict[str, Path]:
     """collect -> write -> log: what ``kdbench leaderboard`` does."""
     from kdbench.board.records import collect_records, runs_frame
     from kdbench.board.write import write_board
     from kdbench.errors import KDBenchError
 
-    records = collect_records(profile, strict=strict)
+    records = collect_records(profile, strict=strict, params=params_ref or params_path)
     if not records:
         raise KDBenchError(f"no evaluated runs of {params_path} under {profile.get('results_dir', 'results')}/evals: "
                            "run the pipeline first (snakemake --cores all)")

@@ -80,25 +80,63 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *, strict: bool = False) -> List[dict]:
+def _read_whole(path: Path, problems: list, redo: str) -> Optional[dict]:
+    """The JSON object in ``path``; None when it does not exist. A damaged one (unreadable,
+    or not what was written: kdbench.integrity) goes to ``problems`` with the command that
+    makes it again."""
+    from kdbench.integrity import check_file
+
+    if not path.is_file():
+        return None
+    problem = check_file(path)
+    blob = read_json(path) if problem is None else None
+    if problem is None and not isinstance(blob, dict):
+        problem = "is not a readable JSON object"
+    if problem is not None:
+        problems.append(f"{path} {problem} (make it again: {redo})")
+        return None
+    return blob
+
+
+def _command(params: str, command: str, **options) -> str:
+    opts = " ".join(f"--{k} {v}" for k, v in options.items())
+    return f"kdbench {command} --params {params} {opts}"
+
+
+def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *, strict: bool = False,
+                    params: str = "PARAMS") -> List[dict]:
     """The flat per-run records of a profile (see the module docstring). Missing
-    evaluations are an error with ``strict``, else skipped with a warning."""
+    evaluations are an error with ``strict``, else skipped with a warning. Never a silent
+    drop or a foreign number: a damaged record or metrics.json (kdbench.integrity), or a
+    run trained with another config than the profile implies, is a KDBenchError naming
+    each one and the command (``params``: the profile as given on the command line) that
+    makes it again."""
     from kdbench.config import run_paths
 
     root = Path(results_dir if results_dir is not None else profile.get("results_dir", "results"))
-    records, missing = [], []
+    records, missing, problems = [], [], []
     for run in expected_runs(profile):
         ev_path = eval_path(root, run["dataset"], run["teacher"], run["student"], run["method"], run["seed"])
-        ev = read_json(ev_path)
+        where = dict(dataset=run["dataset"], teacher=run["teacher"], student=run["student"], method=run["method"],
+                     seed=run["seed"])
+        ev = _read_whole(ev_path, problems, _command(params, "evaluate", **where))
         if ev is None:
+            if ev_path.is_file():
+                continue
             missing.append(ev_path)
             continue
         sdir = run_paths(root, "student", run["dataset"], run["student"], run["seed"],
                          teacher=run["teacher"], method=run["method"])
-        train = read_json(sdir / "metrics.json") or {}
+        redo_student = _command(params, "distill", **where) + " --force"
+        train = _read_whole(sdir / "metrics.json", problems, redo_student) or {}
+        expected = _expected_hash(profile, run)
+        if train and train.get("config_hash") != expected:
+            problems.append(f"{sdir} was trained with another config than this profile's (config_hash "
+                            f"{train.get('config_hash')}, the profile's {expected}) (train it again: {redo_student})")
         t_seed = ev.get("teacher_seed") if ev.get("teacher_seed") is not None else run["teacher_seed"]
         tdir = run_paths(root, "teacher", run["dataset"], run["teacher"], t_seed)
-        teacher = read_json(tdir / "metrics.json") or {}
+        teacher = _read_whole(tdir / "metrics.json", problems, _command(
+            params, "train-teacher", dataset=run["dataset"], arch=run["teacher"], seed=t_seed) + " --force") or {}
         rec = {k: train.get(k) for k in FROM_TRAIN}
         rec.update({k: v for k, v in ev.items() if v is not None or k not in rec})
         rec.update({k: run[k] for k in KEYS + ["seed"]})
@@ -108,6 +146,13 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
         for k in TEACHER_METRICS:
             rec[f"teacher_{k}"] = teacher.get(k)
         records.append(rec)
+    if problems:
+        from kdbench.errors import KDBenchError
+
+        problems = list(dict.fromkeys(problems))
+        raise KDBenchError(f"{len(problems)} file(s) of this board are damaged or of another config, and no board "
+                           f"is written: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+                           + " (the pipeline, run again, redoes damaged files itself)")
     if missing:
         listing = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         msg = f"{len(missing)} of {len(missing) + len(records)} runs have no evaluation yet: {listing}"
@@ -117,6 +162,14 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
             raise KDBenchError(msg + " (run the pipeline: snakemake --cores all)")
         print(f"[kdbench] warning: {msg}", file=sys.stderr)
     return records
+
+
+def _expected_hash(profile: dict, run: dict) -> str:
+    """The config hash the profile implies for one student run (what its metrics.json must say)."""
+    from kdbench.config import student_config
+
+    return student_config(profile, run["dataset"], run["teacher"], run["student"], run["method"],
+                          run["seed"]).config_hash
 
 
 def hparams_text(value) -> str:

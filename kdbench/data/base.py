@@ -139,6 +139,18 @@ DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 TRAIN_CLASS_MIN: Dict[str, Callable[[dict], Optional[int]]] = {}
 
 
+#: dataset name -> {option: JSON schema of its type and range}: every keyword option of the
+#: dataset's builder, declared beside its registration and checked at validation
+#: (kdbench.config, before any work), e.g. ``OPTION_TYPES["shapes"] = {"n_train":
+#: {"type": "integer", "minimum": 1, "maximum": 100000}, ...}``. A registered dataset that
+#: declares none, or leaves an option out, fails tests/test_config.py.
+OPTION_TYPES: Dict[str, Dict[str, dict]] = {}
+#: the option types the datasets share
+SEED_OPTION = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+PATH_OPTION = {"type": ["string", "null"], "minLength": 1}
+FRACTION_OPTION = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+
+
 def min_train_class_count(name: str, options: Optional[dict] = None) -> Optional[int]:
     fn = TRAIN_CLASS_MIN.get(name)
     return None if fn is None else fn(dict(options or {}))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kdbench.errors import KDBenchError
-from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
+from kdbench.data.base import DATASETS, OPTION_TYPES, PATH_OPTION, SEED_OPTION, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors, not_found, resolve_data_root
 
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _FILES = {
@@ -229,3 +229,7 @@ def _min_train_per_class(per_class: int, num_classes: int):
 
 TRAIN_CLASS_MIN["cifar10"] = _min_train_per_class(5000, 10)
 TRAIN_CLASS_MIN["cifar100"] = _min_train_per_class(500, 100)
+for _name in ("cifar10", "cifar100"):
+    # val_size images are held out of the 50k training images, at most half of each class
+    OPTION_TYPES[_name] = {"data_root": PATH_OPTION, "download": {"type": "boolean"},
+                           "val_size": {"type": "integer", "minimum": 1, "maximum": 25_000}, "seed": SEED_OPTION}

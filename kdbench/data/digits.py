@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors
+from kdbench.data.base import (DATASETS, FRACTION_OPTION, OPTION_TYPES, SEED_OPTION, TRAIN_CLASS_MIN, Dataset,
+                               Split, fingerprint_tensors)
 from kdbench.errors import UnknownChoiceError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
@@ -120,3 +121,8 @@ CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 TRAIN_CLASS_MIN["digits"] = lambda o: min(
     int(round((1 - float(o.get("val_fraction", 0.15)) - float(o.get("test_fraction", 0.25))) * n))
     for n in CLASS_COUNTS)
+OPTION_TYPES["digits"] = {"image_size": {"type": "integer", "minimum": 8, "maximum": 128}, "seed": SEED_OPTION,
+                          "val_fraction": FRACTION_OPTION, "test_fraction": FRACTION_OPTION,
+                          "colour_bias": {"type": "boolean"}, "bias": {"type": "number", "minimum": 0, "maximum": 1},
+                          "interpolation": {"enum": ["bilinear", "nearest"]},
+                          "ink_threshold": {"type": "number", "minimum": 0, "maximum": 1}}

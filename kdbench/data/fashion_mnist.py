@@ -54,7 +54,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors
+from kdbench.data.base import (DATASETS, OPTION_TYPES, PATH_OPTION, SEED_OPTION, TRAIN_CLASS_MIN, Dataset, Split,
+                                fingerprint_tensors)
 from kdbench.errors import DatasetNotFoundError, KDBenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -291,3 +292,9 @@ def _dataset(splits: dict, ctx: dict, options: dict, source_index: dict) -> Data
 TRAIN_CLASS_MIN["fashion_mnist"] = lambda o: (
     TRAIN_PER_CLASS - int(o.get("n_val", 2000)) // N_CLASSES if o.get("n_train") is None
     else int(o["n_train"]) // N_CLASSES)
+OPTION_TYPES["fashion_mnist"] = {
+    "image_size": {"type": "integer", "minimum": 4, "maximum": 28},
+    "n_train": {"type": ["integer", "null"], "minimum": 10, "maximum": 59990, "multipleOf": 10},
+    "n_val": {"type": "integer", "minimum": 10, "maximum": 10000, "multipleOf": 10},
+    "seed": SEED_OPTION, "context_bias": {"type": "boolean"}, "bias": {"type": "number", "minimum": 0, "maximum": 1},
+    "mask_threshold": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "data_root": PATH_OPTION}

@@ -32,7 +32,8 @@ import os
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, Dataset, FileSplit, not_found, resolve_data_root
+from kdbench.data.base import (DATASETS, FRACTION_OPTION, OPTION_TYPES, PATH_OPTION, SEED_OPTION, Dataset, FileSplit,
+                               not_found, resolve_data_root)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,3 +189,8 @@ def waterbirds(root: str | None = None, data_root: str | None = None, image_size
         options=dict(root=root, data_root=data_root, image_size=image_size),
         meta={"group_names": ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]},
     )
+
+_FOLDER_IMAGE_SIZE = {"type": "integer", "minimum": 16, "maximum": 1024}
+OPTION_TYPES["imagefolder"] = {"root": PATH_OPTION, "image_size": _FOLDER_IMAGE_SIZE, "val_fraction": FRACTION_OPTION,
+                               "seed": SEED_OPTION, "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}}
+OPTION_TYPES["waterbirds"] = {"root": PATH_OPTION, "data_root": PATH_OPTION, "image_size": _FOLDER_IMAGE_SIZE}

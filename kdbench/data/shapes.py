@@ -41,7 +41,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from kdbench.data.base import DATASETS, TRAIN_CLASS_MIN, Dataset, Split, fingerprint_tensors
+from kdbench.data.base import (DATASETS, OPTION_TYPES, SEED_OPTION, TRAIN_CLASS_MIN, Dataset, Split,
+                               fingerprint_tensors)
 
 #: apex angle of each arrangement: three parts, two of them at distance D from the apex
 #: part at this angle (so the third distance, 2·D·sin(angle/2), tells the arrangements apart)
@@ -239,3 +240,7 @@ shapes.generator_version = GENERATOR_VERSION
 
 # labels are a permutation of arange(n) % 8: the smallest class has n // 8 images
 TRAIN_CLASS_MIN["shapes"] = lambda o: int(o.get("n_train", 5000)) // 8
+_N_IMAGES = {"type": "integer", "minimum": 1, "maximum": 100_000}  # 100k 64-px images: 1.2 GB per split
+OPTION_TYPES["shapes"] = {"image_size": {"type": "integer", "minimum": 12, "maximum": 64},
+                          "n_train": _N_IMAGES, "n_val": _N_IMAGES, "n_test": _N_IMAGES, "n_test_ood": _N_IMAGES,
+                          "bias": {"type": "number", "minimum": 0, "maximum": 1}, "seed": SEED_OPTION}

@@ -105,3 +105,70 @@ def cached_json(path: os.PathLike, key: dict, compute: Callable[[], dict], *, re
             raise
         print(f"[kdbench] could not cache {path} ({err}); using it uncached", file=sys.stderr, flush=True)
     return json.loads(json.dumps(blob))
+
+
+JOB_LOCK = ".kdbench-job.lock"
+
+
+class JobLock:
+    """A job's hold on its output directory, for the job's whole life: an flock on
+    ``DIR/.kdbench-job.lock`` (holding its pid), which the kernel releases when the process
+    dies, however it dies. A second job for the same directory is refused, and the
+    pipeline's stale-lock clean-up (workflow/Snakefile) treats a held one as a live run."""
+
+    def __init__(self, out_dir: os.PathLike):
+        self.path = Path(out_dir) / JOB_LOCK
+        self.fh = None
+
+    def __enter__(self):
+        import fcntl
+
+        from kdbench.errors import KDBenchError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise KDBenchError(f"another job (pid {pid}) is writing {self.path.parent}: wait until it ends, or "
+                               f"stop it (kill {pid}) and run this command again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()  # releases the flock
+        return False
+
+
+def job_lock_holder(out_dir: os.PathLike):
+    """The pid (text) of a live job holding ``out_dir``'s JobLock, else None."""
+    import fcntl
+
+    path = Path(out_dir) / JOB_LOCK
+    try:
+        fh = open(path)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return fh.read().strip() or "?"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+def live_jobs(lock_files) -> list:
+    """(output directory, pid) of every live job (JobLock) among the outputs that Snakemake's
+    lock files (.snakemake/locks/*.output.lock: one path a line) list."""
+    outputs = {line.strip() for f in lock_files for line in Path(f).read_text(errors="replace").splitlines()
+               if line.strip()}
+    dirs = sorted({os.path.dirname(o) for o in outputs})
+    return [(d, pid) for d in dirs for pid in [job_lock_holder(d)] if pid is not None]

@@ -24,6 +24,7 @@ from kdbench.config import RunConfig
 from kdbench.engine import distributed as kdist
 from kdbench.engine import io as kio
 from kdbench.engine.optim import SGD, learning_rate
+from kdbench.integrity import seal
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
                                     set_rng_state, set_threads)
 from kdbench.errors import KDBenchError
@@ -444,9 +445,11 @@ def run(cfg: RunConfig, out_dir: Path, *, results_dir: Path, teacher_path: Optio
         split = ds.splits["test_ood"]
         metrics["top1_ood"] = ood_score(ds, predict_split(predict, ds, split, device, r["eval_batch_size"]), split)
     save_model(out_dir / "model.pt", distiller, cfg, ds.num_classes, {"input_size": ds.image_size})
+    seal(out_dir / "model.pt")  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
     kio.write_text(_history_csv(history), out_dir / "history.csv")
     kio.write_json(distiller.artifacts(), out_dir / "artifacts.json")
     kio.write_json(metrics, out_dir / "metrics.json")
+    seal(out_dir / "metrics.json")
     ckpt_path.unlink(missing_ok=True)
     if tracker is not None:
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})

@@ -42,6 +42,7 @@ import torch
 from kdbench.engine import io as kio
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
+from kdbench.integrity import seal
 
 EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8,
                  "fss_estimator": "u_centered"}
@@ -364,6 +365,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
                   file=sys.stderr)
             if out_path is not None:
                 kio.write_json(rec, Path(out_path))
+                seal(out_path)  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
             return rec
 
     teacher, tmeta = load_model(teacher_dir / "model.pt", device)
@@ -497,6 +499,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     rec = kio.json_types(rec)
     if out_path is not None:
         kio.write_json(rec, Path(out_path))
+        seal(out_path)
     try:
         # the key as it is now: the evaluation may have derived the teacher's tree file
         kio.write_json({"key": current_key(), "record": rec}, student_dir / RECORD_CACHE_FILE)

@@ -152,6 +152,14 @@ def check_prepared_data():
             path.with_name("meta.json").unlink(missing_ok=True)
 
 
+def check_finished_outputs():
+    """Damaged finished outputs lose their run's completion marker (see the Snakefile)."""
+    from kdbench.integrity import check_finished
+
+    runs = [os.path.dirname(p) for p in board_students() + board_teachers()]
+    check_finished([os.path.join(d, n) for d in runs for n in ("model.pt", "metrics.json")] + board_evals())
+
+
 def teacher_seed(seed):
     seed = int(seed)
     return seed if P["teacher_seed"] is None else int(P["teacher_seed"])

@@ -31,4 +31,4 @@ rule leaderboard:
         mem_mb=2000,
         runtime=30,
     shell:
-        "kdbench leaderboard --params {params.profile:q}{params.overrides} > {log:q} 2>&1"
+        "kdbench leaderboard --strict --params {params.profile:q}{params.overrides} > {log:q} 2>&1"

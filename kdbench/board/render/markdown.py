@@ -12,6 +12,20 @@ def esc(s) -> str:
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
 
 
+#: Markdown's own syntax: links and images ([x](url), ![x](url)), emphasis (*, _, ~), code
+#: (`), headings (#) and the backslash itself; a backslash before each makes it plain
+MARKDOWN_SYNTAX = "\\`*_[]~!#"
+
+
+def esc_text(s) -> str:
+    """Free text from the profile (its description, the title) as plain text, as the HTML
+    page shows it: :func:`esc`, Markdown's syntax characters backslashed (no link, no
+    emphasis: ``[x](javascript:...)`` stays text), line breaks as spaces (no heading or
+    list can start)."""
+    text = "".join("\\" + c if c in MARKDOWN_SYNTAX else c for c in str(s))
+    return " ".join(esc(text).splitlines())
+
+
 def _table(frame, aligns) -> str:
     frame = frame.map(esc)
     frame.columns = [esc(c) for c in frame.columns]
@@ -19,9 +33,9 @@ def _table(frame, aligns) -> str:
 
 
 def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None, trees=None) -> str:
-    lines = [f"# {esc(title)}", ""]
+    lines = [f"# {esc_text(title)}", ""]
     if note:
-        lines += [esc(note), ""]
+        lines += [esc_text(note), ""]
     lines += [esc(T.notes(board)) + " Best student top-1 per table in bold.", ""]
     columns = T.columns_for(board)
     aligns = ["left" if k in ("text", "hparams") else "right" for _, _, k in columns]
