@@ -604,3 +604,15 @@ def test_screenshot_script_at_1400px(runs, tmp_path):
     narrow = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "n.png"),
                              "--width", "500", "--height", "600"], capture_output=True, text=True, timeout=180)
     assert narrow.returncode == 1 and "off-screen" in narrow.stdout
+
+
+def test_notes_name_each_datasets_source(runs, tmp_path):
+    """Issue 20: the board's notes name where each dataset's images come from (release and
+    checksum, as the runs' evaluation records carry it)."""
+    runs = runs.copy()
+    runs["dataset_source"] = ["release R, sha256 abc" if d == "shapes" else "" for d in runs["dataset"]]
+    paths = lb.write_board(runs, tmp_path, profile={"description": "a board"}, figures=False,
+                           published_dir=tmp_path / "none")
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "a board. Data: shapes: release R, sha256 abc." in md and "plain:" not in md.split("\n\n")[1]
+    assert "Data: shapes: release R, sha256 abc." in page

@@ -94,7 +94,9 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     entries = published.load(datasets, published_dir)
     board = aggregate(runs, datasets=datasets or None, pairs=profile.get("pairs"), published=entries)
     reproduction = published.scorecard(board)
-    note = " ".join(t for t in (profile.get("description", ""), data_note(runs)) if t)
+    description = str(profile.get("description", "") or "").rstrip()
+    note = " ".join(t for t in (description + ("." if description and description[-1] not in ".!?" else ""),
+                                data_note(runs)) if t)
     trees = teacher_tree_table(runs)
     claims = claims_table(runs)
     card = scorecard(claims)
