@@ -56,13 +56,19 @@ def _format_problem(path: Path) -> Optional[str]:
             return f"is not readable JSON ({type(err).__name__}: truncated or corrupt)"
         return None
     if path.suffix == ".pt":
-        import zipfile
+        return torch_file_problem(path)
+    return None
 
-        try:
-            with zipfile.ZipFile(path) as zf:
-                zf.namelist()
-        except (OSError, zipfile.BadZipFile) as err:
-            return f"is not a readable torch file ({err})"
+
+def torch_file_problem(path: os.PathLike) -> Optional[str]:
+    """None when a torch file's zip directory reads (a truncated file's does not), else why."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.namelist()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"is not a readable torch file ({err})"
     return None
 
 

@@ -110,6 +110,24 @@ def fingerprint_tensors(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def channel_stats(images: torch.Tensor):
+    """Per-channel (mean, std) of uint8 N×C×H×W images in [0, 1] units, rounded to 4
+    digits (std at least 1e-3): a dataset's normalisation, from its training split."""
+    x = images.double().div_(255.0)
+    mean = tuple(round(float(m), 4) for m in x.mean(dim=(0, 2, 3)))
+    std = tuple(round(max(float(s), 1e-3), 4) for s in x.std(dim=(0, 2, 3)))
+    return mean, std
+
+
+def fingerprint_splits(name: str, splits: Dict[str, "Split"], contexts: Optional[dict] = None) -> str:
+    """A dataset's content hash: its name, then per split (in order) its name, images,
+    labels, masks and per-image context ids (``contexts``, absent ones as None)."""
+    parts = [name]
+    for split_name, sp in splits.items():
+        parts += [split_name, sp.images, sp.labels, sp.masks, (contexts or {}).get(split_name)]
+    return fingerprint_tensors(*parts)
+
+
 def resolve_data_root(data_root=None) -> str:
     """Where paper-scale datasets live: the ``data_root`` option, else the ``KDBENCH_DATA``
     environment variable, else ``./data``."""

@@ -21,6 +21,7 @@ from typing import Optional
 
 from kdbench.data.base import Dataset, FileSplit, Split
 from kdbench.errors import KDBenchError
+from kdbench.integrity import torch_file_problem
 
 FORMAT = 1
 
@@ -102,8 +103,6 @@ def check_prepared(path: os.PathLike) -> Optional[str]:
     """None when ``path`` (a prepared data.pt) is whole, else what is wrong with it: its
     size and SHA-256 against those ``meta.json`` recorded (files written before they were
     recorded: the zip archive's directory must be readable, which catches truncation)."""
-    import zipfile
-
     path = Path(path)
     if not path.is_file():
         return "is missing"
@@ -118,12 +117,7 @@ def check_prepared(path: os.PathLike) -> Optional[str]:
         if file_sha256(path) != meta.get("data_sha256"):
             return "does not match the SHA-256 meta.json recorded (corrupt)"
         return None
-    try:
-        with zipfile.ZipFile(path) as zf:
-            zf.namelist()
-    except (OSError, zipfile.BadZipFile) as err:
-        return f"is not a readable torch file ({err})"
-    return None
+    return torch_file_problem(path)
 
 
 def prepared_path(results_dir: os.PathLike, name: str) -> Path:

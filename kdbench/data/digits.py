@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdbench.data.base import (DATASETS, FRACTION_OPTION, OPTION_TYPES, SEED_OPTION, TRAIN_CLASS_MIN, Dataset,
-                               Split, fingerprint_tensors)
+                               Split, channel_stats, fingerprint_splits)
 from kdbench.errors import UnknownChoiceError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
@@ -93,12 +93,7 @@ def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test
             img = a[:, None].expand(-1, 3, -1, -1)
         images = (img * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
         splits[name] = Split(images, torch.from_numpy(y), a > ink_threshold)
-    xt = splits["train"].images.double().div_(255.0)
-    mean = tuple(round(float(m), 4) for m in xt.mean(dim=(0, 2, 3)))
-    std = tuple(round(max(float(s), 1e-3), 4) for s in xt.std(dim=(0, 2, 3)))
-    parts = ["digits"]
-    for name, sp in splits.items():
-        parts += [name, sp.images, sp.labels, sp.masks, contexts.get(name)]
+    mean, std = channel_stats(splits["train"].images)
     options = dict(image_size=image_size, seed=seed, val_fraction=float(val_fraction),
                    test_fraction=float(test_fraction), colour_bias=bool(colour_bias), bias=float(bias),
                    interpolation=interpolation, ink_threshold=float(ink_threshold))
@@ -108,7 +103,7 @@ def digits(image_size: int = 32, seed: int = 0, val_fraction: float = 0.15, test
                 "context_colours": colours.tolist()}
     return Dataset(
         name="digits", splits=splits, num_classes=10, class_names=[str(k) for k in range(10)],
-        fingerprint=fingerprint_tensors(*parts), hierarchy=None, mean=mean, std=std,
+        fingerprint=fingerprint_splits("digits", splits, contexts), hierarchy=None, mean=mean, std=std,
         augment={"crop_pad": max(1, image_size // 8), "flip": False}, image_size=image_size,
         ood_metric="accuracy", options=options, meta=meta,
         source="scikit-learn's load_digits (the UCI ML hand-written digits test set, 1797 images of 8×8)",

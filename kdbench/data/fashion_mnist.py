@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from kdbench.data.base import (DATASETS, OPTION_TYPES, PATH_OPTION, SEED_OPTION, TRAIN_CLASS_MIN, Dataset, Split,
-                                fingerprint_tensors)
+                                channel_stats, fingerprint_splits)
 from kdbench.errors import DatasetNotFoundError, KDBenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -271,12 +271,7 @@ def fashion_mnist(image_size: int = 28, n_train: Optional[int] = None, n_val: in
 
 
 def _dataset(splits: dict, ctx: dict, options: dict, source_index: dict) -> Dataset:
-    xt = splits["train"].images.double().div_(255.0)
-    mean = tuple(round(float(m), 4) for m in xt.mean(dim=(0, 2, 3)))
-    std = tuple(round(max(float(s), 1e-3), 4) for s in xt.std(dim=(0, 2, 3)))
-    parts = ["fashion_mnist"]
-    for name, sp in splits.items():
-        parts += [name, sp.images, sp.labels, sp.masks, ctx.get(name)]
+    mean, std = channel_stats(splits["train"].images)
     meta = {"source_index": source_index, "release": RELEASE, "sha256": dict(SHA256),
             "coarse_names": COARSE_NAMES}
     if ctx:
@@ -284,7 +279,7 @@ def _dataset(splits: dict, ctx: dict, options: dict, source_index: dict) -> Data
                  "paired_context": list(range(N_CLASSES)), "context_colours": background_colours().tolist()}
     size = options["image_size"]
     return Dataset(name="fashion_mnist", splits=splits, num_classes=N_CLASSES, class_names=list(CLASS_NAMES),
-                   fingerprint=fingerprint_tensors(*parts), hierarchy=HIERARCHY, mean=mean, std=std,
+                   fingerprint=fingerprint_splits("fashion_mnist", splits, ctx), hierarchy=HIERARCHY, mean=mean, std=std,
                    augment={"crop_pad": max(1, size // 8), "flip": True}, image_size=size,
                    ood_metric="accuracy", options=options, meta=meta, source=SOURCE)
 
