@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdbench.config import RunConfig  # noqa: E402
-from kdbench.data.base import DATASETS, Dataset, Split  # noqa: E402
+from kdbench.data.base import DATASETS, OPTION_TYPES, SEED_OPTION, Dataset, Split  # noqa: E402
 from kdbench.engine import trainer  # noqa: E402
 from kdbench.engine.runtime import select_device  # noqa: E402
 from kdbench.models import create_model  # noqa: E402
@@ -61,6 +61,11 @@ def bench_cifar(n_train: int = 1024, n_val: int = 64, image_size: int = 32, num_
 
 if "bench_cifar" not in DATASETS:
     DATASETS.register("bench_cifar", bench_cifar)
+    _COUNT = {"type": "integer", "minimum": 1, "maximum": CIFAR100_TRAIN}
+    OPTION_TYPES["bench_cifar"] = {"n_train": _COUNT, "n_val": _COUNT,
+                                   "image_size": {"type": "integer", "minimum": 8, "maximum": 256},
+                                   "num_classes": {"type": "integer", "minimum": 2, "maximum": 1000},
+                                   "seed": SEED_OPTION}
 
 
 def recipe(args, batch_size: int) -> dict:
