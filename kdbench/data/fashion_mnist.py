@@ -56,6 +56,7 @@ import torch
 
 from kdbench.data.base import (DATASETS, OPTION_TYPES, PATH_OPTION, SEED_OPTION, TRAIN_CLASS_MIN, Dataset, Split,
                                 channel_stats, fingerprint_splits)
+from kdbench.data.digits import background_colours  # the same class-paired hues (k/10)
 from kdbench.errors import DatasetNotFoundError, KDBenchError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -180,20 +181,13 @@ def silhouettes(images: np.ndarray, threshold: float) -> np.ndarray:
     return ndimage.binary_fill_holes(padded, structure=planar)[1:-1]
 
 
-def background_colours(k: int = N_CLASSES) -> np.ndarray:
-    """k colours (k×3 in [0, 1]) of evenly spaced hues (saturation 0.7, value 0.55)."""
-    from kdbench.data.digits import background_colours as colours
-
-    return colours(k)
-
-
 def paint(gray: np.ndarray, mask: np.ndarray, context: Optional[np.ndarray]) -> torch.Tensor:
     """float N×3×28×28 in [0, 1]: the grayscale garment, with the background outside the
-    silhouette painted in ``background_colours()[context]`` (None: left as it is)."""
+    silhouette painted in ``background_colours(N_CLASSES)[context]`` (None: left as it is)."""
     x = torch.from_numpy(gray.astype(np.float32) / 255.0)[:, None].expand(-1, 3, -1, -1)
     if context is None:
         return x.contiguous()
-    bg = torch.from_numpy(background_colours().astype(np.float32))[torch.from_numpy(context)][:, :, None, None]
+    bg = torch.from_numpy(background_colours(N_CLASSES).astype(np.float32))[torch.from_numpy(context)][:, :, None, None]
     m = torch.from_numpy(mask)[:, None].float()
     return x * m + bg * (1 - m)
 
@@ -276,7 +270,7 @@ def _dataset(splits: dict, ctx: dict, options: dict, source_index: dict) -> Data
             "coarse_names": COARSE_NAMES}
     if ctx:
         meta |= {"context": {k: torch.from_numpy(v.astype(np.int64)) for k, v in ctx.items()},
-                 "paired_context": list(range(N_CLASSES)), "context_colours": background_colours().tolist()}
+                 "paired_context": list(range(N_CLASSES)), "context_colours": background_colours(N_CLASSES).tolist()}
     size = options["image_size"]
     return Dataset(name="fashion_mnist", splits=splits, num_classes=N_CLASSES, class_names=list(CLASS_NAMES),
                    fingerprint=fingerprint_splits("fashion_mnist", splits, ctx), hierarchy=HIERARCHY, mean=mean, std=std,

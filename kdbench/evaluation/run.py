@@ -154,7 +154,7 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
 
 
-def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str, device) -> List[dict]:
+def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str) -> List[dict]:
     """The teacher's per-stage linear probes for the true coarse groups and for the classes
     (:func:`kdbench.evaluation.hierarchy.stage_probe_table` on the features TDD's tree uses,
     fit on ``PROBE_TRAIN`` training images, scored on the test split), cached in
@@ -164,16 +164,13 @@ def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str, devi
     key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
            "features": features, "n_train": PROBE_TRAIN, "version": 1}
 
-    def compute():
-        was = teacher.training
-        rows = stage_probe_table(teacher.to(device), dataset, n_train=PROBE_TRAIN, features=features)
-        teacher.train(was)
-        return {"stages": rows}
+    def compute():  # pooled_features restores the teacher's mode; it runs on the teacher's device
+        return {"stages": stage_probe_table(teacher, dataset, n_train=PROBE_TRAIN, features=features)}
 
     return kio.cached_json(Path(teacher_dir) / STAGE_PROBES_FILE, key, compute, read_only_ok=True)["stages"]
 
 
-def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hparams, device) -> Dict[str, Any]:
+def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hparams) -> Dict[str, Any]:
     """The teacher's tree measured as what it is (README "TDD's tree"), per teacher stage:
     the Ward tree cut at the true coarse level (``hierarchy_ari_tree``), its dendrogram
     purity of the true coarse groups against a permutation baseline (``tree_purity*``),
@@ -185,7 +182,7 @@ def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hpa
     trees = [t.get("linkage") for t in tree.get("trees", [])]
     base = [hierarchy.purity_baseline(z, groups, k) for z in trees]
     source = tree_settings(tdd_hparams, k)["teacher_features"]  # tdd's "tap" / "stage"
-    probes = cached_stage_probes(teacher, teacher_dir, dataset, "taps" if source == "tap" else "stages", device)
+    probes = cached_stage_probes(teacher, teacher_dir, dataset, "taps" if source == "tap" else "stages")
     out = {"hierarchy_ari_tree_stages": [hierarchy.tree_ari(z, dataset.hierarchy, k) for z in trees],
            "tree_purity_stages": [hierarchy.dendrogram_purity(z, groups, k) for z in trees],
            "tree_purity_chance_stages": [None if b is None else b["mean"] for b in base],
@@ -477,7 +474,7 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     # the walk's partition (TDD's training targets), not the tree's quality: README "TDD's tree"
     rec["walk_partition_ari"] = hierarchy.walk_partition_ari(partitions, ds.hierarchy, num_classes)
     if ds.hierarchy:
-        rec.update(teacher_tree_record(tree, ds, teacher, teacher_dir, tdd_hparams, device))
+        rec.update(teacher_tree_record(tree, ds, teacher, teacher_dir, tdd_hparams))
 
     # efficiency
     rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))
