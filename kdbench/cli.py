@@ -53,7 +53,7 @@ def _seed(text: str) -> int:
 
 
 def _profile(args):
-    from kdbench.config import load_profile_with_overrides
+    from kdbench.profile import load_profile_with_overrides
 
     return load_profile_with_overrides(args.params, args.overrides)
 
@@ -145,7 +145,7 @@ def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
     import os
     from contextlib import nullcontext
 
-    from kdbench.engine.io import JobLock
+    from kdbench.io import JobLock
 
     # one job per output directory, held for the job's life (rank 0 of a torchrun job)
     with JobLock(out) if os.environ.get("RANK", "0") == "0" else nullcontext():
@@ -185,7 +185,8 @@ def _train_locked(args, cfg, out: Path, teacher_path, profile, **expect) -> int:
 
 
 def cmd_train_teacher(args) -> int:
-    from kdbench.config import check_in_profile, run_paths, teacher_config
+    from kdbench.config import run_paths, teacher_config
+    from kdbench.profile import check_in_profile
 
     profile = _profile(args)
     check_in_profile(profile, args.dataset, None, args.arch, None)
@@ -199,7 +200,8 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_import_teacher(args) -> int:
-    from kdbench.config import check_in_profile, run_paths
+    from kdbench.config import run_paths
+    from kdbench.profile import check_in_profile
     from kdbench.teachers import import_teacher
 
     profile = _profile(args)
@@ -226,7 +228,9 @@ def cmd_fetch_teachers(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from kdbench.config import check_in_profile, run_paths, student_config, teacher_config
+    from kdbench.config import run_paths, teacher_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import check_in_profile
 
     profile = _profile(args)
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
@@ -260,8 +264,9 @@ def cmd_distill(args) -> int:
 def cmd_tune_trial(args) -> int:
     """One tuning trial: a student trained on the trial's candidate values, scored on the
     validation split only (its dataset has no test split). A diverged trial is a result."""
-    from kdbench.config import check_in_profile, run_paths
-    from kdbench.engine import io as kio
+    from kdbench.config import run_paths
+    from kdbench.profile import check_in_profile
+    from kdbench import io as kio
     from kdbench.engine.trainer import CHECKPOINT, NonFiniteLossError, run, trial_metrics
     from kdbench.errors import KDBenchError
     from kdbench.tuning import trial_config, trial_dir, tuning_of
@@ -304,7 +309,7 @@ def cmd_tune_trial(args) -> int:
 def cmd_tune_select(args) -> int:
     import json
 
-    from kdbench.config import check_in_profile
+    from kdbench.profile import check_in_profile
     from kdbench.tuning import write_selection
 
     profile = _profile(args)
@@ -317,7 +322,7 @@ def cmd_tune_select(args) -> int:
 
 
 def cmd_tune_export(args) -> int:
-    from kdbench.engine.io import write_text
+    from kdbench.io import write_text
     from kdbench.tuning import export, export_path
 
     profile = _profile(args)
@@ -331,7 +336,7 @@ def cmd_prepare_data(args) -> int:
     from kdbench.data.cache import load_dataset, prepared_path
 
     profile = _profile(args)
-    from kdbench.config import check_in_profile
+    from kdbench.profile import check_in_profile
 
     check_in_profile(profile, args.dataset, None, None, None)
     ds = load_dataset(args.dataset, profile["datasets"][args.dataset], profile["results_dir"], rebuild=True)
@@ -385,7 +390,9 @@ def cmd_evaluate(args) -> int:
     interpreter, the data and the teacher are loaded once for all of them)."""
     import json
 
-    from kdbench.config import check_in_profile, method_hparams, run_paths
+    from kdbench.config import run_paths
+    from kdbench.hparams import method_hparams
+    from kdbench.profile import check_in_profile
     from kdbench.engine.runtime import select_device, set_threads
     from kdbench.errors import KDBenchError
     from kdbench.integrity import require_whole

@@ -38,7 +38,7 @@ def _sha256(path: Path) -> str:
 
 def seal(path: os.PathLike) -> None:
     """Record ``path``'s size, SHA-256 and mtime in its sidecar (written atomically)."""
-    from kdbench.engine.io import write_text
+    from kdbench.io import write_text
 
     path = Path(path)
     st = path.stat()

@@ -257,7 +257,7 @@ def _load_checks(path: Path) -> dict:
 def verify_teachers(profile: dict, params: str = "PARAMS", cache: bool = True, quiet: bool = False) -> List[dict]:
     """Check every used external teacher (exists, pinned hash, keys and shapes) before any
     job; results cached (see the module docstring). Returns one record per teacher."""
-    from kdbench.engine import io as kio
+    from kdbench import io as kio
 
     cache_path = Path(profile.get("results_dir", "results")) / CHECKS_FILE
     checks = _load_checks(cache_path) if cache else {}
@@ -308,7 +308,7 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
     import torch
 
     from kdbench.data.cache import load_dataset
-    from kdbench.engine import io as kio
+    from kdbench import io as kio
     from kdbench.engine.runtime import select_device, set_deterministic, set_threads
     from kdbench.engine.trainer import accuracy, calibration, ood_score, predict_split, save_model, split_logits
     from kdbench.methods import get_method

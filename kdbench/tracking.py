@@ -235,7 +235,7 @@ class Tracker:
         if not self.active:
             return
         if self.record is not None:
-            from kdbench.engine.io import write_json
+            from kdbench.io import write_json
 
             self.record.update(status=status, end_ms=_now_ms())
             try:
@@ -311,7 +311,7 @@ def _log_rows(client, run_id: str, rows) -> None:
 def sync_spools(root: os.PathLike, uri: Optional[str] = None) -> Dict[str, int]:
     """Replay every finished, unsynced ``mlflow_run.json`` under ``root`` as one MLflow run
     each (idempotent: a synced record remembers its run id). Returns counts."""
-    from kdbench.engine.io import write_json
+    from kdbench.io import write_json
 
     uri = uri or tracking_uri()
     counts = {"synced": 0, "already": 0, "failed": 0}

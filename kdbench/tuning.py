@@ -24,76 +24,37 @@ validation split only, and the selection the benchmark runs then use.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import itertools
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-from kdbench.errors import KDBenchError
+from kdbench.config.layout import selection as selection_path  # noqa: F401  (kdbench.tuning's names of the
+from kdbench.config.layout import trial_dir  # noqa: F401                        layout's tuning paths)
+from kdbench.config.layout import tuned_export as export_path  # noqa: F401
+from kdbench.config.layout import tuning_cell as cell_dir  # noqa: F401
+from kdbench.config.loading import pair_methods, recipe_for
+from kdbench.data.splits import HELD_OUT, HeldOutSplits, validation_only  # noqa: F401  (the trials' view of a dataset)
+from kdbench.io import write_json
+from kdbench.methods import get_method
+from kdbench.hparams import (TuningError, check_axis, fixed_axes, hparams_source, is_tuned,  # noqa: F401
+                             load_selection_file, method_hparams, profile_space, resolve, search_space,
+                             selected_values, student_config, tuning_of)
 
 SCORE = "mean over the tuning seeds of the last epoch's validation top-1"
 TIE_BREAK = "highest score; ties: the lowest trial number (trial 0 = the paper values); diverged trials score lowest"
-#: the splits a tuning trial never sees
-HELD_OUT = ("test", "test_ood")
 
 
-class TuningError(KDBenchError, ValueError):
-    """A search space, a tuning block or a selection file is invalid."""
 
 
-def hparams_source(n_trials: int) -> str:
-    return f"tuned ({int(n_trials)} trials, val)"
 
 
 # --------------------------------------------------------------------------- search spaces
-def check_axis(method: str, name: str, axis, default, where: str) -> None:
-    if not isinstance(axis, dict):
-        raise TuningError(f"{where}: search axis {name!r} must be a mapping ({{low, high[, log]}} or {{choices}})")
-    if "choices" in axis:
-        extra = set(axis) - {"choices"}
-        choices = axis["choices"]
-        if extra or not isinstance(choices, list) or not choices or len(set(map(repr, choices))) != len(choices):
-            raise TuningError(f"{where}: search axis {name!r}: choices must be a non-empty list of distinct "
-                              f"values and nothing else, got {axis!r}")
-        return
-    extra = set(axis) - {"low", "high", "log"}
-    if extra or not {"low", "high"} <= set(axis):
-        raise TuningError(f"{where}: search axis {name!r} needs low and high (and optionally log), got {axis!r}")
-    low, high = axis["low"], axis["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-        raise TuningError(f"{where}: search axis {name!r}: low < high numbers, got low={low!r} high={high!r}")
-    if axis.get("log", False) and low <= 0:
-        raise TuningError(f"{where}: search axis {name!r} is on a log scale: low must be > 0, got {low!r}")
-    if not isinstance(default, (int, float)) or not low <= default <= high:
-        raise TuningError(f"{where}: search axis {name!r} = [{low}, {high}] must contain the paper value "
-                          f"{default!r}")
 
 
-def search_space(method: str, params_dir: Optional[Path] = None, fixed=()) -> Dict[str, dict]:
-    """The method's ``search`` axes (in file order), checked; ``fixed`` names are left out
-    (a profile's ``method_params`` fix them)."""
-    from kdbench.config import load_method_spec, method_file
-
-    path = method_file(method, params_dir)
-    if not path.is_file():
-        return {}
-    spec = load_method_spec(path)
-    space = spec.get("search") or {}
-    defaults = spec.get("defaults") or {}
-    if not isinstance(space, dict):
-        raise TuningError(f"{path}: search must be a mapping of axis name -> range")
-    for name, axis in space.items():
-        if name not in defaults:
-            from kdbench.errors import UnknownChoiceError
-
-            raise UnknownChoiceError(f"search axis in {path}", name, list(defaults))
-        check_axis(method, name, axis, defaults[name], str(path))
-    return {k: v for k, v in space.items() if k not in set(fixed)}
 
 
 def _axis_value(axis: dict, u: float):
@@ -176,46 +137,29 @@ def _candidate_values(space: Dict[str, dict], base: dict, trials: int) -> List[d
 
 
 # --------------------------------------------------------------------------- profiles
-def tuning_of(profile: dict) -> Optional[dict]:
-    return profile.get("tuning") or None
 
 
-def fixed_axes(profile: dict, method: str) -> Tuple[str, ...]:
-    return tuple(((profile.get("method_params") or {}).get(method) or {}).keys())
 
 
-def profile_space(profile: dict, method: str) -> Dict[str, dict]:
-    return search_space(method, fixed=fixed_axes(profile, method))
 
 
-def is_tuned(profile: dict, method: str) -> bool:
-    """Whether tuning applies to ``method``: it has hyperparameters (vanilla has none)."""
-    from kdbench.config import method_hparams
-
-    return bool(method_hparams(method, None, "-")) and bool(profile_space(profile, method))
 
 
 def tuned_methods(profile: dict, pair: Optional[dict] = None) -> List[str]:
     """The methods with trials: of the whole profile, or of one pair (less its
     ``exclude_methods``)."""
-    from kdbench.config import pair_methods
-
     methods = profile["methods"] if pair is None else pair_methods(profile, pair["teacher"], pair["student"])
     return [m for m in methods if is_tuned(profile, m)]
 
 
 def candidates(profile: dict, teacher: str, student: str, method: str) -> List[dict]:
     """Per trial, the values of the method's search axes (trial 0: the pair's paper values)."""
-    from kdbench.config import method_hparams
-
     base = method_hparams(method, teacher, student)
     return candidate_values(profile_space(profile, method), base, int(profile["tuning"]["trials"]))
 
 
 def trial_config(profile: dict, dataset: str, teacher: str, student: str, method: str, trial: int, seed: int):
     """The run config of one tuning trial (a student run on the trial's values)."""
-    from kdbench.config import student_config
-
     cands = candidates(profile, teacher, student, method)
     if not 0 <= trial < len(cands):
         raise TuningError(f"trial {trial} of {method!r}: this profile has trials 0..{len(cands) - 1}")
@@ -225,9 +169,6 @@ def trial_config(profile: dict, dataset: str, teacher: str, student: str, method
 
 def validate_tuning(profile: dict, source: str = "params") -> None:
     """Checks of the ``tuning:`` / ``tuned:`` keys (called by validate_profile)."""
-    from kdbench.config import pair_methods
-    from kdbench.methods import get_method
-
     tuning, tuned = tuning_of(profile), profile.get("tuned")
     if tuning and tuned:
         raise TuningError(f"{source}: give either tuning: (run the trials) or tuned: (use a selection file), not both")
@@ -235,8 +176,6 @@ def validate_tuning(profile: dict, source: str = "params") -> None:
         for method in profile["methods"]:
             cls = get_method(method)
             space = profile_space(profile, method)
-            from kdbench.config import method_hparams
-
             if not space and method_hparams(method, None, "-") and not fixed_axes(profile, method):
                 raise TuningError(f"{source}: method {method!r} has hyperparameters but no search space: add a "
                                   f"search: block to params/methods/{method}.yaml (every method gets the same trials)")
@@ -250,61 +189,6 @@ def validate_tuning(profile: dict, source: str = "params") -> None:
         load_selection_file(resolve(tuned))
 
 
-def resolve(path: str) -> Path:
-    from kdbench.config import project_root
-
-    p = Path(path)
-    return p if p.is_absolute() else project_root() / p
-
-
-# --------------------------------------------------------------------------- paths
-def cell_dir(results_dir, dataset: str, teacher: str, student: str, method: str) -> Path:
-    return Path(results_dir) / "tuning" / dataset / f"{teacher}__{student}" / method
-
-
-def trial_dir(results_dir, dataset, teacher, student, method, trial: int, seed: int) -> Path:
-    return cell_dir(results_dir, dataset, teacher, student, method) / f"t{trial}" / f"s{seed}"
-
-
-def selection_path(results_dir, dataset, teacher, student, method) -> Path:
-    return cell_dir(results_dir, dataset, teacher, student, method) / "selection.json"
-
-
-def export_path(results_dir) -> Path:
-    return Path(results_dir) / "tuning" / "tuned.yaml"
-
-
-# --------------------------------------------------------------------------- test splits held out
-class HeldOutSplits(dict):
-    """A dataset's splits without the test splits: any access to one raises."""
-
-    def _refuse(self, name):
-        raise KDBenchError(f"split {name!r} is held out: a tuning trial sees only "
-                           f"{', '.join(map(repr, self))} (selection is on the validation split)")
-
-    def __getitem__(self, name):
-        if name in HELD_OUT:
-            self._refuse(name)
-        return super().__getitem__(name)
-
-    def get(self, name, default=None):
-        if name in HELD_OUT:
-            self._refuse(name)
-        return super().get(name, default)
-
-
-def validation_only(ds):
-    """A copy of a Dataset without its test splits (and without per-split metadata of
-    them): what a tuning trial trains and scores on. The test splits are never read."""
-    kept = HeldOutSplits()
-    for name in ("train", "val"):
-        kept[name] = ds.splits[name]
-    meta = {}
-    for key, value in (ds.meta or {}).items():
-        if isinstance(value, dict) and set(value) & set(HELD_OUT):
-            value = {k: v for k, v in value.items() if k not in HELD_OUT}
-        meta[key] = value
-    return dataclasses.replace(ds, splits=kept, meta=meta)
 
 
 # --------------------------------------------------------------------------- selection
@@ -362,8 +246,6 @@ def selection_record(profile: dict, dataset: str, teacher: str, student: str, me
 
 
 def write_selection(profile: dict, dataset: str, teacher: str, student: str, method: str) -> Path:
-    from kdbench.engine.io import write_json
-
     rec = selection_record(profile, dataset, teacher, student, method)
     path = selection_path(profile["results_dir"], dataset, teacher, student, method)
     write_json(rec, path)
@@ -373,8 +255,6 @@ def write_selection(profile: dict, dataset: str, teacher: str, student: str, met
 def export(profile: dict, source: str) -> str:
     """The profile's selections as one YAML document (what params/tuned/*.yaml holds)."""
     import yaml
-
-    from kdbench.config import recipe_for
 
     entries = []
     for dataset in profile["datasets"]:
@@ -400,51 +280,10 @@ def export(profile: dict, source: str) -> str:
 
 
 # --------------------------------------------------------------------------- using a selection
-@lru_cache(maxsize=8)
-def _load_selection_file(path: str, mtime: float) -> dict:
-    from kdbench.config import load_yaml
-
-    doc = load_yaml(path)
-    proto = doc.get("protocol")
-    if not isinstance(proto, dict) or not isinstance(proto.get("trials"), int) or \
-            not isinstance(doc.get("entries"), list):
-        raise TuningError(f"selection file {path} needs protocol.trials (an integer) and an entries list")
-    table = {}
-    for e in doc["entries"]:
-        if not isinstance(e, dict) or not {"dataset", "teacher", "student", "method", "values"} <= set(e):
-            raise TuningError(f"selection file {path}: every entry needs dataset, teacher, student, method, values")
-        table[(e["dataset"], e["teacher"], e["student"], e["method"])] = e
-    return {"trials": proto["trials"], "entries": table}
 
 
-def load_selection_file(path: Path) -> dict:
-    if not Path(path).is_file():
-        raise TuningError(f"selection file {path} (tuned:) does not exist: regenerate it with the tuning profile "
-                          f"(see README, 'Hyperparameters')")
-    return _load_selection_file(str(path), os.path.getmtime(path))
 
 
-def selected_values(profile: dict, dataset: str, teacher: str, student: str, method: str):
-    """(values, hparams_source) of a benchmark run: the selection of the profile's
-    ``tuning:`` trials (results/tuning/.../selection.json, read when the job runs), or of
-    its ``tuned:`` file; (None, "paper") when neither applies (vanilla, an untuned profile,
-    or a cell the selection file does not list)."""
-    tuning, tuned = tuning_of(profile), profile.get("tuned")
-    if not (tuning or tuned) or not is_tuned(profile, method):
-        return None, "paper"
-    if tuning:
-        path = selection_path(profile["results_dir"], dataset, teacher, student, method)
-        if not path.is_file():
-            raise TuningError(f"{path} not found: run the tuning trials and their selection first (kdbench "
-                              f"tune-select --dataset {dataset} --teacher {teacher} --student {student} "
-                              f"--method {method}, or the pipeline)")
-        rec = json.loads(path.read_text())
-        return dict(rec["values"]), rec["hparams_source"]
-    table = load_selection_file(resolve(tuned))
-    entry = table["entries"].get((dataset, teacher, student, method))
-    if entry is None:
-        return None, "paper"
-    return dict(entry["values"]), hparams_source(table["trials"])
 
 
 def rerun_key(profile: dict, dataset: str, teacher: str, student: str, method: str, seed: int) -> str:
@@ -452,8 +291,6 @@ def rerun_key(profile: dict, dataset: str, teacher: str, student: str, method: s
     rerun trigger): its config hash; for a run whose values the profile's own trials
     select, the hash of its paper config and of every trial's config (the selection file
     itself is an input of the job, so a changed selection re-runs it too)."""
-    from kdbench.config import student_config
-
     if not (tuning_of(profile) and is_tuned(profile, method)):
         return student_config(profile, dataset, teacher, student, method, seed).config_hash
     parts = [student_config(profile, dataset, teacher, student, method, seed, tuned={},

@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from kdbench.config import load_profile, run_paths, student_config, teacher_config
+    from kdbench.config import run_paths, teacher_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import load_profile
     from kdbench.data.cache import load_dataset
     from kdbench.engine import trainer
     from kdbench.engine.runtime import set_threads

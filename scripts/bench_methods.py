@@ -23,7 +23,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from kdbench.config import method_hparams  # noqa: E402
+from kdbench.hparams import method_hparams  # noqa: E402
 from kdbench.data import build_dataset  # noqa: E402
 from kdbench.data.loader import make_loader  # noqa: E402
 from kdbench.methods import TrainContext, get_method, iter_method_names  # noqa: E402

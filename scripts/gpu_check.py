@@ -49,9 +49,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdbench.config import student_config, teacher_config, validate_profile  # noqa: E402
+from kdbench.config import teacher_config  # noqa: E402
+from kdbench.hparams import student_config
+from kdbench.profile import validate_profile
 from kdbench.engine import distributed as kdist  # noqa: E402
-from kdbench.engine import io as kio  # noqa: E402
+from kdbench import io as kio  # noqa: E402
 from kdbench.engine import trainer  # noqa: E402
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,  # noqa: E402
                                     set_rng_state)

@@ -92,7 +92,7 @@ MUTATIONS: List[Mutation] = [
     Mutation("tdd_tree_weight_dropped", "tdd's tree term without tree_weight", "kdbench/methods/tdd.py",
              'terms["tree"] = self.hparams["tree_weight"] * self.tree_loss(', 'terms["tree"] = self.tree_loss(',
              wiring("tdd")),
-    Mutation("kd_loss_without_t2", "kd_loss without its T² factor (the functional)", "kdbench/functional.py",
+    Mutation("kd_loss_without_t2", "kd_loss without its T² factor (the functional)", "kdbench/functional/losses.py",
              "return kl * (t * t) / student_logits.shape[0]", "return kl / student_logits.shape[0]",
              ("tests/test_functional.py", WIRING.format("kd"))),
     Mutation("rotate_reversed", "RandAugment's rotation clockwise instead of PIL's counter-clockwise",

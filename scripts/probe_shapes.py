@@ -29,7 +29,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from kdbench.config import load_profile, run_paths
+    from kdbench.config import run_paths
+    from kdbench.profile import load_profile
     from kdbench.data.cache import load_dataset
     from kdbench.engine.runtime import set_threads
     from kdbench.engine.trainer import load_model

@@ -5,8 +5,9 @@ import copy
 
 import pytest
 
-from kdbench.config import (ParamsError, apply_overrides, method_hparams, student_config, teacher_config,
-                            validate_profile, with_defaults)
+from kdbench.config import ParamsError, apply_overrides, teacher_config, with_defaults
+from kdbench.hparams import method_hparams, student_config
+from kdbench.profile import validate_profile
 from kdbench.errors import KDBenchError, UnknownChoiceError
 from tests.tiny import TINY_PROFILE
 
@@ -128,7 +129,8 @@ def test_bad_exclusions_are_named(excluded, pattern):
 def test_cifar100_profile_has_every_method():
     """params/cifar100.yaml lists every shipped method; the pairs exclude only what they
     cannot run (and validation passes: every other combination can)."""
-    from kdbench.config import load_profile, pair_methods, project_root
+    from kdbench.config import pair_methods, project_root
+    from kdbench.profile import load_profile
     from kdbench.methods import iter_method_names
 
     full = load_profile(project_root() / "params" / "cifar100.yaml")
@@ -146,7 +148,8 @@ def test_default_long_and_embedded_all_share_their_base_profiles_runs():
     0-2 are the default's runs, and embedded-all's resnet32 -> resnet8 runs of the embedded
     profile's methods are the embedded profile's (a results folder holding one board does
     not train them again)."""
-    from kdbench.config import load_profile, project_root
+    from kdbench.config import project_root
+    from kdbench.profile import load_profile
 
     root = project_root() / "params"
     default, long, embedded, every = (load_profile(root / f"{n}.yaml")

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdbench.config import student_config, teacher_config, validate_profile
+from kdbench.config import teacher_config
+from kdbench.hparams import student_config
+from kdbench.profile import validate_profile
 from kdbench.data.cache import load_dataset
 from kdbench.data.loader import make_loader
 from kdbench.engine import distributed as kdist
-from kdbench.engine import io as kio
+from kdbench import io as kio
 from kdbench.engine import trainer
 from tests.tiny import tiny_profile, write_profile
 

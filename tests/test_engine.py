@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdbench.config import student_config, teacher_config, validate_profile
+from kdbench.config import teacher_config
+from kdbench.hparams import student_config
+from kdbench.profile import validate_profile
 from kdbench.data.cache import load_dataset
 from kdbench.data.loader import make_loader
 from kdbench.engine import trainer
@@ -115,7 +117,7 @@ def _sgd_pair(nesterov, weight_decays, seed=0):
 
 @pytest.mark.parametrize("nesterov,foreach", [(False, False), (True, False), (True, True), (False, True)])
 def test_sgd_is_bit_identical_to_torch_sgd(nesterov, foreach):
-    from kdbench.engine.optim import SGD
+    from kdbench.optim import SGD
 
     ours_model, torch_model, groups = _sgd_pair(nesterov, (5e-4, 0.0))
     ours = SGD(groups(ours_model), lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
@@ -137,7 +139,7 @@ def test_sgd_is_bit_identical_to_torch_sgd(nesterov, foreach):
 
 
 def test_sgd_state_round_trip_continues_identically(tmp_path):
-    from kdbench.engine.optim import SGD
+    from kdbench.optim import SGD
 
     a_model, b_model, groups = _sgd_pair(True, (1e-3, 1e-3))
     a = SGD(groups(a_model), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -162,7 +164,7 @@ def test_sgd_state_round_trip_continues_identically(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["step", "cosine", "constant"])
 def test_learning_rate_matches_torch_schedulers(schedule):
-    from kdbench.engine.optim import learning_rate
+    from kdbench.optim import learning_rate
 
     epochs, milestones = 24, [10, 15, 20]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)

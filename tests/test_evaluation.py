@@ -368,7 +368,9 @@ PROFILE = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from kdbench.config import run_paths, student_config, teacher_config, validate_profile
+    from kdbench.config import run_paths, teacher_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import validate_profile
     from kdbench.engine import trainer
 
     tmp = tmp_path_factory.mktemp("evaluation")
@@ -601,7 +603,7 @@ def test_teacher_eval_features_cached_once_exactly(trained):
     record made from the cache equals the recomputed one exactly, the cached tensors equal
     a fresh pass bit for bit, and a changed evaluation config (subset size) or a changed
     teacher file invalidates it."""
-    from kdbench.engine import io as kio
+    from kdbench import io as kio
     from kdbench.engine.trainer import load_model
     from kdbench.evaluation import run as erun
 

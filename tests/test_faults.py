@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from kdbench import cli
-from kdbench.config import (ParamsError, load_profile, load_profile_with_overrides, load_yaml, method_hparams,
-                            student_config, teacher_config, validate_profile)
+from kdbench.config import ParamsError, load_yaml, teacher_config
+from kdbench.hparams import method_hparams, student_config
+from kdbench.profile import load_profile, load_profile_with_overrides, validate_profile
 from kdbench.engine import trainer
 from kdbench.errors import KDBenchError
 from kdbench.methods.base import PairError
@@ -486,10 +487,10 @@ def test_seed_outside_the_profile_is_refused_without_out(trained, capsys):
 def test_second_job_on_a_live_jobs_directory_is_refused(tmp_path, capsys):
     """Item 6: a job holds its output directory for its life (a real child process holds
     the flock); another job for it is refused, and the lock goes with the process."""
-    from kdbench.engine.io import JobLock, job_lock_holder, live_jobs
+    from kdbench.io import JobLock, job_lock_holder, live_jobs
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdbench.engine.io import JobLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdbench.io import JobLock\n"
                                f"with JobLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
     try:
@@ -514,7 +515,7 @@ def test_damaged_finished_outputs_are_found_and_only_their_marker_removed(tmp_pa
     or evaluation record loses only its run's completion marker; untouched files are not
     read again (the stat is the cache)."""
     from kdbench import integrity
-    from kdbench.engine.io import save_torch, write_json
+    from kdbench.io import save_torch, write_json
 
     runs = {name: tmp_path / name for name in ("a", "b", "c")}
     for d in runs.values():

@@ -83,7 +83,7 @@ def test_orphaned_job_keeps_the_locks_and_is_not_started_twice(reference, tmp_pa
     the same job into the same directory; now it names the live job and refuses."""
     import shutil
 
-    from kdbench.engine.io import job_lock_holder
+    from kdbench.io import job_lock_holder
 
     ref_repo, params = reference
     repo = tmp_path / "repo"

@@ -492,7 +492,8 @@ def test_compare_one_seed_has_no_p_value():
 def _evaluated_runs(tmp_path):
     """A profile's evaluation records, run and teacher metrics on disk (no training): the
     runs carry the config hash their profile implies. Returns (results, params)."""
-    from kdbench.config import load_profile, student_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import load_profile
 
     results = tmp_path / "results"
     profile = {

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import functional as KF
-from kdbench.config import method_hparams
+from kdbench.hparams import method_hparams
 from kdbench.methods import get_method, iter_method_names
 from kdbench.models import create_model
 from tests.test_methods_peers_b import first_batch, make_ctx

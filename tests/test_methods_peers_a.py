@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from kdbench import functional as kf
-from kdbench.config import load_yaml, method_hparams, project_root
+from kdbench.config import load_yaml, project_root
+from kdbench.hparams import method_hparams
 from kdbench.errors import KDBenchError
 from kdbench.methods import get_method
 from kdbench.methods.ab import stage_preacts
@@ -625,7 +626,9 @@ def test_engine_two_stage_resume_matches_and_stage_runs_once(tmp_path, monkeypat
     to the uninterrupted run's numbers and weights (paraphraser and translator included)."""
     from pathlib import Path
 
-    from kdbench.config import student_config, teacher_config, validate_profile
+    from kdbench.config import teacher_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import validate_profile
     from kdbench.engine import trainer
     from kdbench.methods.ft import FT
     from tests.tiny import tiny_profile

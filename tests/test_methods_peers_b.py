@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import functional as KF
-from kdbench.config import method_hparams, student_config, teacher_config, validate_profile
+from kdbench.config import teacher_config
+from kdbench.hparams import method_hparams, student_config
+from kdbench.profile import validate_profile
 from kdbench.data.loader import make_loader
 from kdbench.data.randaugment import OPS, draw_strong_params, strong_augment
 from kdbench.engine import trainer

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import load_yaml, method_hparams, project_root
+from kdbench.config import load_yaml, project_root
+from kdbench.hparams import method_hparams
 from kdbench.data.loader import make_loader
 from kdbench.errors import KDBenchError
 from kdbench.methods import TrainContext, get_method
@@ -462,7 +463,9 @@ def test_fcfd_job_leaves_saved_teacher_file_and_outputs_unchanged(tmp_path):
     model.pt is byte-identical afterwards and the loaded teacher's eval outputs too."""
     import hashlib
 
-    from kdbench.config import student_config, teacher_config, validate_profile
+    from kdbench.config import teacher_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import validate_profile
     from kdbench.engine import trainer
     from tests.tiny import tiny_profile
 

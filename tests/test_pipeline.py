@@ -191,7 +191,8 @@ def test_lint_is_clean(bad_repo, profile):
 
 def test_cifar100_recipe(bad_repo):
     """The paper recipe reaches the jobs (validated, defaults filled in)."""
-    from kdbench.config import load_profile, student_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import load_profile
 
     os.chdir(bad_repo)
     try:
@@ -495,7 +496,8 @@ def test_tuning_profile_end_to_end(tmp_path):
     """A profile with tuning: trials -> selection -> the benchmark runs use the selected
     values; a second run has nothing to do; a profile pointing at the exported selection
     file gives the same run configs (hashes) as the trials' own selection."""
-    from kdbench.config import validate_profile, student_config
+    from kdbench.hparams import student_config
+    from kdbench.profile import validate_profile
     from kdbench.tuning import candidates
 
     repo = copy_repo(tmp_path / "repo")

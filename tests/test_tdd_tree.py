@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench.config import method_hparams
+from kdbench.hparams import method_hparams
 from kdbench.data import build_dataset
 from kdbench.data.loader import make_loader
 from kdbench.errors import KDBenchError
@@ -166,7 +166,7 @@ def _ctx(ds, split, teacher_path=None):
 
 
 def test_tree_from_full_train_split_cached_and_shared_with_evaluation(ds, tmp_path):
-    from kdbench.engine import io as kio
+    from kdbench import io as kio
     from kdbench.evaluation.run import cached_teacher_partitions
     from kdbench.methods.tdd import teacher_partitions
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from kdbench.config import load_yaml, validate_profile
+from kdbench.config import load_yaml
+from kdbench.profile import validate_profile
 from kdbench.models import create_model
 from kdbench.models.reference import CheckpointMismatchError, load_reference_state, to_reference_state
 from kdbench.teachers import (ExternalTeacherError, external_teacher, file_sha256, read_checkpoint, used_teachers,

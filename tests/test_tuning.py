@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdbench.config import load_yaml, method_hparams, student_config, validate_profile
+from kdbench.config import load_yaml
+from kdbench.hparams import method_hparams, student_config
+from kdbench.profile import validate_profile
 from kdbench.errors import KDBenchError
 from kdbench.tuning import (HELD_OUT, TuningError, candidate_values, candidates, hparams_source, read_trials, select,
                             selected_values, search_space, trial_config, trial_dir, trial_score, tuned_methods,
@@ -215,7 +217,7 @@ def test_selection_tie_goes_to_the_lowest_trial():
 
 def _fake_trials(prof, method, scores):
     """metrics.json of every trial x seed, as tune-trial writes them."""
-    from kdbench.engine.io import write_json
+    from kdbench.io import write_json
 
     for k, per_seed in enumerate(scores):
         for seed, val in zip(prof["tuning"]["seeds"], per_seed):

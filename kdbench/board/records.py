@@ -166,7 +166,7 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
 
 def _expected_hash(profile: dict, run: dict) -> str:
     """The config hash the profile implies for one student run (what its metrics.json must say)."""
-    from kdbench.config import student_config
+    from kdbench.hparams import student_config
 
     return student_config(profile, run["dataset"], run["teacher"], run["student"], run["method"],
                           run["seed"]).config_hash

@@ -125,7 +125,7 @@ def prepared_path(results_dir: os.PathLike, name: str) -> Path:
 
 
 def save_dataset(ds: Dataset, path: os.PathLike) -> Path:
-    from kdbench.engine.io import save_torch, write_json
+    from kdbench.io import save_torch, write_json
 
     path = Path(path)
     save_torch(dataset_to_dict(ds), path)
@@ -143,7 +143,7 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
     or was built with other options raises :class:`DataCacheError`, unless ``rebuild``
     (``kdbench prepare-data``): then it is rebuilt (atomically)."""
     from kdbench.data import build_dataset
-    from kdbench.engine.io import load_torch
+    from kdbench.io import load_torch
 
     options = dict(options or {})
     path = prepared_path(results_dir, name) if results_dir is not None else None

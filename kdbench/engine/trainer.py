@@ -22,8 +22,8 @@ import torch
 
 from kdbench.config import RunConfig
 from kdbench.engine import distributed as kdist
-from kdbench.engine import io as kio
-from kdbench.engine.optim import SGD, learning_rate
+from kdbench import io as kio
+from kdbench.optim import SGD, learning_rate
 from kdbench.integrity import seal
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
                                     set_rng_state, set_threads)

@@ -93,7 +93,7 @@ def render_grid(images: np.ndarray, columns: Dict[str, torch.Tensor], title: str
 
 def write_grid(path: Path, images: np.ndarray, columns: Dict[str, torch.Tensor], title: str = "") -> Path:
     """Render and write the grid atomically."""
-    from kdbench.engine.io import _atomic
+    from kdbench.io import _atomic
 
     data = render_grid(images, columns, title)
     return _atomic(Path(path), lambda fh: fh.write(data))

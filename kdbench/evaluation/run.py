@@ -39,10 +39,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from kdbench.engine import io as kio
+from kdbench import io as kio
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
+from kdbench.hparams import method_hparams
 from kdbench.integrity import seal
+from kdbench.methods.tdd import cached_teacher_tree, tree_settings
 
 EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8,
                  "fss_estimator": "u_centered"}
@@ -127,14 +129,18 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     return out
 
 
+def tree_hparams(tdd_hparams: Optional[dict]) -> dict:
+    """tdd's hyperparameters for the teacher's tree: its params file's values
+    (kdbench.hparams) with ``tdd_hparams`` (the profile's, where given) over them."""
+    return {**method_hparams("tdd", None, "?", None), **(tdd_hparams or {})}
+
+
 def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
                               tdd_hparams: Optional[dict] = None) -> List[List[List[int]]]:
     """The teacher's per-stage TDD partitions: exactly the tree TDD trains with
     (:func:`kdbench.methods.tdd.cached_teacher_tree`: derived once on the full training
     split, cached in ``teacher_dir/hierarchy.json``)."""
-    from kdbench.methods.tdd import cached_teacher_tree
-
-    return cached_teacher_tree(teacher, Path(teacher_dir) / "model.pt", dataset, hparams=tdd_hparams,
+    return cached_teacher_tree(teacher, Path(teacher_dir) / "model.pt", dataset, hparams=tree_hparams(tdd_hparams),
                                device=device, batch_size=BATCH_SIZE)["partitions"]
 
 
@@ -176,12 +182,11 @@ def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hpa
     purity of the true coarse groups against a permutation baseline (``tree_purity*``),
     and linear probes for coarse groups vs classes (``probe_*``: coarse decisions early?)."""
     from kdbench.evaluation import hierarchy
-    from kdbench.methods.tdd import tree_settings
 
     groups, k = dataset.hierarchy[0], dataset.num_classes
     trees = [t.get("linkage") for t in tree.get("trees", [])]
     base = [hierarchy.purity_baseline(z, groups, k) for z in trees]
-    source = tree_settings(tdd_hparams, k)["teacher_features"]  # tdd's "tap" / "stage"
+    source = tree_settings(tree_hparams(tdd_hparams), k)["teacher_features"]  # tdd's "tap" / "stage"
     probes = cached_stage_probes(teacher, teacher_dir, dataset, "taps" if source == "tap" else "stages")
     out = {"hierarchy_ari_tree_stages": [hierarchy.tree_ari(z, dataset.hierarchy, k) for z in trees],
            "tree_purity_stages": [hierarchy.dendrogram_purity(z, groups, k) for z in trees],
@@ -275,7 +280,6 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     import inspect
 
     from kdbench.methods import get_method
-    from kdbench.methods.tdd import tree_settings
 
     base = Path(base_dir) / "model.pt" if base_dir is not None and method != "vanilla" else None
     tree_file = Path(teacher_dir) / PARTITIONS_FILE
@@ -290,7 +294,7 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
             "base": kio.file_sha(base) if base is not None and base.is_file() else None,
             "teacher_tree": kio.file_sha(tree_file) if tree_file.is_file() else None,
             "dataset": dataset.name, "evaluation": kio.json_types(evaluation), "teacher_seed": teacher_seed,
-            "tree": tree_settings(tdd_hparams, dataset.num_classes), "threads": torch.get_num_threads(),
+            "tree": tree_settings(tree_hparams(tdd_hparams), dataset.num_classes), "threads": torch.get_num_threads(),
             "code": code_fingerprint(), "method_source": method_sha, "versions": _versions("torchvision", "timm")}
 
 
@@ -458,9 +462,8 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
             rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
 
     # decision process: probes on pooled student stages vs the teacher's partitions
-    from kdbench.methods.tdd import cached_teacher_tree
 
-    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tdd_hparams, device=device,
+    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tree_hparams(tdd_hparams), device=device,
                                batch_size=BATCH_SIZE)
     partitions = tree["partitions"]
     train = ds.splits["train"]

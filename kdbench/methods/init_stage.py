@@ -64,7 +64,7 @@ class InitStage:
             self.run_init_stage()
 
     def run_init_stage(self) -> None:
-        from kdbench.engine.optim import SGD
+        from kdbench.optim import SGD
 
         ctx = self._init_ctx
         if ctx is None:

@@ -44,9 +44,7 @@ does nothing when the loaded state says it already ran.
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -55,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench import io as kio
+from kdbench.data.loader import make_loader
 from kdbench.errors import KDBenchError
 from kdbench.methods.adapters import stage_pairs
 from kdbench.methods.base import TrainContext, register_method
@@ -223,8 +223,6 @@ def teacher_partitions(teacher: nn.Module, dataset, split="train", *, purity_k: 
     ``split`` (a name in ``dataset.splits`` or a split object; default the full training
     split) without augmentation. Each partition is a list of super-classes (lists of class
     ids). With ``return_purity=True`` also the per-super-class node purities."""
-    from kdbench.data.loader import make_loader
-
     split_obj = dataset.splits[split] if isinstance(split, str) else split
     if device is None:
         device = next(teacher.parameters()).device
@@ -241,15 +239,16 @@ HIERARCHY_FILE = "hierarchy.json"
 DERIVATION_VERSION = 2
 
 
-def tree_settings(hparams: Optional[dict], num_classes: int) -> Dict[str, Any]:
-    """The hyperparameters the tree depends on, resolved (τ as a number)."""
-    from kdbench.config import method_hparams
-
-    defaults = method_hparams("tdd", None, "?", None)
-    hp = {**defaults, **{k: v for k, v in (hparams or {}).items() if k in TREE_KEYS}}
-    return {"purity_k": int(hp["purity_k"]),
-            "purity_threshold": resolve_purity_threshold(hp["purity_threshold"], num_classes),
-            "teacher_features": str(hp["teacher_features"])}
+def tree_settings(hparams: dict, num_classes: int) -> Dict[str, Any]:
+    """The hyperparameters the tree depends on (:data:`TREE_KEYS`, all required), resolved
+    (τ as a number). The caller resolves them from the params file (kdbench.hparams)."""
+    missing = [k for k in TREE_KEYS if k not in (hparams or {})]
+    if missing:
+        raise KeyError(f"tdd tree settings need {', '.join(missing)} (the method's hyperparameters, "
+                       f"kdbench.hparams.method_hparams('tdd', ...))")
+    return {"purity_k": int(hparams["purity_k"]),
+            "purity_threshold": resolve_purity_threshold(hparams["purity_threshold"], num_classes),
+            "teacher_features": str(hparams["teacher_features"])}
 
 
 #: the tdd hyperparameters that decide the teacher's tree
@@ -270,8 +269,6 @@ def cached_teacher_tree(teacher: nn.Module, teacher_path, dataset, *, hparams: O
 
     Returns ``{"key", "partitions", "purities", "num_superclasses", "trees", "class_names"}``
     (``trees``: each stage's whole Ward tree, see :func:`derive_partition`)."""
-    from kdbench.engine import io as kio
-
     teacher_path = Path(teacher_path)
     settings = tree_settings(hparams, dataset.num_classes)
     train = dataset.splits["train"]

@@ -58,8 +58,8 @@ SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
 
 try:
     from kdbench.board.records import expected_runs
-    from kdbench.config import (SCHEMA_PATH, load_profile_with_overrides, load_yaml, pair_methods, run_paths,
-                                teacher_config, teacher_threads)
+    from kdbench.config import SCHEMA_PATH, load_yaml, pair_methods, run_paths, teacher_config, teacher_threads
+    from kdbench.profile import load_profile_with_overrides
     from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
                                 tuned_methods, tuning_of)
 
