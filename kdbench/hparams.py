@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from kdbench.config import layout
-from kdbench.config.loading import ParamsError, check_finite, load_yaml, project_root, recipe_for
+from kdbench.config.loading import (ParamsError, check_finite, load_yaml, project_root, recipe_for,
+                                    teacher_seed_of)
 from kdbench.config.method_files import check_hparam_types, load_method_spec, method_file
 from kdbench.config.run import RunConfig
 from kdbench.errors import KDBenchError, UnknownChoiceError
@@ -204,13 +205,12 @@ def student_config(profile: dict, dataset: str, teacher: str, student: str, meth
     if tuned is None and hparams_source is None:
         tuned, hparams_source = selected_values(profile, dataset, teacher, student, method)
     needs_teacher = get_method(method).needs_teacher
-    t_seed = profile.get("teacher_seed")
     return RunConfig(
         kind="student", dataset=dataset, dataset_options=profile["datasets"][dataset], arch=student,
         method=method, seed=seed, recipe=recipe_for(profile, "student_train", dataset),
         hparams=method_hparams(method, teacher, student, profile.get("method_params"), tuned=tuned),
         teacher=teacher if needs_teacher else None,
-        teacher_seed=(seed if t_seed is None else t_seed) if needs_teacher else None,
+        teacher_seed=teacher_seed_of(profile, seed) if needs_teacher else None,
         device=profile["device"], threads=profile["threads"],
         precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"],
         hparams_source=hparams_source or "paper", trial=trial)

@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
+from kdbench.io import write_text
+from kdbench.errors import KDBenchError
 
 
 def seal_path(path: os.PathLike) -> Path:
@@ -38,8 +40,6 @@ def _sha256(path: Path) -> str:
 
 def seal(path: os.PathLike) -> None:
     """Record ``path``'s size, SHA-256 and mtime in its sidecar (written atomically)."""
-    from kdbench.io import write_text
-
     path = Path(path)
     st = path.stat()
     blob = {"bytes": st.st_size, "sha256": _sha256(path), "mtime_ns": st.st_mtime_ns}
@@ -123,6 +123,4 @@ def require_whole(path: os.PathLike, redo: str) -> None:
     it again, when ``path`` is damaged (a reader's check before it uses the file)."""
     problem = check_file(path)
     if problem is not None:
-        from kdbench.errors import KDBenchError
-
         raise KDBenchError(f"{path} {problem}: make it again: {redo}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from kdbench.errors import KDBenchError
 
 
 def _current_umask() -> int:
@@ -122,8 +123,6 @@ class JobLock:
 
     def __enter__(self):
         import fcntl
-
-        from kdbench.errors import KDBenchError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
+from kdbench.config.run import teacher_config
 from kdbench.errors import KDBenchError
 
 TEACHERS_ENV = "KDBENCH_TEACHERS"
@@ -447,3 +448,16 @@ def _download(t: ExternalTeacher, dest: Path, timeout: float, params: str) -> No
         if os.path.exists(tmp):
             os.unlink(tmp)
 
+
+
+def expected_teacher(profile: dict, dataset: str, arch: str, seed: int) -> Tuple[Optional[str], str]:
+    """The identity of the teacher a profile implies for (dataset, arch, seed), and the
+    kdbench command that makes it: the config hash of its ``teacher_train`` recipe
+    ("train-teacher"), or for an external checkpoint (profile key ``teachers``) its
+    import's identity ("import-teacher"; None while the file is missing). A student
+    refuses a teacher file of another identity (another profile, an edited recipe)."""
+    ext = external_teacher(profile, dataset, arch)
+    if ext is None:
+        return teacher_config(profile, dataset, arch, seed).config_hash, "train-teacher"
+    digest = (ext.sha256 or "").lower() or (file_sha256(ext.path) if ext.path.is_file() else None)
+    return (import_identity(ext, digest, profile["datasets"][dataset]) if digest else None), "import-teacher"

@@ -32,6 +32,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterable, Optional
+from kdbench.config import project_root
+from kdbench.errors import KDBenchError
+from kdbench.io import write_json
 
 DEFAULT_EXPERIMENT = "kdbench"
 
@@ -40,8 +43,6 @@ def tracking_uri(root: Optional[os.PathLike] = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    from kdbench.config import project_root
-
     root = Path(root) if root is not None else project_root()
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
@@ -84,8 +85,6 @@ def wait_for_sqlite(uri: str, wait_s: float) -> None:
     e.g. an MLflow UI or a sync, may hold it); then a one-line KDBenchError."""
     import sqlite3
 
-    from kdbench.errors import KDBenchError
-
     path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
     if path is None or not path.is_file():
         return
@@ -111,8 +110,6 @@ def init_store(experiment: str = DEFAULT_EXPERIMENT, uri: Optional[str] = None, 
     """Create the store and the experiment once (idempotent, safe to call concurrently). A
     store that another process holds is waited for up to ``wait_s`` seconds, then a
     one-line KDBenchError (not MLflow's traceback)."""
-    from kdbench.errors import KDBenchError
-
     uri = uri or tracking_uri()
     with _store_lock(uri):
         wait_for_sqlite(uri, wait_s)
@@ -235,8 +232,6 @@ class Tracker:
         if not self.active:
             return
         if self.record is not None:
-            from kdbench.io import write_json
-
             self.record.update(status=status, end_ms=_now_ms())
             try:
                 write_json(self.record, self.spool)
@@ -311,8 +306,6 @@ def _log_rows(client, run_id: str, rows) -> None:
 def sync_spools(root: os.PathLike, uri: Optional[str] = None) -> Dict[str, int]:
     """Replay every finished, unsynced ``mlflow_run.json`` under ``root`` as one MLflow run
     each (idempotent: a synced record remembers its run id). Returns counts."""
-    from kdbench.io import write_json
-
     uri = uri or tracking_uri()
     counts = {"synced": 0, "already": 0, "failed": 0}
     for spool in sorted(Path(root).rglob(SPOOL_NAME)):

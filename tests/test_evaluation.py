@@ -309,7 +309,7 @@ def _runs():
 def test_claims_table_against_scipy_and_missing_rows():
     from scipy import stats
 
-    from kdbench.claims import claims_table
+    from kdbench.board.claims import claims_table
 
     runs = _runs()
     table = claims_table(runs)

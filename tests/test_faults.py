@@ -188,7 +188,7 @@ def test_method_pair_check_runs_at_validation():
 def test_paper_profile_validation_is_light():
     """Every pair × method of params/cifar100.yaml is checked on meta-device models, without
     importing torch._dynamo (seconds on one core)."""
-    code = ("import sys, time; t = time.time(); from kdbench.config import load_profile; "
+    code = ("import sys, time; t = time.time(); from kdbench.profile import load_profile; "
             "load_profile('params/cifar100.yaml'); print(time.time() - t, 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -14,7 +14,10 @@ import pytest
 import yaml
 from scipy import stats
 
-from kdbench import leaderboard as lb
+from kdbench.board.aggregate import aggregate
+from kdbench.board.compare import compare, format_compare
+from kdbench.board.records import runs_frame
+from kdbench.board.write import write_board
 from kdbench.board import claims as bclaims
 from kdbench.board import stats as bstats
 
@@ -65,12 +68,12 @@ def records():
 
 @pytest.fixture(scope="module")
 def runs():
-    return lb.runs_frame(records())
+    return runs_frame(records())
 
 
 @pytest.fixture(scope="module")
 def board(runs):
-    return lb.aggregate(runs, datasets=["shapes", "plain"])
+    return aggregate(runs, datasets=["shapes", "plain"])
 
 
 def row(board, dataset, method):
@@ -163,7 +166,7 @@ def test_board_holm_family_is_one_table(board):
 def test_welch_only_when_seeds_do_not_pair():
     recs = [record("shapes", "kd", s, 0.70 + s / 100) for s in range(3)]
     recs += [record("shapes", "dkd", s, v) for s, v in zip((10, 11, 12), (0.75, 0.80, 0.86))]
-    board = lb.aggregate(lb.runs_frame(recs))
+    board = aggregate(runs_frame(recs))
     r = row(board, "shapes", "dkd")
     a, b = [0.75, 0.80, 0.86], [0.70, 0.71, 0.72]
     res = stats.ttest_ind(a, b, equal_var=False)
@@ -195,7 +198,7 @@ def test_hparams_and_source(board):
     assert json.loads(kd["hparams"]) == HPARAMS["kd"] and kd["hparams_source"] == "paper"   # default when absent
     assert van["hparams_source"] == "paper"
     recs = [record("shapes", "kd", 0, 0.7), dict(record("shapes", "kd", 1, 0.71), hparams={"kd_weight": 2.0})]
-    assert row(lb.aggregate(lb.runs_frame(recs)), "shapes", "kd")["hparams"] == "varies"
+    assert row(aggregate(runs_frame(recs)), "shapes", "kd")["hparams"] == "varies"
 
 
 def test_not_applicable_is_empty_never_zero(board, tmp_path, runs):
@@ -207,7 +210,7 @@ def test_not_applicable_is_empty_never_zero(board, tmp_path, runs):
     for col in ("top1_ood_mean", "epg_mean", "unicam_epg_distilled_mean", "agreement_ood_mean"):
         assert math.isnan(plain_kd[col]), col
     assert math.isnan(row(board, "plain", "vanilla")["delta_vs_kd"]) is False
-    paths = lb.write_board(runs, tmp_path, figures=False, published_dir=tmp_path / "none")
+    paths = write_board(runs, tmp_path, figures=False, published_dir=tmp_path / "none")
     raw = pd.read_csv(paths["board"], dtype=str, keep_default_na=False)   # the cells as written
     for _, cells in raw[(raw["dataset"] == "plain") & (raw["method"] != "teacher")].iterrows():
         assert cells["top1_ood_mean"] == "" and cells["epg_mean"] == "" and cells["published_top1"] == ""
@@ -219,20 +222,20 @@ def test_not_applicable_is_empty_never_zero(board, tmp_path, runs):
 
 def test_delta_empty_without_baseline():
     recs = [record("shapes", "dkd", s, 0.7 + s / 100) for s in range(2)]
-    board = lb.aggregate(lb.runs_frame(recs))
+    board = aggregate(runs_frame(recs))
     r = row(board, "shapes", "dkd")
     assert math.isnan(r["delta_vs_kd"]) and math.isnan(r["delta_vs_vanilla"]) and r["delta_vs_kd_test"] is None
     assert r["top1_std"] == pytest.approx(math.sqrt(0.5) / 100)
 
 
 def test_single_seed_std_is_empty():
-    board = lb.aggregate(lb.runs_frame([record("shapes", "kd", 0, 0.7)]))
+    board = aggregate(runs_frame([record("shapes", "kd", 0, 0.7)]))
     r = row(board, "shapes", "kd")
     assert r["n_seeds"] == 1 and math.isnan(r["top1_std"])
 
 
 def test_files_written(runs, tmp_path):
-    paths = lb.write_board(runs, tmp_path, profile={"description": "unit test board",
+    paths = write_board(runs, tmp_path, profile={"description": "unit test board",
                                                     "datasets": {"shapes": {}, "plain": {}}}, figures=True,
                            published_dir=tmp_path / "none")
     for key, path in paths.items():
@@ -277,25 +280,25 @@ def test_notes_say_which_fss_estimator_the_runs_used(runs, board, tmp_path):
     assert row(board, "shapes", "kd")["fss_estimator"] == "u_centered"
     assert row(board, "shapes", "teacher")["fss_estimator"] == ""
     assert row(board, "shapes", "kd")["hierarchy_ari_tree_mean"] == pytest.approx(0.5)
-    paths = lb.write_board(runs, tmp_path / "u", figures=False, published_dir=tmp_path / "none")
+    paths = write_board(runs, tmp_path / "u", figures=False, published_dir=tmp_path / "none")
     for key in ("md", "tex", "html"):
         text = paths[key].read_text().replace("\\_", "_")  # LaTeX escapes the underscore
         assert "FSS / RS estimator: u_centered (kdbench" in text and "v_normalized" not in text, key
     # runs with the UniCAM reference's estimator: the notes name it (and only it)
-    other = lb.runs_frame([dict(r, fss_estimator="v_normalized") for r in records()])
-    paths = lb.write_board(other, tmp_path / "v", figures=False, published_dir=tmp_path / "none")
+    other = runs_frame([dict(r, fss_estimator="v_normalized") for r in records()])
+    paths = write_board(other, tmp_path / "v", figures=False, published_dir=tmp_path / "none")
     md = paths["md"].read_text()
     assert "FSS / RS estimator: v_normalized (the current UniCAM reference" in md and "u_centered (" not in md
     assert pd.read_csv(paths["board"])["fss_estimator"].dropna().unique().tolist() == ["v_normalized"]
     # seeds that disagree: the row says so and the notes point to runs.csv
     recs = [record("shapes", "kd", 0, 0.7), dict(record("shapes", "kd", 1, 0.71), fss_estimator="v_normalized")]
-    mixed = lb.aggregate(lb.runs_frame(recs))
+    mixed = aggregate(runs_frame(recs))
     assert row(mixed, "shapes", "kd")["fss_estimator"] == "varies" and "runs.csv" in T.notes(mixed)
 
 
 def test_markdown_escapes_the_description(runs, tmp_path):
     evil = "<script>alert(1)</script> & | pipes"
-    paths = lb.write_board(runs, tmp_path, profile={"description": evil}, figures=False,
+    paths = write_board(runs, tmp_path, profile={"description": evil}, figures=False,
                            published_dir=tmp_path / "none")
     md, page = paths["md"].read_text(), paths["html"].read_text()
     assert "<script>" not in md and "&lt;script>alert(1)&lt;/script> &amp; \\| pipes" in md
@@ -308,7 +311,7 @@ def test_markdown_shows_links_and_emphasis_of_the_description_as_text(runs, tmp_
     markdown_it = pytest.importorskip("markdown_it")  # rich's (dvc's) Markdown parser
 
     evil = "see [x](javascript:alert(1)) ![i](http://e/x.png) **bold** _em_ `code`\n# heading"
-    paths = lb.write_board(runs, tmp_path, profile={"description": evil}, figures=False,
+    paths = write_board(runs, tmp_path, profile={"description": evil}, figures=False,
                            published_dir=tmp_path / "none")
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(paths["md"].read_text())
     note = next(p for p in html.split("</p>") if "javascript" in p)
@@ -330,7 +333,7 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
          "runs": "unknown"},
     ]
     (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
-    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
+    paths = write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
     board = pd.read_csv(paths["board"])
     kd, dkd, t = (row(board, "shapes", m) for m in ("kd", "dkd", "teacher"))
     m, lo, hi = bstats.mean_ci(TOP1["kd"])
@@ -358,7 +361,7 @@ def test_a_reference_of_another_recipe_gets_its_delta_but_no_verdict(runs, tmp_p
     entries = [{"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "kd", "top1": 90.0,
                 "source": "a ResNet18 at 28 px", "like_for_like": False}]
     (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
-    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
+    paths = write_board(runs, tmp_path / "board", figures=False, published_dir=pub)
     kd = row(pd.read_csv(paths["board"]), "shapes", "kd")
     assert kd["delta_vs_published"] == pytest.approx(0.72 - 0.90) and pd.isna(kd["reproduces"])
     assert pd.isna(kd["delta_vs_published_ci_lo"]) and kd["published_kind"] == "reference (other recipe)"
@@ -383,7 +386,7 @@ def test_the_shipped_cifar100_file_renders_on_toy_runs(tmp_path):
         for s in range(3):
             r = dict(record("cifar100", m, s, base + (s - 1) / 200), teacher="resnet56", student="resnet20")
             recs.append(r)
-    paths = lb.write_board(lb.runs_frame(recs), tmp_path, figures=False, published_dir=pub_dir,
+    paths = write_board(runs_frame(recs), tmp_path, figures=False, published_dir=pub_dir,
                            profile={"datasets": ["cifar100"]})
     board = pd.read_csv(paths["board"])
     r = row(board, "cifar100", "kd")
@@ -422,7 +425,7 @@ def scorecard_runs():
                          agreement=kd["agreement"] - 0.20 + (0.01, -0.01, 0.0, 0.005, 0.002)[s],
                          expl_sim=kd["expl_sim"] + (0.05, -0.06, 0.02, -0.03, 0.01)[s],
                          unicam_epg_distilled=0.7, unicam_epg_residual=0.2 + s / 100))
-    return lb.runs_frame(recs)
+    return runs_frame(recs)
 
 
 def test_scorecard_verdicts_on_synthetic_runs(tmp_path):
@@ -458,7 +461,7 @@ def test_scorecard_verdicts_on_synthetic_runs(tmp_path):
 
 
 def test_compare_paired_matches_scipy(runs):
-    table = lb.compare(runs, "dkd")
+    table = compare(runs, "dkd")
     assert set(table["other"]) == {"kd", "vanilla"}
     for _, r in table.iterrows():
         a, b = np.array(TOP1["dkd"]), np.array(TOP1[r["other"]])
@@ -470,21 +473,21 @@ def test_compare_paired_matches_scipy(runs):
         assert (r["ci_lo"], r["ci_hi"]) == pytest.approx((ci.low, ci.high))
     assert table["p_holm"].tolist() == pytest.approx(bstats.holm(table["p_value"].tolist()))
     assert list(table["other"]) == ["vanilla", "kd"]        # largest difference first
-    text = lb.format_compare(table)
+    text = format_compare(table)
     assert "vs vanilla" in text and "+18.000" in text and "paired" in text and "Holm" in text
 
     # another metric, and a cell where the method is missing (plain has no dkd) is skipped
-    t2 = lb.compare(runs, "kd", metric="expl_sim", others=["vanilla"])
+    t2 = compare(runs, "kd", metric="expl_sim", others=["vanilla"])
     assert list(t2["dataset"]) == ["shapes", "plain"]
     assert t2["diff"].abs().max() < 1e-12
     with pytest.raises(Exception, match="did you mean 'dkd'"):
-        lb.compare(runs, "dk")
+        compare(runs, "dk")
 
 
 def test_compare_one_seed_has_no_p_value():
-    runs = lb.runs_frame([record("shapes", "kd", 0, 0.7), record("shapes", "vanilla", 0, 0.6),
+    runs = runs_frame([record("shapes", "kd", 0, 0.7), record("shapes", "vanilla", 0, 0.6),
                           record("shapes", "vanilla", 1, 0.62)])
-    t = lb.compare(runs, "kd")
+    t = compare(runs, "kd")
     assert math.isnan(t.iloc[0]["p_value"]) and t.iloc[0]["diff"] == pytest.approx(0.09)
     assert t.iloc[0]["test"] is None or pd.isna(t.iloc[0]["test"])
 
@@ -595,7 +598,7 @@ def test_screenshot_script_at_1400px(runs, tmp_path):
     import sys
     from pathlib import Path
 
-    paths = lb.write_board(runs, tmp_path / "board", figures=False, published_dir=tmp_path / "none")
+    paths = write_board(runs, tmp_path / "board", figures=False, published_dir=tmp_path / "none")
     script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_board.py"
     ok = subprocess.run([sys.executable, str(script), str(paths["html"]), "-o", str(tmp_path / "b.png"),
                          "--width", "1400", "--height", "1200"], capture_output=True, text=True, timeout=180)
@@ -612,7 +615,7 @@ def test_notes_name_each_datasets_source(runs, tmp_path):
     checksum, as the runs' evaluation records carry it)."""
     runs = runs.copy()
     runs["dataset_source"] = ["release R, sha256 abc" if d == "shapes" else "" for d in runs["dataset"]]
-    paths = lb.write_board(runs, tmp_path, profile={"description": "a board"}, figures=False,
+    paths = write_board(runs, tmp_path, profile={"description": "a board"}, figures=False,
                            published_dir=tmp_path / "none")
     md, page = paths["md"].read_text(), paths["html"].read_text()
     assert "a board. Data: shapes: release R, sha256 abc." in md and "plain:" not in md.split("\n\n")[1]

@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
+from kdbench.config import layout
+
 
 def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathLike] = None, *,
           strict: bool = False, figures: bool = True, tracking: bool = True,
@@ -38,7 +40,7 @@ def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathL
         raise KDBenchError(f"no evaluated runs of {params_path} under {profile.get('results_dir', 'results')}/evals: "
                            "run the pipeline first (snakemake --cores all)")
     runs = runs_frame(records)
-    out = Path(out_dir) if out_dir is not None else Path(profile.get("results_dir", "results")) / "leaderboard"
+    out = Path(out_dir) if out_dir is not None else layout.board_dir(profile.get("results_dir", "results"))
     paths = write_board(runs, out, profile=profile, figures=figures, published_dir=published_dir,
                         title=f"kdbench leaderboard — {Path(params_path).stem}")
     if tracking:

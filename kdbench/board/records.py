@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from kdbench.config import pair_methods
+from kdbench.config import layout
+from kdbench.config.loading import pair_methods, teacher_seed_of
+from kdbench.integrity import check_file
+from kdbench.errors import KDBenchError
+from kdbench.hparams import student_config
 
 KEYS = ["dataset", "teacher", "student", "method"]
 CELL = ["dataset", "teacher", "student"]
@@ -58,19 +62,17 @@ def num(x) -> Optional[float]:
 def expected_runs(profile: dict) -> List[dict]:
     """Every student run of a profile: dataset, teacher, student, method, seed, teacher_seed."""
     out = []
-    t_seed = profile.get("teacher_seed", 0)
     for dataset in profile["datasets"]:
         for pair in profile["pairs"]:
             for method in pair_methods(profile, pair["teacher"], pair["student"]):
                 for seed in profile["seeds"]:
                     out.append({"dataset": dataset, "teacher": pair["teacher"], "student": pair["student"],
                                 "method": method, "seed": int(seed),
-                                "teacher_seed": int(seed) if t_seed is None else int(t_seed)})
+                                "teacher_seed": teacher_seed_of(profile, seed)})
     return out
 
 
-def eval_path(results_dir: os.PathLike, dataset: str, teacher: str, student: str, method: str, seed: int) -> Path:
-    return Path(results_dir) / "evals" / dataset / f"{teacher}__{student}" / method / f"s{seed}.json"
+eval_path = layout.eval_record  # the historical name
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -84,8 +86,6 @@ def _read_whole(path: Path, problems: list, redo: str) -> Optional[dict]:
     """The JSON object in ``path``; None when it does not exist. A damaged one (unreadable,
     or not what was written: kdbench.integrity) goes to ``problems`` with the command that
     makes it again."""
-    from kdbench.integrity import check_file
-
     if not path.is_file():
         return None
     problem = check_file(path)
@@ -111,8 +111,6 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
     run trained with another config than the profile implies, is a KDBenchError naming
     each one and the command (``params``: the profile as given on the command line) that
     makes it again."""
-    from kdbench.config import run_paths
-
     root = Path(results_dir if results_dir is not None else profile.get("results_dir", "results"))
     records, missing, problems = [], [], []
     for run in expected_runs(profile):
@@ -125,7 +123,7 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
                 continue
             missing.append(ev_path)
             continue
-        sdir = run_paths(root, "student", run["dataset"], run["student"], run["seed"],
+        sdir = layout.run_dir(root, "student", run["dataset"], run["student"], run["seed"],
                          teacher=run["teacher"], method=run["method"])
         redo_student = _command(params, "distill", **where) + " --force"
         train = _read_whole(sdir / "metrics.json", problems, redo_student) or {}
@@ -134,7 +132,7 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
             problems.append(f"{sdir} was trained with another config than this profile's (config_hash "
                             f"{train.get('config_hash')}, the profile's {expected}) (train it again: {redo_student})")
         t_seed = ev.get("teacher_seed") if ev.get("teacher_seed") is not None else run["teacher_seed"]
-        tdir = run_paths(root, "teacher", run["dataset"], run["teacher"], t_seed)
+        tdir = layout.run_dir(root, "teacher", run["dataset"], run["teacher"], t_seed)
         teacher = _read_whole(tdir / "metrics.json", problems, _command(
             params, "train-teacher", dataset=run["dataset"], arch=run["teacher"], seed=t_seed) + " --force") or {}
         rec = {k: train.get(k) for k in FROM_TRAIN}
@@ -147,8 +145,6 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
             rec[f"teacher_{k}"] = teacher.get(k)
         records.append(rec)
     if problems:
-        from kdbench.errors import KDBenchError
-
         problems = list(dict.fromkeys(problems))
         raise KDBenchError(f"{len(problems)} file(s) of this board are damaged or of another config, and no board "
                            f"is written: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
@@ -157,8 +153,6 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
         listing = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         msg = f"{len(missing)} of {len(missing) + len(records)} runs have no evaluation yet: {listing}"
         if strict:
-            from kdbench.errors import KDBenchError
-
             raise KDBenchError(msg + " (run the pipeline: snakemake --cores all)")
         print(f"[kdbench] warning: {msg}", file=sys.stderr)
     return records
@@ -166,8 +160,6 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
 
 def _expected_hash(profile: dict, run: dict) -> str:
     """The config hash the profile implies for one student run (what its metrics.json must say)."""
-    from kdbench.hparams import student_config
-
     return student_config(profile, run["dataset"], run["teacher"], run["student"], run["method"],
                           run["seed"]).config_hash
 

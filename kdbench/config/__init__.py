@@ -15,7 +15,8 @@ from kdbench.config.layout import run_dir as run_paths  # the historical name
 from kdbench.config.loading import (PACKAGE_DIR, PROFILE_DEFAULTS, RECIPE_DEFAULTS,
                                     REFERENCE_METHODS, SCHEMA_PATH, ParamsError, YamlLimitError,
                                     YamlLoader, apply_overrides, check_finite, check_results_dir,
-                                    load_yaml, pair_methods, project_root, recipe_for, teacher_threads,
+                                    load_yaml, pair_methods, project_root, recipe_for, teacher_seed_of,
+                                    teacher_threads,
                                     validate_structure, with_defaults, yaml_load)
 from kdbench.config.method_files import (METHOD_FILE_KEYS, check_hparam_types, load_method_spec,
                                          method_file)
@@ -25,4 +26,4 @@ __all__ = ["PACKAGE_DIR", "PROFILE_DEFAULTS", "RECIPE_DEFAULTS", "REFERENCE_METH
            "YamlLimitError", "YamlLoader", "apply_overrides", "check_finite", "check_results_dir", "load_yaml",
            "pair_methods", "project_root", "recipe_for", "teacher_threads", "validate_structure", "with_defaults",
            "yaml_load", "METHOD_FILE_KEYS", "check_hparam_types", "load_method_spec", "method_file", "RunConfig",
-           "teacher_config", "run_paths"]
+           "teacher_config", "run_paths", "teacher_seed_of"]

@@ -36,10 +36,23 @@ TUNING_CELL = "tuning/{dataset}/{teacher}__{student}/{method}"
 TRIAL_DIR = TUNING_CELL + "/t{trial}/s{seed}"
 SELECTION = TUNING_CELL + "/selection.json"
 TUNED_EXPORT = "tuning/tuned.yaml"
+#: a run's two final outputs, as the rules name them
+TEACHER_MODEL = f"{TEACHER_DIR}/{MODEL}"
+TEACHER_METRICS = f"{TEACHER_DIR}/{METRICS}"
+STUDENT_MODEL = f"{STUDENT_DIR}/{MODEL}"
+STUDENT_METRICS = f"{STUDENT_DIR}/{METRICS}"
+TRIAL_METRICS = f"{TRIAL_DIR}/{METRICS}"
 #: the board's tables and figures
 BOARD = "leaderboard"
-#: every job's log
-LOGS = "logs"
+#: every job's log (one per job; the evaluation job covers every method of a cell and seed)
+LOG_DATA = "logs/data/{dataset}.log"
+LOG_TEACHER = "logs/teachers/{dataset}/{arch}/s{seed}.log"
+LOG_STUDENT = "logs/students/{dataset}/{teacher}__{student}/{method}/s{seed}.log"
+LOG_EVAL = "logs/evals/{dataset}/{teacher}__{student}/s{seed}.log"
+LOG_TRIAL = "logs/tuning/{dataset}/{teacher}__{student}/{method}/t{trial}/s{seed}.log"
+LOG_SELECTION = "logs/tuning/{dataset}/{teacher}__{student}/{method}/selection.log"
+LOG_EXPORT = "logs/tuning/export.log"
+LOG_BOARD = "logs/leaderboard.log"
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,6 +60,16 @@ PathLike = Union[str, os.PathLike]
 def fields(template: str) -> list:
     """The wildcard names of a template, in order."""
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def joined(template: str, first: str, second: str, name: str) -> str:
+    """``template`` with the adjacent fields ``{first}/{second}`` as one wildcard ``{name}``
+    (a rule that matches only some (first, second) combinations, e.g. the imported
+    teachers' ``{dataset_arch}``)."""
+    part = "{" + first + "}/{" + second + "}"
+    if part not in template:
+        raise ValueError(f"layout.joined: {template!r} has no {part}")
+    return template.replace(part, "{" + name + "}")
 
 
 def pattern(template: str, **fixed) -> str:

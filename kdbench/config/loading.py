@@ -343,6 +343,13 @@ def teacher_threads(profile: dict) -> int:
 REFERENCE_METHODS = ("vanilla", "kd")
 
 
+def teacher_seed_of(profile: dict, seed: int) -> int:
+    """The teacher seed a student of seed ``seed`` distils from: the profile's
+    ``teacher_seed``, or (``teacher_seed: null``) the student's own seed."""
+    t_seed = profile.get("teacher_seed")
+    return int(seed) if t_seed is None else int(t_seed)
+
+
 def pair_methods(profile: dict, teacher: str, student: str) -> List[str]:
     """The methods one pair runs: the profile's ``methods`` less the pair's
     ``exclude_methods`` (in the profile's order)."""

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from kdbench.registry import Registry
+from kdbench.errors import DatasetNotFoundError
 
 
 @dataclass
@@ -141,8 +142,6 @@ def resolve_data_root(data_root=None) -> str:
 def not_found(name: str, searched: str, setting: str, hint: str = ""):
     """A ``DatasetNotFoundError`` naming the path searched and the setting to change, plus
     an optional hint (e.g. how to download)."""
-    from kdbench.errors import DatasetNotFoundError
-
     err = DatasetNotFoundError(name, searched, setting)
     if hint:
         err.args = (f"{err.args[0]}. {hint}",)

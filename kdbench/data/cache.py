@@ -22,6 +22,11 @@ from typing import Optional
 from kdbench.data.base import Dataset, FileSplit, Split
 from kdbench.errors import KDBenchError
 from kdbench.integrity import torch_file_problem
+from kdbench.config import layout
+from kdbench.io import save_torch, write_json
+from kdbench.data import build_dataset
+from kdbench.io import load_torch
+from kdbench.data.base import DATASETS
 
 FORMAT = 1
 
@@ -120,13 +125,10 @@ def check_prepared(path: os.PathLike) -> Optional[str]:
     return torch_file_problem(path)
 
 
-def prepared_path(results_dir: os.PathLike, name: str) -> Path:
-    return Path(results_dir) / "data" / name / "data.pt"
+prepared_path = layout.prepared_data  # the historical name
 
 
 def save_dataset(ds: Dataset, path: os.PathLike) -> Path:
-    from kdbench.io import save_torch, write_json
-
     path = Path(path)
     save_torch(dataset_to_dict(ds), path)
     write_json({"data_bytes": path.stat().st_size, "data_sha256": file_sha256(path), "name": ds.name, "fingerprint": ds.fingerprint, "options": _plain(ds.options),
@@ -142,9 +144,6 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
     built now (and stored when ``results_dir`` is set). A prepared file that is unreadable
     or was built with other options raises :class:`DataCacheError`, unless ``rebuild``
     (``kdbench prepare-data``): then it is rebuilt (atomically)."""
-    from kdbench.data import build_dataset
-    from kdbench.io import load_torch
-
     options = dict(options or {})
     path = prepared_path(results_dir, name) if results_dir is not None else None
     if path is not None and path.is_file():
@@ -156,8 +155,6 @@ def load_dataset(name: str, options: Optional[dict] = None, results_dir: Optiona
                 raise DataCacheError(path, name, problem) from None
             print(f"[kdbench] {path} {problem}: rebuilding it", file=sys.stderr, flush=True)
         else:
-            from kdbench.data.base import DATASETS
-
             version = getattr(DATASETS.get(name), "generator_version", None)  # a builder's own version, if any
             same_version = (ds.meta or {}).get("generator_version") == version
             if _plain(ds.options) == _plain(options) and same_version:

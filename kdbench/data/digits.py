@@ -23,6 +23,7 @@ import torch
 from kdbench.data.base import (DATASETS, FRACTION_OPTION, OPTION_TYPES, SEED_OPTION, TRAIN_CLASS_MIN, Dataset,
                                Split, channel_stats, fingerprint_splits)
 from kdbench.errors import UnknownChoiceError
+from kdbench.data.shapes import hsv_to_rgb
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
 
@@ -45,8 +46,6 @@ def stratified_split(labels: np.ndarray, fractions, seed: int) -> list:
 def background_colours(k: int) -> np.ndarray:
     """k background colours (k×3 in [0, 1]): evenly spaced hues, saturation 0.7, value 0.55,
     so that white ink stays visible on every one of them."""
-    from kdbench.data.shapes import hsv_to_rgb
-
     return hsv_to_rgb(np.arange(k) / k, np.full(k, 0.7), np.full(k, 0.55))
 
 

@@ -15,6 +15,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 import torch
+from kdbench.io import _atomic
 
 CELL = 112  # pixels per grid cell
 PAD = 4
@@ -93,7 +94,5 @@ def render_grid(images: np.ndarray, columns: Dict[str, torch.Tensor], title: str
 
 def write_grid(path: Path, images: np.ndarray, columns: Dict[str, torch.Tensor], title: str = "") -> Path:
     """Render and write the grid atomically."""
-    from kdbench.io import _atomic
-
     data = render_grid(images, columns, title)
     return _atomic(Path(path), lambda fh: fh.write(data))

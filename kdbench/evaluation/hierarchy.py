@@ -20,6 +20,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kdbench.methods.adapters import stage_pairs
+from kdbench.data.loader import make_loader
 
 Partition = List[List[int]]
 
@@ -271,8 +273,6 @@ def stage_for_partitions(n_student: int, n_teacher: int) -> List[Tuple[int, int]
     same relative depth, where TDD puts the auxiliary head of that stage's partition
     (``TDD.head_stages``), except those on the student's last stage (the evaluation spec:
     intermediate decisions; the last stage's decision is the classification itself)."""
-    from kdbench.methods.adapters import stage_pairs
-
     return [(s, t) for t, s in stage_pairs(n_teacher, n_student) if s < n_student - 1]
 
 
@@ -339,8 +339,6 @@ def pooled_features(model, dataset, split, *, features: str = "stages", batch_si
     ``model`` (eval mode, no augmentation) over ``split`` (a name or a split object), and
     the labels. ``features``: ``stages`` (the stage outputs) or ``taps``
     (:meth:`StagedNet.forward_taps`: an early pre-activation block output per stage)."""
-    from kdbench.data.loader import make_loader
-
     if features not in ("stages", "taps"):
         raise ValueError(f"features must be 'stages' or 'taps', got {features!r}")
     was = model.training

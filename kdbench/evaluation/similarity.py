@@ -29,6 +29,7 @@ from torch import Tensor
 
 from kdbench import functional as KF
 from kdbench.errors import UnknownChoiceError
+from kdbench.methods.adapters import stage_pairs
 
 FSS_ESTIMATORS = ("u_centered", "v_normalized", "u_centered_batch5")
 DEFAULT_FSS_ESTIMATOR = "u_centered"
@@ -87,8 +88,6 @@ def fss_stages(student_stages: Sequence[Tensor], teacher_stages: Sequence[Tensor
                estimator: str = DEFAULT_FSS_ESTIMATOR, cache: Optional[DistanceCache] = None) -> List[float]:
     """Per student stage i: FSS(student stage i, teacher stage at the same relative depth)
     (``methods.adapters.stage_pairs``)."""
-    from kdbench.methods.adapters import stage_pairs
-
     return [fss(student_stages[i], teacher_stages[j], estimator, cache)
             for i, j in stage_pairs(len(student_stages), len(teacher_stages))]
 

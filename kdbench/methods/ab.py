@@ -34,6 +34,7 @@ from kdbench.errors import KDBenchError
 from kdbench.methods.adapters import stage_pairs
 from kdbench.methods.base import Distiller, PairError, register_method
 from kdbench.methods.init_stage import INIT_HPARAMS, InitStage
+from kdbench.models import create_model
 
 
 def _last_block(stage: nn.Module) -> nn.Module:
@@ -120,8 +121,6 @@ class AB(InitStage, Distiller):
 
     @classmethod
     def check_pair(cls, teacher, student, hparams):
-        from kdbench.models import create_model
-
         pairs = stage_pairs(student.num_stages, teacher.num_stages)
         bad = _check_shapes(student.infer_stage_shapes(32), teacher.infer_stage_shapes(32), pairs)
         if bad:

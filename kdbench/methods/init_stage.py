@@ -26,6 +26,7 @@ from torch import nn
 
 from kdbench.errors import KDBenchError
 from kdbench.methods.base import TrainContext
+from kdbench.optim import SGD
 
 #: loader epoch of the stage's first epoch (far from the main training's 0, 1, ...)
 INIT_EPOCH_BASE = 1_000_000
@@ -64,8 +65,6 @@ class InitStage:
             self.run_init_stage()
 
     def run_init_stage(self) -> None:
-        from kdbench.optim import SGD
-
         ctx = self._init_ctx
         if ctx is None:
             raise KDBenchError(f"{self.name}: prepare(ctx) must run before training (it gives the "

@@ -11,7 +11,7 @@ from typing import Callable
 
 from kdbench.errors import UnknownChoiceError
 from kdbench.models import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn
-from kdbench.models.staged import Features, Head, StagedNet
+from kdbench.models.staged import Features, Head, StagedNet, set_model_builder
 from kdbench.registry import Registry
 
 __all__ = ["MODELS", "create_model", "list_models", "StagedNet", "Head", "Features"]
@@ -34,6 +34,7 @@ def create_model(name: str, num_classes: int, **kwargs) -> StagedNet:
     """Build architecture ``name`` with ``num_classes`` outputs; extra keyword arguments
     go to the architecture (for ``timm:`` names, to ``timm.create_model``)."""
     if name.startswith(TIMM_PREFIX):
+        # timm (2 s to import) loads only for a timm: arch
         from kdbench.models.timm_adapter import TimmStagedNet
 
         model = TimmStagedNet(name[len(TIMM_PREFIX):], num_classes, **kwargs)
@@ -53,8 +54,12 @@ def check_model_name(name: str) -> None:
     """Raise the unknown-arch error for a name ``create_model`` would reject, without
     building anything (timm names are checked against timm's registry: imports timm)."""
     if name.startswith(TIMM_PREFIX):
+        # timm (2 s to import) loads only for a timm: arch
         from kdbench.models.timm_adapter import timm_family
 
         timm_family(name[len(TIMM_PREFIX):])
     elif name not in MODELS and wrn.wrn_from_name(name) is None:
         create_model(name, 2)  # raises the UnknownChoiceError with the choices
+
+
+set_model_builder(create_model)  # StagedNet.probe_twin builds through the registry

@@ -179,13 +179,21 @@ class StagedNet(nn.Module):
         modules, values meaningless."""
         if next(self.parameters()).device.type != "meta" or not getattr(self, "arch", None):
             return self
-        from kdbench.models import create_model
-
         with torch.device("cpu"), skip_init():
-            return create_model(self.arch, self.num_classes)
+            return _BUILD_MODEL(self.arch, self.num_classes)
 
     def _set_stage_channels(self, channels: Sequence[int]) -> None:
         self._stage_channels = [int(c) for c in channels]
+
+
+#: builds a model by (arch, num_classes): kdbench.models sets it to its ``create_model``
+#: (the registry sits above this base class, which never imports it)
+_BUILD_MODEL = None
+
+
+def set_model_builder(build) -> None:
+    global _BUILD_MODEL
+    _BUILD_MODEL = build
 
 
 def tap_block(num_blocks: int) -> int:

@@ -58,10 +58,10 @@ SET = "".join(f" --set {shlex.quote(item)}" for item in SET_ITEMS)
 
 try:
     from kdbench.board.records import expected_runs
-    from kdbench.config import SCHEMA_PATH, load_yaml, pair_methods, run_paths, teacher_config, teacher_threads
+    from kdbench.config import (SCHEMA_PATH, layout, load_yaml, pair_methods, teacher_config, teacher_seed_of,
+                                teacher_threads)
     from kdbench.profile import load_profile_with_overrides
-    from kdbench.tuning import (candidates, export_path, rerun_key, selection_path, trial_config, trial_dir,
-                                tuned_methods, tuning_of)
+    from kdbench.tuning import candidates, rerun_key, trial_config, tuned_methods, tuning_of
 
     # exactly what every job reads (`kdbench --params PARAMS --set ...`), with kdbench's YAML
     # reader (1e-3 is a number there; Snakemake's reader makes it a string)
@@ -114,7 +114,7 @@ RESULTS_ARG = shlex.quote(R)
 TUNING = tuning_of(P)
 TUNED = tuned_methods(P) if TUNING else []
 TUNING_SEEDS = list(TUNING["seeds"]) if TUNING else []
-TUNING_EXPORT = [str(export_path(R))] if TUNING else []
+TUNING_EXPORT = [str(layout.tuned_export(R))] if TUNING else []
 
 
 # (dataset/arch) of the teachers imported from external checkpoints (rules/import_teachers.smk)
@@ -142,14 +142,14 @@ def launcher(resources):
 def check_prepared_data():
     """A results/data/<d>/data.pt whose content does not match its meta.json loses the
     meta.json, so that the data job rebuilds it (see the Snakefile)."""
-    from kdbench.data.cache import check_prepared, prepared_path
+    from kdbench.data.cache import check_prepared
 
     for dataset in P["datasets"]:
-        path = prepared_path(P["results_dir"], dataset)
+        path = layout.prepared_data(P["results_dir"], dataset)
         problem = check_prepared(path) if path.is_file() else None
         if problem:
             print(f"kdbench: {path} {problem}: the data job rebuilds it", file=sys.stderr)
-            path.with_name("meta.json").unlink(missing_ok=True)
+            path.with_name(os.path.basename(layout.DATA_META)).unlink(missing_ok=True)
 
 
 def check_finished_outputs():
@@ -157,16 +157,15 @@ def check_finished_outputs():
     from kdbench.integrity import check_finished
 
     runs = [os.path.dirname(p) for p in board_students() + board_teachers()]
-    check_finished([os.path.join(d, n) for d in runs for n in ("model.pt", "metrics.json")] + board_evals())
+    check_finished([os.path.join(d, n) for d in runs for n in (layout.MODEL, layout.METRICS)] + board_evals())
 
 
 def teacher_seed(seed):
-    seed = int(seed)
-    return seed if P["teacher_seed"] is None else int(P["teacher_seed"])
+    return teacher_seed_of(P, seed)
 
 
 def teacher_model(dataset, arch, seed):
-    return str(run_paths(R, "teacher", dataset, arch, teacher_seed(seed)) / "model.pt")
+    return str(layout.run_dir(R, "teacher", dataset, arch, teacher_seed(seed)) / layout.MODEL)
 
 
 # --------------------------------------------------------------------------- distill / evaluate
@@ -178,7 +177,7 @@ def distill_selection(w):
     """The tuning selection a run's hyperparameters come from (when this profile tunes)."""
     if w.method not in TUNED:
         return []
-    return str(selection_path(R, w.dataset, w.teacher, w.student, w.method))
+    return str(layout.selection(R, w.dataset, w.teacher, w.student, w.method))
 
 
 def distill_key(w):
@@ -186,7 +185,7 @@ def distill_key(w):
 
 
 def student_dir(w, method=None):
-    return run_paths(R, "student", w.dataset, w.student, int(w.seed), teacher=w.teacher, method=method or w.method)
+    return layout.run_dir(R, "student", w.dataset, w.student, int(w.seed), teacher=w.teacher, method=method or w.method)
 
 
 def student_file(name, method=None):
@@ -201,7 +200,7 @@ def cell_student_files(name):
 
 def cell_eval_outputs(methods):
     """The evaluation records one evaluate job writes: every method of its cell and seed."""
-    return [r(f"evals/{{dataset}}/{{teacher}}__{{student}}/{m}/s{{seed}}.json") for m in methods]
+    return [r(layout.pattern(layout.EVAL, method=m)) for m in methods]
 
 
 def evaluate_groups():
@@ -235,12 +234,12 @@ def trial_key(w):
 def cell_trials(w):
     """Every trial x tuning seed of one dataset x pair x method."""
     n = len(candidates(P, w.teacher, w.student, w.method))
-    return [str(trial_dir(R, w.dataset, w.teacher, w.student, w.method, k, s) / "metrics.json")
+    return [str(layout.trial_dir(R, w.dataset, w.teacher, w.student, w.method, k, s) / layout.METRICS)
             for k in range(n) for s in TUNING_SEEDS]
 
 
 def all_selections():
-    return [str(selection_path(R, d, t, s, m)) for d in DATASETS for t, s in PAIRS for m in TUNED
+    return [str(layout.selection(R, d, t, s, m)) for d in DATASETS for t, s in PAIRS for m in TUNED
             if m in pair_methods(P, t, s)]
 
 
@@ -250,7 +249,7 @@ def board_runs():
     return [(x["dataset"], x["teacher"], x["student"], x["method"], x["seed"]) for x in expected_runs(P)]
 
 
-BOARD = r("leaderboard")
+BOARD = r(layout.BOARD)
 
 
 def board_file(name):
@@ -258,11 +257,11 @@ def board_file(name):
 
 
 def board_evals():
-    return [r(f"evals/{d}/{t}__{s}/{m}/s{seed}.json") for d, t, s, m, seed in board_runs()]
+    return [r(layout.pattern(layout.EVAL, dataset=d, teacher=t, student=s, method=m, seed=seed)) for d, t, s, m, seed in board_runs()]
 
 
 def board_students():
-    return [str(run_paths(R, "student", d, s, seed, teacher=t, method=m) / "metrics.json")
+    return [str(layout.run_dir(R, "student", d, s, seed, teacher=t, method=m) / layout.METRICS)
             for d, t, s, m, seed in board_runs()]
 
 
@@ -272,5 +271,5 @@ def published_files():
 
 
 def board_teachers():
-    return sorted({str(run_paths(R, "teacher", d, t, teacher_seed(seed)) / "metrics.json")
+    return sorted({str(layout.run_dir(R, "teacher", d, t, teacher_seed(seed)) / layout.METRICS)
                    for d, t, s, m, seed in board_runs()})

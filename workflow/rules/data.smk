@@ -2,15 +2,15 @@
 # every training/evaluation job then loads them instead of regenerating them.
 rule data:
     output:
-        data=r("data/{dataset}/data.pt"),
-        meta=r("data/{dataset}/meta.json"),
+        data=r(layout.DATA),
+        meta=r(layout.DATA_META),
     params:
         # the dataset's options: changing them rebuilds the data (and, through the config hash, what follows)
         options=lambda w: P["datasets"][w.dataset],
         profile=PROFILE_ARG,
         overrides=SET_ARG,
     log:
-        r("logs/data/{dataset}.log"),
+        r(layout.LOG_DATA),
     conda:
         "../../environment.yml"
     threads: THREADS

@@ -6,12 +6,12 @@ rule distill:
     input:
         # ancient: a rebuilt data.pt (same options) does not re-run finished jobs; the
         # config hash (params) holds the dataset options
-        data=ancient(r("data/{dataset}/data.pt")),
+        data=ancient(r(layout.DATA)),
         teacher=distill_teacher,
         selection=distill_selection,
     output:
-        model=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/model.pt"),
-        metrics=r("students/{dataset}/{teacher}__{student}/{method}/s{seed}/metrics.json"),
+        model=r(layout.STUDENT_MODEL),
+        metrics=r(layout.STUDENT_METRICS),
     params:
         kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         # recipe + the method's hyperparameters (params/methods/<method>.yaml, or the tuning
@@ -22,7 +22,7 @@ rule distill:
         overrides=SET_ARG,
         tracking=TRACKING_ARG,
     log:
-        r("logs/students/{dataset}/{teacher}__{student}/{method}/s{seed}.log"),
+        r(layout.LOG_STUDENT),
     conda:
         "../../environment.yml"
     threads: THREADS * NPROC  # THREADS per process

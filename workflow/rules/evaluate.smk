@@ -27,7 +27,7 @@ for EVAL_RULE, EVAL_METHODS, EVAL_TEACHERS, EVAL_STUDENTS in evaluate_groups():
             profile=PROFILE_ARG,
             overrides=SET_ARG,
         log:
-            r("logs/evals/{dataset}/{teacher}__{student}/s{seed}.log"),
+            r(layout.LOG_EVAL),
         conda:
             "../../environment.yml"
         threads: THREADS

@@ -11,10 +11,10 @@ ruleorder: import_teacher > teacher
 
 rule import_teacher:
     input:
-        data=lambda w: r(f"data/{w.dataset_arch.split('/')[0]}/data.pt"),
+        data=lambda w: r(layout.pattern(layout.DATA, dataset=w.dataset_arch.split('/')[0])),
     output:
-        model=r("teachers/{dataset_arch}/s{seed}/model.pt"),
-        metrics=r("teachers/{dataset_arch}/s{seed}/metrics.json"),
+        model=r(layout.joined(layout.TEACHER_MODEL, "dataset", "arch", "dataset_arch")),
+        metrics=r(layout.joined(layout.TEACHER_METRICS, "dataset", "arch", "dataset_arch")),
     wildcard_constraints:
         dataset_arch=EXTERNAL_TEACHER_PATTERN,
     params:
@@ -26,7 +26,7 @@ rule import_teacher:
         overrides=SET_ARG,
         tracking=TRACKING_ARG,
     log:
-        r("logs/teachers/{dataset_arch}/s{seed}.log"),
+        r(layout.joined(layout.LOG_TEACHER, "dataset", "arch", "dataset_arch")),
     conda:
         "../../environment.yml"
     threads: THREADS

@@ -23,7 +23,7 @@ rule leaderboard:
         profile=PROFILE_ARG,
         overrides=SET_ARG,
     log:
-        r("logs/leaderboard.log"),
+        r(layout.LOG_BOARD),
     conda:
         "../../environment.yml"
     threads: 1

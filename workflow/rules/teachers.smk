@@ -5,10 +5,10 @@ rule teacher:
     input:
         # ancient: a rebuilt data.pt (same options) does not re-run finished jobs; the
         # config hash (params) holds the dataset options
-        data=ancient(r("data/{dataset}/data.pt")),
+        data=ancient(r(layout.DATA)),
     output:
-        model=r("teachers/{dataset}/{arch}/s{seed}/model.pt"),
-        metrics=r("teachers/{dataset}/{arch}/s{seed}/metrics.json"),
+        model=r(layout.TEACHER_MODEL),
+        metrics=r(layout.TEACHER_METRICS),
     params:
         kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         # re-run exactly when the run's config (recipe, data options, ...) changes
@@ -17,7 +17,7 @@ rule teacher:
         overrides=SET_ARG,
         tracking=TRACKING_ARG,
     log:
-        r("logs/teachers/{dataset}/{arch}/s{seed}.log"),
+        r(layout.LOG_TEACHER),
     conda:
         "../../environment.yml"
     threads: TEACHER_THREADS * NPROC  # TEACHER_THREADS per process

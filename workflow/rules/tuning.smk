@@ -7,17 +7,17 @@
 # (all selections with their provenance: what params/tuned/*.yaml holds).
 rule tune_trial:
     input:
-        data=ancient(r("data/{dataset}/data.pt")),  # as the distill rule
+        data=ancient(r(layout.DATA)),  # as the distill rule
         teacher=trial_teacher,
     output:
-        metrics=r("tuning/{dataset}/{teacher}__{student}/{method}/t{trial}/s{seed}/metrics.json"),
+        metrics=r(layout.TRIAL_METRICS),
     params:
         kdbench=lambda w, resources: launcher(resources),  # under torchrun when nproc > 1
         config_hash=trial_key,
         profile=PROFILE_ARG,
         overrides=SET_ARG,
     log:
-        r("logs/tuning/{dataset}/{teacher}__{student}/{method}/t{trial}/s{seed}.log"),
+        r(layout.LOG_TRIAL),
     conda:
         "../../environment.yml"
     threads: THREADS * NPROC  # THREADS per process
@@ -38,12 +38,12 @@ rule tune_select:
     input:
         trials=cell_trials,
     output:
-        selection=r("tuning/{dataset}/{teacher}__{student}/{method}/selection.json"),
+        selection=r(layout.SELECTION),
     params:
         profile=PROFILE_ARG,
         overrides=SET_ARG,
     log:
-        r("logs/tuning/{dataset}/{teacher}__{student}/{method}/selection.log"),
+        r(layout.LOG_SELECTION),
     conda:
         "../../environment.yml"
     threads: 1
@@ -65,7 +65,7 @@ rule tune_export:
         profile=PROFILE_ARG,
         overrides=SET_ARG,
     log:
-        r("logs/tuning/export.log"),
+        r(layout.LOG_EXPORT),
     conda:
         "../../environment.yml"
     threads: 1
