@@ -44,9 +44,9 @@ PUBLISHED_DISPLAY: List[Tuple[str, str, str]] = [
 NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanilla: the paired top-1 difference "
          "in points against kd / vanilla on the same dataset and pair (same seed = same data order and "
          "initialisation), with its paired 95 % t-interval over seeds; p KD / p van.: the paired t-test's p-value, "
-         "Holm-corrected within the family of one table (every student method's comparison against that baseline "
-         "in this dataset × pair; the teacher row is a reference, not in the family; Welch's test where seeds do "
-         "not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
+         "Holm-corrected within the family of one dataset × pair (every pairwise comparison between two student "
+         "methods of that table, the family kdbench compare uses too; the teacher row is a reference, not in the "
+         "family; Welch's test where seeds do not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
          "negative log-likelihood, both on the test split. Hyperparameters: what the row ran with, and where "
          "they came from (paper = the method's published defaults; tuned (N trials, val) = selected on the "
          "validation split). – = does not apply.")
