@@ -450,14 +450,15 @@ def cmd_leaderboard(args) -> int:
     profile = _profile(args)
     paths = build(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
                   tracking=profile["tracking"]["enabled"] and not args.no_tracking, published_dir=args.published,
-                  params_ref=_profile_ref(args))
+                  params_ref=_profile_ref(args), metric=args.metric)
     print(f"leaderboard -> {paths['board'].parent}/ ({', '.join(p.name for p in paths.values() if p.exists())})",
           file=sys.stderr)
     return 0
 
 
 def cmd_compare(args) -> int:
-    from kdbench.leaderboard import collect_records, compare, format_compare, runs_frame
+    from kdbench.board.compare import report
+    from kdbench.board.records import collect_records, runs_frame
 
     if args.runs:
         import pandas as pd
@@ -469,13 +470,8 @@ def cmd_compare(args) -> int:
         runs = pd.read_csv(args.runs)
     else:
         runs = runs_frame(collect_records(_profile(args)))
-    table = compare(runs, args.method, metric=args.metric, others=args.vs or None)
-    if args.format == "csv":
-        sys.stdout.write(table.to_csv(index=False, float_format="%.6g", na_rep=""))
-    elif args.format == "json":
-        sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
-    else:
-        sys.stdout.write(format_compare(table, args.metric, args.alpha))
+    sys.stdout.write(report(runs, args.method, args.metric, args.vs or None, args.format, args.alpha,
+                            source=str(args.runs) if args.runs else _profile_ref(args)))
     return 0
 
 
@@ -629,12 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not log the board to MLflow")
     p.add_argument("--published", type=Path, default=Path("params") / "published", metavar="DIR",
                    help="where published numbers (DATASET.yaml) are looked up; default: %(default)s")
+    p.add_argument("--metric", default="agreement",
+                   help="second metric of the performance profile, beside top1 (runs.csv column); default: %(default)s")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("compare", help="one method against every other on the same cells (paired t-test, Holm)",
                        description="Compare METHOD with every other method on the same dataset and teacher/student "
                                    "pair: the paired mean difference over seeds with its 95 % CI and paired t-test "
-                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within each cell.",
+                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within the board's "
+                                   "family (every pairwise comparison of a cell's methods); then METHOD's overall "
+                                   "rank with its interval and its wins / ties / losses.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
     _common(p, run=False)
     p.add_argument("method", help="the method to compare (must be on the board)")

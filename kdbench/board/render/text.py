@@ -210,3 +210,31 @@ SCORECARD_NOTE = ("Δ = method − baseline over paired seeds, [95 % CI] (points
                   "than two paired seeds, or the same difference on every seed); no data = the method did not "
                   "run there. UniCAM folds its per-method rows: k of m methods hold, the verdict by majority. "
                   "Full detail: claims.csv.")
+
+
+#: the overall table as rendered: (header, how to show a row of overall.csv)
+OVERALL_HEADERS = ["Method", "Cells", "Mean rank [95 % CI]", "Best in", "vs kd W/T/L", "vs vanilla W/T/L"]
+
+
+def _wtl(row, base: str) -> str:
+    import pandas as pd
+
+    vals = [row.get(f"{o}_vs_{base}") for o in ("wins", "ties", "losses")]
+    if any(v is None or pd.isna(v) for v in vals):   # the baseline itself, or it never shares a cell
+        return DASH
+    return " / ".join(str(int(v)) for v in vals)
+
+
+def overall_frame(table):
+    """overall.csv as strings, one row per method (:data:`OVERALL_HEADERS`)."""
+    import pandas as pd
+
+    rows = []
+    for _, r in table.iterrows():
+        cells_txt = f"{int(r['n_cells'])} of {int(r['n_cells_board'])}"
+        if r["n_excluded"]:
+            cells_txt += f" ({int(r['n_excluded'])} excluded)"
+        ci = "" if isnan(r["rank_ci_lo"]) else f" [{r['rank_ci_lo']:.2f}, {r['rank_ci_hi']:.2f}]"
+        rows.append([str(r["method"]), cells_txt, f"{r['mean_rank']:.2f}{ci}", str(int(r["n_best"])),
+                     _wtl(r, "kd"), _wtl(r, "vanilla")])
+    return pd.DataFrame(rows, columns=OVERALL_HEADERS)
