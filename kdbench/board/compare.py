@@ -29,11 +29,11 @@ SUMMARY_COLUMNS = ["method", "other", "metric", "n_cells", "mean_rank", "rank_ci
 def _check(runs, method: str, metric: str, source: Optional[str]) -> None:
     known = sorted(runs["method"].dropna().unique())
     if method not in known:
-        where = f" of {source}" if source else ""
-        raise UnknownChoiceError(f"method on the board{where}", method, known,
-                                 hint="Pass the profile whose board ran it (--params PROFILE.yaml) or that "
-                                      "board's runs.csv (--runs), or add it to this profile's methods and run "
-                                      "the pipeline first")
+        where = f"These are the runs of {source}. " if source else ""
+        raise UnknownChoiceError("method on the board", method, known,
+                                 hint=f"{where}Pass the profile whose board ran it (--params PROFILE.yaml) or "
+                                      "that board's runs.csv (--runs), or add it to this profile's methods and "
+                                      "run the pipeline first")
     if metric not in runs.columns:
         raise UnknownChoiceError("metric", metric, [m for m in METRICS if m in runs.columns])
 
