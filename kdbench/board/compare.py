@@ -72,7 +72,7 @@ def summary(runs, method: str, metric: str = "top1", others: Optional[Sequence[s
     ``metric`` over the cells it ran in, with its bootstrap 95 % interval and ``n_cells``),
     then one row per other method (``wins`` / ``ties`` / ``losses`` over the cells both ran
     in, each decided by the family's Holm p < ``alpha``), most wins first."""
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     _check(runs, method, metric, None)
     ranks = overall.rank_table(runs, metric).set_index("method")
@@ -94,7 +94,7 @@ def summary(runs, method: str, metric: str = "top1", others: Optional[Sequence[s
 def data_frame(table, summ):
     """``--format csv`` / ``json``: the per-cell rows (``scope`` = cell), then the summary
     rows (``scope`` = overall), in one table."""
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     cells = table.assign(scope="cell")
     tail = summ.assign(scope="overall")

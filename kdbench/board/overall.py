@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 from kdbench.board import stats
 from kdbench.board.records import CELL
 from kdbench.board.render.text import PERCENT
@@ -74,7 +76,7 @@ def cells(runs) -> List[tuple]:
 
 def cell_means(runs, metric: str = "top1"):
     """Cells x methods: the mean of ``metric`` over seeds (NaN where the method has none)."""
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     rows = {}
     for cell, g in runs.groupby(CELL, sort=False, dropna=False):
@@ -86,7 +88,6 @@ def cell_means(runs, metric: str = "top1"):
 
 def _cell_matrix(g, metric: str):
     """(methods, values): methods x seeds of one cell (NaN where a method lacks a seed)."""
-    import numpy as np
 
     methods = [m for m in dict.fromkeys(g["method"]) if not stats.series(g, m, metric).empty]
     seeds = sorted(set(g["seed"]))
@@ -102,7 +103,6 @@ def _cell_matrix(g, metric: str):
 def _resampled_ranks(values, rng, n_boot: int, lower: bool):
     """methods x (1 + n_boot) ranks of one cell: column 0 from all seeds, then one column
     per bootstrap draw of the seeds (with replacement, shared by every method)."""
-    import numpy as np
     from scipy.stats import rankdata  # scipy: heavy, imported where used
 
     k, n = values.shape
@@ -121,8 +121,7 @@ def _resampled_ranks(values, rng, n_boot: int, lower: bool):
 def rank_table(runs, metric: str = "top1", n_boot: int = N_BOOT, seed: int = BOOT_SEED):
     """Per method: ``mean_rank`` over the cells it ran in, its bootstrap ``rank_ci_lo`` /
     ``rank_ci_hi`` (module docstring), ``n_cells``, ``n_best`` (cells where it ranks 1)."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     rng = np.random.default_rng(seed)
     sums: Dict[str, np.ndarray] = {}
@@ -189,7 +188,7 @@ def excluded_counts(profile: Optional[dict], board_cells: Sequence[tuple]) -> Di
 
 def overall_table(runs, profile: Optional[dict] = None, metric: str = "top1", alpha: float = stats.ALPHA):
     """overall.csv: one row per method (:data:`COLUMNS`), best mean rank first."""
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     if runs is None or len(runs) == 0:
         return pd.DataFrame(columns=COLUMNS)
@@ -214,8 +213,7 @@ def performance_profile(runs, metric: str = "top1"):
     """Long form (``metric``, ``method``, ``delta``, ``fraction``): each method's ρ(δ) at
     every δ where some curve steps (module docstring). ``delta`` in points for accuracies;
     empty when no cell has the metric."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     cols = ["metric", "method", "delta", "fraction"]
     means = cell_means(runs, metric).dropna(axis=1, how="all")

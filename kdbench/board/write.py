@@ -7,6 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
+from kdbench import plots
+from kdbench.board import overall
+from kdbench.board.render.paper import render_paper_latex
 from kdbench.board.stats import isnan
 
 BOARD_FILES = {
@@ -78,9 +81,7 @@ def csv_text(frame) -> str:
 def overall_view(runs, profile: Optional[dict], metric: str = "agreement"):
     """(overall.csv, performance_profile.csv): :mod:`kdbench.board.overall` on top-1 and,
     for the profile, on ``metric`` too."""
-    import pandas as pd
-
-    from kdbench.board import overall
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     table = overall.overall_table(runs, profile)
     curves = [overall.performance_profile(runs, m) for m in dict.fromkeys(["top1", metric]) if m in runs.columns]
@@ -91,8 +92,6 @@ def overall_view(runs, profile: Optional[dict], metric: str = "agreement"):
 
 def _figures(runs, board, curves, paths) -> Dict[str, Path]:
     """The figures, every method in the board's one colour (plots.method_colours)."""
-    from kdbench import plots
-
     colours = plots.method_colours(list(runs["method"]))
     plots.accuracy_per_method(runs, paths["fig_accuracy"], colours)
     plots.accuracy_vs_agreement(board, paths["fig_agreement"], colours)
@@ -113,10 +112,7 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     from kdbench.board.claims import claims_table, scorecard
     from kdbench.board.render.html import render_html
     from kdbench.board.render.latex import render_latex
-    from kdbench.board.overall import NOTE as OVERALL_NOTE
-    from kdbench.board.overall import PROFILE_NOTE
     from kdbench.board.render.markdown import render_claims_markdown, render_markdown
-    from kdbench.board.render.paper import render_paper_latex
     from kdbench.board.trees import teacher_tree_table
 
     out = Path(out_dir)
@@ -145,8 +141,9 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     write_text(paths["claims_md"], render_claims_markdown(claims, card))
     write_text(paths["metrics"], json.dumps(metrics_tree(board), indent=2, sort_keys=True) + "\n")
     write_text(paths["md"], render_markdown(board, title=title, note=note, reproduction=reproduction, trees=trees,
-                                            overall=table, overall_note=OVERALL_NOTE, profile_note=PROFILE_NOTE))
-    write_text(paths["tex"], render_latex(board, caption=title, overall=table, overall_note=OVERALL_NOTE))
+                                            overall=table, overall_note=overall.NOTE,
+                                            profile_note=overall.PROFILE_NOTE))
+    write_text(paths["tex"], render_latex(board, caption=title, overall=table, overall_note=overall.NOTE))
     write_text(paths["paper_tex"], render_paper_latex(runs, ("top1", metric), title=title))
     fig_paths = _figures(runs, board, curves, paths) if figures else None
     write_text(paths["html"], render_html(board, runs, claims, fig_paths, title=title, note=note,

@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 from typing import Dict, Optional
 
+from kdbench.board.overall import NOTE
 from kdbench.board.render import text as T
 from kdbench.board.stats import ALPHA
 
@@ -197,8 +198,6 @@ DELTA_NOTE = ("Δ in green / red: significantly better / worse (Holm-corrected p
 
 def overall_html(overall, figure: Optional[Path]) -> str:
     """The "Overall" section: the table (overall.csv), then the performance profile."""
-    from kdbench.board.overall import NOTE
-
     if overall is None or len(overall) == 0:
         return ""
     frame = T.overall_frame(overall)
@@ -207,6 +206,15 @@ def overall_html(overall, figure: Optional[Path]) -> str:
     if img:
         out.append(f'<figure class="profile">{img}<figcaption>{e(CAPTIONS["fig_profile"])}</figcaption></figure>')
     return "".join(out)
+
+
+def _nav(datasets, has_overall: bool, has_trees: bool, has_repro: bool) -> str:
+    nav = ["<nav>", '<a href="#claims">claims</a>'] + (['<a href="#overall">overall</a>'] if has_overall else [])
+    nav += [f'<a href="#ds-{e(d)}">{e(d)}</a>' for d in datasets]
+    nav += (['<a href="#trees">teacher trees</a>'] if has_trees else [])
+    nav += (['<a href="#reproduction">reproduction</a>'] if has_repro else [])
+    nav += ['<a href="#figures">figures</a>', '<a href="#runs">runs</a></nav>']
+    return "".join(nav)
 
 
 def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = None,
@@ -226,12 +234,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
     figures = dict(figures or {})
     profile_fig = figures.pop("fig_profile", None)
     has_overall = overall is not None and len(overall) > 0
-    nav = ["<nav>", '<a href="#claims">claims</a>'] + (['<a href="#overall">overall</a>'] if has_overall else [])
-    nav += [f'<a href="#ds-{e(d)}">{e(d)}</a>' for d in datasets]
-    nav += (['<a href="#trees">teacher trees</a>'] if trees is not None and len(trees) else [])
-    nav += (['<a href="#reproduction">reproduction</a>'] if has_repro else [])
-    nav += ['<a href="#figures">figures</a>', '<a href="#runs">runs</a></nav>']
-    parts.append("".join(nav))
+    parts.append(_nav(datasets, has_overall, trees is not None and len(trees) > 0, has_repro))
 
     parts.append('<h2 id="claims">Claims</h2>')
     if claims is None or len(claims) == 0:

@@ -217,7 +217,7 @@ OVERALL_HEADERS = ["Method", "Cells", "Mean rank [95 % CI]", "Best in", "vs kd W
 
 
 def _wtl(row, base: str) -> str:
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     vals = [row.get(f"{o}_vs_{base}") for o in ("wins", "ties", "losses")]
     if any(v is None or pd.isna(v) for v in vals):   # the baseline itself, or it never shares a cell
@@ -227,7 +227,7 @@ def _wtl(row, base: str) -> str:
 
 def overall_frame(table):
     """overall.csv as strings, one row per method (:data:`OVERALL_HEADERS`)."""
-    import pandas as pd
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
 
     rows = []
     for _, r in table.iterrows():
