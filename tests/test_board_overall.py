@@ -240,3 +240,13 @@ def test_the_overall_view_in_every_format(tmp_path):
     page = paths["html"].read_text()
     assert page.index('id="claims"') < page.index('id="overall"') < page.index('id="ds-a"')
     assert set(pd.read_csv(paths["profile"])["metric"]) == {"top1"}
+
+
+def test_leaderboard_metric_is_checked_before_any_work(tmp_path):
+    """`kdbench leaderboard --metric` (the profile's second metric): a bad name is one
+    error naming the valid ones, before any run is read."""
+    from kdbench.board import build
+    from kdbench.errors import UnknownChoiceError
+
+    with pytest.raises(UnknownChoiceError, match=r"unknown metric 'agreemnt' \(did you mean 'agreement'\?\)"):
+        build({"results_dir": str(tmp_path / "nothing-here")}, metric="agreemnt")
