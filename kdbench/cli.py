@@ -211,12 +211,16 @@ def _add_board_commands(sub) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not log the board to MLflow")
     p.add_argument("--published", type=Path, default=Path("params") / "published", metavar="DIR",
                    help="where published numbers (DATASET.yaml) are looked up; default: %(default)s")
+    p.add_argument("--metric", default="agreement",
+                   help="second metric of the performance profile, beside top1 (runs.csv column); default: %(default)s")
     p.set_defaults(run="leaderboard")
 
     p = sub.add_parser("compare", help="one method against every other on the same cells (paired t-test, Holm)",
                        description="Compare METHOD with every other method on the same dataset and teacher/student "
                                    "pair: the paired mean difference over seeds with its 95 % CI and paired t-test "
-                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within each cell.",
+                                   "p-value (Welch's where the seeds do not pair), Holm-corrected within the board's "
+                                   "family (every pairwise comparison of a cell's methods); then METHOD's overall "
+                                   "rank with its interval and its wins / ties / losses.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
     _common(p, run=False)
     p.add_argument("method", help="the method to compare (must be on the board)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kdbench import io as kio
 from kdbench.board import build as build_board
-from kdbench.board.compare import compare as compare_runs, format_compare
+from kdbench.board.compare import report
 from kdbench.board.records import collect_records, expected_runs, runs_frame
 from kdbench.config import layout
 from kdbench.config.loading import teacher_seed_of
@@ -344,7 +344,8 @@ def leaderboard(args) -> Outcome:
     profile = profile_of(args)
     paths = build_board(profile, args.params, args.out, strict=args.strict, figures=not args.no_figures,
                         tracking=profile["tracking"]["enabled"] and not args.no_tracking,
-                        published_dir=args.published, params_ref=profile_ref(args))
+                        published_dir=args.published, params_ref=profile_ref(args),
+                        metric=args.metric)
     return Outcome(stderr=f"leaderboard -> {paths['board'].parent}/ "
                           f"({', '.join(p.name for p in paths.values() if p.exists())})")
 
@@ -358,12 +359,8 @@ def compare(args) -> Outcome:
         runs = pd.read_csv(args.runs)
     else:
         runs = runs_frame(collect_records(profile_of(args)))
-    table = compare_runs(runs, args.method, metric=args.metric, others=args.vs or None)
-    if args.format == "csv":
-        return Outcome(stdout=table.to_csv(index=False, float_format="%.6g", na_rep=""))
-    if args.format == "json":
-        return Outcome(stdout=table.to_json(orient="records", indent=2) + "\n")
-    return Outcome(stdout=format_compare(table, args.metric, args.alpha))
+    return Outcome(stdout=report(runs, args.method, args.metric, args.vs or None, args.format, args.alpha,
+                                 source=str(args.runs) if args.runs else profile_ref(args)))
 
 
 # --------------------------------------------------------------------------- tracking

@@ -152,12 +152,15 @@ def test_holm_hand_computed():
 
 
 def test_board_holm_family_is_one_table(board):
-    """Family: every student method's Δ-vs-B comparison in one dataset x pair table; the
-    teacher row is not in it."""
+    """Family (issue 24): every pairwise comparison between two student methods of one
+    dataset x pair table; the teacher row is not in it. Here kd − vanilla is the same on
+    every seed (no p-value), so the family is dkd−kd and dkd−vanilla."""
     shapes = board[board["dataset"] == "shapes"]
     fam = shapes[shapes["method"].isin(["dkd", "vanilla"])]
-    assert fam["delta_vs_kd_p_holm"].tolist() == pytest.approx(bstats.holm(fam["delta_vs_kd_p"].tolist()),
-                                                                nan_ok=True)
+    raw = [stats.ttest_rel(TOP1["dkd"], TOP1["kd"]).pvalue, stats.ttest_rel(TOP1["dkd"], TOP1["vanilla"]).pvalue]
+    assert row(board, "shapes", "dkd")["delta_vs_kd_p_holm"] == pytest.approx(bstats.holm(raw)[0])
+    assert row(board, "shapes", "dkd")["delta_vs_vanilla_p_holm"] == pytest.approx(bstats.holm(raw)[1])
+    assert math.isnan(row(board, "shapes", "vanilla")["delta_vs_kd_p_holm"]) and len(fam) == 2
     assert not math.isnan(row(board, "shapes", "dkd")["delta_vs_kd_p_holm"])
     assert math.isnan(row(board, "shapes", "teacher")["delta_vs_kd_p_holm"])
     assert math.isnan(row(board, "shapes", "kd")["delta_vs_kd_p_holm"])
@@ -541,6 +544,8 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["compare", "dkd", "--params", str(params), "--format", "csv"]) == 0
     out = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert out["scope"].tolist() == ["cell"] * 2 + ["overall"] * 3     # then the summary block (issue 24)
+    out = out[out["scope"] == "cell"]
     assert out.loc[out["other"] == "kd", "p_value"].iloc[0] == pytest.approx(
         stats.ttest_rel(TOP1["dkd"], TOP1["kd"]).pvalue)
     assert (out["test"] == "paired_t").all()

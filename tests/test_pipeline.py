@@ -40,7 +40,8 @@ DESIGN_COLUMNS = ["dataset", "teacher", "student", "method", "n_seeds", "top1_me
                   "delta_vs_kd_p_holm", "delta_vs_vanilla", "delta_vs_vanilla_ci_lo", "delta_vs_vanilla_ci_hi",
                   "delta_vs_vanilla_p_holm", "hparams", "hparams_source", "params", "train_s_mean"]
 BOARD_FILES = ["runs.csv", "leaderboard.csv", "leaderboard.md", "leaderboard.tex", "leaderboard.html",
-               "metrics.json", "claims.csv", "claims.md", "accuracy.png", "accuracy_vs_agreement.png", "ood_vs_id.png"]
+               "metrics.json", "claims.csv", "claims.md", "accuracy.png", "accuracy_vs_agreement.png", "ood_vs_id.png",
+               "overall.csv", "performance_profile.csv", "performance_profile.png", "leaderboard_paper.tex"]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -9,8 +9,10 @@ A newcomer reads the modules in this order:
   vanilla with CI and Holm-corrected p, hyperparameters and their source);
 - :mod:`.published`  published numbers (params/published/<dataset>.yaml) beside ours;
 - :mod:`.claims`     the seed papers' claims as tests, and their scorecard;
+- :mod:`.overall`    the overall view across cells: mean rank with a seed bootstrap, wins /
+  ties / losses vs kd and vanilla, performance profiles (overall.csv);
 - :mod:`.compare`    ``kdbench compare METHOD``;
-- :mod:`.render`     Markdown, LaTeX (pandas Styler), HTML;
+- :mod:`.render`     Markdown, LaTeX (pandas Styler; the compact paper table: render.paper), HTML;
 - :mod:`.write`      every file of results/leaderboard/, atomically;
 - :mod:`.tracking`   the board as one MLflow run.
 
@@ -29,11 +31,16 @@ from kdbench.config import layout
 
 def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathLike] = None, *,
           strict: bool = False, figures: bool = True, tracking: bool = True,
-          published_dir: Optional[os.PathLike] = None, params_ref: Optional[str] = None) -> Dict[str, Path]:
-    """collect -> write -> log: what ``kdbench leaderboard`` does."""
-    from kdbench.board.records import collect_records, runs_frame
+          published_dir: Optional[os.PathLike] = None, params_ref: Optional[str] = None,
+          metric: str = "agreement") -> Dict[str, Path]:
+    """collect -> write -> log: what ``kdbench leaderboard`` does (``metric``: the
+    performance profile's second metric, checked before any work)."""
+    from kdbench.board.records import METRICS, collect_records, runs_frame
     from kdbench.board.write import write_board
-    from kdbench.errors import KDBenchError
+    from kdbench.errors import KDBenchError, UnknownChoiceError
+
+    if metric not in METRICS:
+        raise UnknownChoiceError("metric", metric, METRICS)
 
     records = collect_records(profile, strict=strict, params=params_ref or params_path)
     if not records:
@@ -42,7 +49,7 @@ def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathL
     runs = runs_frame(records)
     out = Path(out_dir) if out_dir is not None else layout.board_dir(profile.get("results_dir", "results"))
     paths = write_board(runs, out, profile=profile, figures=figures, published_dir=published_dir,
-                        title=f"kdbench leaderboard — {Path(params_path).stem}")
+                        title=f"kdbench leaderboard — {Path(params_path).stem}", metric=metric)
     if tracking:
         import pandas as pd
 

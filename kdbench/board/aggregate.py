@@ -16,10 +16,11 @@ when the seeds disagree), and for each baseline B in (kd, vanilla):
 - ``delta_vs_B_p``: two-sided p-value, ``delta_vs_B_test``: paired_t, welch_t (the seeds
   do not pair) or one_sample_t (the teacher row with one teacher seed: its accuracy is a
   constant against B's seeds);
-- ``delta_vs_B_p_holm``: Holm-corrected within the family **"every student method's
-  Δ-vs-B comparison in one cell (one dataset x pair table)"**: m = number of student
-  methods of the cell other than B that have a p-value. The teacher row's Δ is a reference
-  with its CI but no part of the family (its ``_p_holm`` is empty).
+- ``delta_vs_B_p_holm``: Holm-corrected within the board's one family of method
+  comparisons (:func:`kdbench.board.stats.cell_comparisons`: every pairwise comparison
+  between two student methods of the cell), the same p_holm ``kdbench compare`` shows.
+  The teacher row's Δ is a reference with its CI but no part of the family (its
+  ``_p_holm`` is empty).
 
 Rows: datasets and pairs in the given (profile) order; within a cell the teacher first,
 then the students best first.
@@ -138,10 +139,10 @@ def _deltas(board, runs) -> None:
                            & (board["student"] == cell[2])]
         t_series = teacher_series(g)
         n_teacher_seeds = len(teacher_values(g))
+        family = stats.cell_comparisons(g, "top1")
         for base in BASELINES:
             b = stats.series(g, base, "top1")
             col = f"delta_vs_{base}"
-            family = []
             if b.empty:
                 continue
             for i in rows:
@@ -149,8 +150,9 @@ def _deltas(board, runs) -> None:
                 if method == base:
                     board.at[i, col] = 0.0
                     continue
-                a = t_series if method == TEACHER else stats.series(g, method, "top1")
-                d = stats.difference(a, b)
+                d = stats.difference(t_series, b) if method == TEACHER else family.get((method, base))
+                if d is None:
+                    continue
                 test = d["test"]
                 if method == TEACHER and test == stats.PAIRED and n_teacher_seeds == 1:
                     test = stats.ONE_SAMPLE
@@ -158,10 +160,7 @@ def _deltas(board, runs) -> None:
                 board.at[i, f"{col}_ci_lo"], board.at[i, f"{col}_ci_hi"] = d["ci_lo"], d["ci_hi"]
                 board.at[i, f"{col}_p"] = d["p_value"]
                 board.at[i, f"{col}_test"] = test
-                if method != TEACHER:
-                    family.append(i)
-            for i, p in zip(family, stats.holm([board.at[i, f"{col}_p"] for i in family])):
-                board.at[i, f"{col}_p_holm"] = p
+                board.at[i, f"{col}_p_holm"] = d.get("p_holm", math.nan)
 
 
 def aggregate(runs, *, datasets: Optional[Sequence[str]] = None, pairs: Optional[Sequence] = None,

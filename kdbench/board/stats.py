@@ -8,9 +8,15 @@ paired t-interval over the seeds both sides have. Only when fewer than two seeds
 Welch-Satterthwaite interval over all seeds, and says so in ``test``.
 
 :func:`holm` adjusts a family of p-values (Holm 1979, step-down): sort ascending,
-p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)). The board's families are defined where it
-calls it (:mod:`kdbench.board.aggregate`, :mod:`kdbench.board.claims`,
-:mod:`kdbench.board.compare`).
+p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)).
+
+**The method comparisons' Holm family** (:func:`cell_comparisons`, the one definition): in
+one cell (dataset x teacher -> student pair) and on one metric, *every pairwise comparison
+between two student methods of the cell* that has a p-value; m = k(k-1)/2 for k tested
+methods. The board's Δ vs kd / vanilla columns, ``kdbench compare`` (whatever ``--vs``
+picks) and the overall view's wins / ties / losses all read their Holm p from it, so one
+comparison has one p_holm wherever it is shown. (The seed papers' claims are another kind
+of test and have their own family: :mod:`kdbench.board.claims`.)
 """
 from __future__ import annotations
 
@@ -128,3 +134,48 @@ def verdict(delta: float, p_adjusted: float, direction: str = "higher", alpha: f
         return "inconclusive"
     good = delta > 0 if direction == "higher" else delta < 0
     return "holds" if good else "refuted"
+
+
+#: the family's statement, for the board's notes and ``kdbench compare`` (module docstring)
+FAMILY_NOTE = ("Holm-corrected within one family per dataset × pair and metric: every pairwise comparison "
+               "between two student methods of that cell (m = k(k−1)/2 for k methods); the board, "
+               "kdbench compare and the overall view read the same corrected p.")
+
+
+def cell_comparisons(g, metric: str = "top1", methods: Optional[Sequence[str]] = None) -> Dict:
+    """Every pairwise comparison of one cell's methods on ``metric`` (``g``: the cell's
+    runs; ``methods``: the cell's student methods, default every method of ``g`` in order
+    of appearance), Holm-corrected within that family (module docstring): ``{(a, b): d}``
+    for each ordered pair a != b, ``d`` as :func:`difference` (a − b) plus ``p_holm``. The
+    two orders of a pair share p and p_holm; a method without values is left out."""
+    names = [m for m in (methods if methods is not None else dict.fromkeys(g["method"]))]
+    values = {m: series(g, m, metric) for m in names}
+    names = [m for m in names if not values[m].empty]
+    out: Dict = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[(a, b)] = difference(values[a], values[b])
+    keys = list(out)
+    for k, p in zip(keys, holm([out[k]["p_value"] for k in keys])):
+        out[k]["p_holm"] = p
+    for (a, b) in keys:
+        out[(b, a)] = _reversed(out[(a, b)])
+    return out
+
+
+def _reversed(d: Dict) -> Dict:
+    """b − a from a − b: the same test, the interval mirrored."""
+    r = dict(d)
+    r.update(delta=-d["delta"], ci_lo=-d["ci_hi"], ci_hi=-d["ci_lo"], n_a=d["n_b"], n_b=d["n_a"],
+             a_mean=d["b_mean"], b_mean=d["a_mean"])
+    return r
+
+
+def outcome(d: Optional[Dict], direction: str = "higher", alpha: float = ALPHA) -> str:
+    """``win`` / ``loss`` when a comparison's Holm p is below ``alpha`` and a − b is better /
+    worse in ``direction``; ``tie`` otherwise (no test, or not significant); None without a
+    comparison (a side did not run)."""
+    if d is None or isnan(d.get("delta")):
+        return None
+    v = verdict(d["delta"], d.get("p_holm", math.nan), direction, alpha)
+    return {"holds": "win", "refuted": "loss"}.get(v, "tie")

@@ -7,12 +7,17 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
+from kdbench import plots
+from kdbench.board import overall
+from kdbench.board.render.paper import render_paper_latex
 from kdbench.board.stats import isnan
 
 BOARD_FILES = {
     "runs": "runs.csv", "board": "leaderboard.csv", "md": "leaderboard.md", "tex": "leaderboard.tex",
     "html": "leaderboard.html", "metrics": "metrics.json", "claims": "claims.csv", "claims_md": "claims.md",
-    "trees": "teacher_trees.csv", "fig_accuracy": "accuracy.png", "fig_agreement": "accuracy_vs_agreement.png", "fig_ood": "ood_vs_id.png",
+    "trees": "teacher_trees.csv", "overall": "overall.csv", "profile": "performance_profile.csv",
+    "paper_tex": "leaderboard_paper.tex", "fig_accuracy": "accuracy.png", "fig_agreement": "accuracy_vs_agreement.png",
+    "fig_ood": "ood_vs_id.png", "fig_profile": "performance_profile.png",
 }
 #: the numbers metrics.json (DVC) carries per row
 DVC_METRICS = ["n_seeds", "top1_mean", "top1_std", "top1_sel_mean", "top1_ood_mean", "agreement_mean",
@@ -73,11 +78,35 @@ def csv_text(frame) -> str:
     return frame.to_csv(index=False, float_format="%.6g", na_rep="")
 
 
+def overall_view(runs, profile: Optional[dict], metric: str = "agreement"):
+    """(overall.csv, performance_profile.csv): :mod:`kdbench.board.overall` on top-1 and,
+    for the profile, on ``metric`` too."""
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
+
+    table = overall.overall_table(runs, profile)
+    curves = [overall.performance_profile(runs, m) for m in dict.fromkeys(["top1", metric]) if m in runs.columns]
+    curves = [c for c in curves if len(c)]
+    return table, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
+        columns=["metric", "method", "delta", "fraction"]))
+
+
+def _figures(runs, board, curves, paths) -> Dict[str, Path]:
+    """The figures, every method in the board's one colour (plots.method_colours)."""
+    colours = plots.method_colours(list(runs["method"]))
+    plots.accuracy_per_method(runs, paths["fig_accuracy"], colours)
+    plots.accuracy_vs_agreement(board, paths["fig_agreement"], colours)
+    plots.ood_vs_id(board, paths["fig_ood"], colours)
+    plots.performance_profile(curves, paths["fig_profile"], colours)
+    return {k: paths[k] for k in ("fig_accuracy", "fig_agreement", "fig_ood", "fig_profile")}
+
+
 def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, figures: bool = True,
-                title: str = "kdbench leaderboard", published_dir: Optional[os.PathLike] = None) -> Dict[str, Path]:
+                title: str = "kdbench leaderboard", published_dir: Optional[os.PathLike] = None,
+                metric: str = "agreement") -> Dict[str, Path]:
     """Write every board file to ``out_dir``; returns their paths (BOARD_FILES keys).
     ``published_dir``: where ``<dataset>.yaml`` files of published numbers are looked up
-    (default params/published)."""
+    (default params/published); ``metric``: the performance profile's and the paper
+    table's second metric, beside top-1."""
     from kdbench.board import published
     from kdbench.board.aggregate import aggregate
     from kdbench.board.claims import claims_table, scorecard
@@ -101,21 +130,22 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     claims = claims_table(runs)
     card = scorecard(claims)
 
+    table, curves = overall_view(runs, profile, metric)
+
     write_text(paths["runs"], csv_text(runs))
     write_text(paths["board"], csv_text(board))
     write_text(paths["claims"], csv_text(claims))
     write_text(paths["trees"], csv_text(trees))
+    write_text(paths["overall"], csv_text(table))
+    write_text(paths["profile"], csv_text(curves))
     write_text(paths["claims_md"], render_claims_markdown(claims, card))
     write_text(paths["metrics"], json.dumps(metrics_tree(board), indent=2, sort_keys=True) + "\n")
-    write_text(paths["md"], render_markdown(board, title=title, note=note, reproduction=reproduction, trees=trees))
-    write_text(paths["tex"], render_latex(board, caption=title))
-    fig_paths = {k: paths[k] for k in ("fig_accuracy", "fig_agreement", "fig_ood")}
-    if figures:
-        from kdbench import plots
-
-        plots.accuracy_per_method(runs, fig_paths["fig_accuracy"])
-        plots.accuracy_vs_agreement(board, fig_paths["fig_agreement"])
-        plots.ood_vs_id(board, fig_paths["fig_ood"])
-    write_text(paths["html"], render_html(board, runs, claims, fig_paths if figures else None, title=title,
-                                          note=note, reproduction=reproduction, card=card, trees=trees))
+    write_text(paths["md"], render_markdown(board, title=title, note=note, reproduction=reproduction, trees=trees,
+                                            overall=table, overall_note=overall.NOTE,
+                                            profile_note=overall.PROFILE_NOTE))
+    write_text(paths["tex"], render_latex(board, caption=title, overall=table, overall_note=overall.NOTE))
+    write_text(paths["paper_tex"], render_paper_latex(runs, ("top1", metric), title=title))
+    fig_paths = _figures(runs, board, curves, paths) if figures else None
+    write_text(paths["html"], render_html(board, runs, claims, fig_paths, title=title, note=note,
+                                          reproduction=reproduction, card=card, trees=trees, overall=table))
     return paths

@@ -19,6 +19,11 @@ rule leaderboard:
         fig_accuracy=board_file("accuracy.png"),
         fig_agreement=board_file("accuracy_vs_agreement.png"),
         fig_ood=board_file("ood_vs_id.png"),
+        # the overall view across cells (kdbench.board.overall) and the compact paper table
+        overall=board_file("overall.csv"),
+        profile=board_file("performance_profile.csv"),
+        fig_profile=board_file("performance_profile.png"),
+        paper_tex=board_file("leaderboard_paper.tex"),
     params:
         profile=PROFILE_ARG,
         overrides=SET_ARG,

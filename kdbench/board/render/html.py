@@ -9,7 +9,9 @@ import html
 from pathlib import Path
 from typing import Dict, Optional
 
+from kdbench.board.overall import NOTE
 from kdbench.board.render import text as T
+from kdbench.board.stats import ALPHA
 
 e = html.escape
 
@@ -31,7 +33,9 @@ span.hp{display:block;white-space:normal;max-width:15rem;color:#5a6578;font-size
 span.ci{display:block;font-size:.7rem;color:#5a6578;font-weight:400}
 tr:hover td{background:#f8fafc} tr.best td{font-weight:650} tr.base td:first-child{color:#5a6578}
 tr.teacher td{background:#f6f4fb;font-style:italic}
-td.pos{color:#11793b} td.neg{color:#b4232a}
+td.pos{color:#11793b;font-weight:600} td.neg{color:#b4232a;font-weight:600} td.ns{color:#5a6578}
+table.overall{font-size:.84rem} table.overall td,table.overall th{padding:.3rem .7rem}
+figure.profile img{max-width:min(100%,1300px)}
 table.card{font-size:.82rem;width:100%;table-layout:fixed}
 table.card th{cursor:default;white-space:normal;text-align:center}
 table.card th:first-child{width:22%;text-align:left}
@@ -88,9 +92,7 @@ def html_table(frame, columns, *, row_class=None, hparams_line: bool = True) -> 
         out.append(f'<tr class="{e(cls)}">' if cls else "<tr>")
         for c, _, k in columns:
             shown = e(T.cell_text(row, c, k))
-            tdc = ""
-            if k in ("delta", "deltaci") and not T.isnan(row[c]):
-                tdc = ' class="pos"' if row[c] > 0 else (' class="neg"' if row[c] < 0 else "")
+            tdc = _delta_class(row, c) if k in ("delta", "deltaci") else ""
             if k == "deltaci" and " [" in shown:   # the CI on a second, smaller line: narrower tables
                 d, ci = shown.split(" [", 1)
                 shown = f'{d}<span class="ci">[{ci}</span>'
@@ -102,6 +104,24 @@ def html_table(frame, columns, *, row_class=None, hparams_line: bool = True) -> 
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def _delta_class(row, col: str) -> str:
+    """A Δ's colour by its verdict, never by its sign alone: green / red where the
+    Holm-corrected p (``<col>_p_holm``) is below 0.05 (for the published Δ: our interval
+    lies above / below the published value), grey where it is not significant or untested."""
+    d = row[col]
+    if T.isnan(d):
+        return ""
+    if col == "delta_vs_published":
+        verdict = row.get("reproduces")
+        significant = verdict is not None and not T.isnan(verdict) and not bool(verdict)
+    else:
+        p = row.get(f"{col}_p_holm")
+        significant = p is not None and not T.isnan(p) and p < ALPHA
+    if not significant or d == 0:
+        return ' class="ns"'
+    return ' class="pos"' if d > 0 else ' class="neg"'
 
 
 def plain_table(frame, css_class: str = "sortable") -> str:
@@ -164,13 +184,42 @@ def _claims_detail(claims) -> str:
     return plain_table(body)
 
 
-CAPTIONS = {"fig_accuracy": "Top-1 per method, error bars: std over seeds, one panel per dataset and pair.",
+CAPTIONS = {"fig_accuracy": "Top-1 per method: mean with its 95 % CI over seeds (large dot), the seeds (small "
+                            "dots), one panel per dataset and pair; one colour per method in every figure.",
+            "fig_profile": "Performance profiles: for each method, the fraction of the cells it ran in where its "
+                           "mean is within δ of the cell's best, as δ grows (higher and further left is better).",
             "fig_agreement": "Top-1 against teacher-student agreement (mean over seeds).",
             "fig_ood": "Out-of-distribution against in-distribution top-1 (mean over seeds)."}
 
 
+DELTA_NOTE = ("Δ in green / red: significantly better / worse (Holm-corrected p < 0.05; the published Δ: our "
+              "95 % CI excludes the published value); grey: not significant, whatever its sign.")
+
+
+def overall_html(overall, figure: Optional[Path]) -> str:
+    """The "Overall" section: the table (overall.csv), then the performance profile."""
+    if overall is None or len(overall) == 0:
+        return ""
+    frame = T.overall_frame(overall)
+    out = ['<h2 id="overall">Overall</h2>', f'<p class="note">{e(NOTE)}</p>', plain_table(frame, "sortable overall")]
+    img = _img(Path(figure)) if figure is not None else ""
+    if img:
+        out.append(f'<figure class="profile">{img}<figcaption>{e(CAPTIONS["fig_profile"])}</figcaption></figure>')
+    return "".join(out)
+
+
+def _nav(datasets, has_overall: bool, has_trees: bool, has_repro: bool) -> str:
+    nav = ["<nav>", '<a href="#claims">claims</a>'] + (['<a href="#overall">overall</a>'] if has_overall else [])
+    nav += [f'<a href="#ds-{e(d)}">{e(d)}</a>' for d in datasets]
+    nav += (['<a href="#trees">teacher trees</a>'] if has_trees else [])
+    nav += (['<a href="#reproduction">reproduction</a>'] if has_repro else [])
+    nav += ['<a href="#figures">figures</a>', '<a href="#runs">runs</a></nav>']
+    return "".join(nav)
+
+
 def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = None,
-                title: str = "kdbench leaderboard", note: str = "", reproduction=None, card=None, trees=None) -> str:
+                title: str = "kdbench leaderboard", note: str = "", reproduction=None, card=None, trees=None,
+                overall=None) -> str:
     from kdbench.board.claims import scorecard
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -178,16 +227,14 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     if note:
         parts.append(f'<p class="note">{e(note)}</p>')
-    parts.append(f'<p class="note">{len(board)} rows from {len(runs)} runs. {e(T.notes(board))} Click a column header '
-                 "to sort.</p>")
+    parts.append(f'<p class="note">{len(board)} rows from {len(runs)} runs. {e(T.notes(board))} {e(DELTA_NOTE)} '
+                 "Click a column header to sort.</p>")
     datasets = list(dict.fromkeys(board["dataset"]))
     has_repro = reproduction is not None and len(reproduction) > 0
-    nav = ["<nav>", '<a href="#claims">claims</a>']
-    nav += [f'<a href="#ds-{e(d)}">{e(d)}</a>' for d in datasets]
-    nav += (['<a href="#trees">teacher trees</a>'] if trees is not None and len(trees) else [])
-    nav += (['<a href="#reproduction">reproduction</a>'] if has_repro else [])
-    nav += ['<a href="#figures">figures</a>', '<a href="#runs">runs</a></nav>']
-    parts.append("".join(nav))
+    figures = dict(figures or {})
+    profile_fig = figures.pop("fig_profile", None)
+    has_overall = overall is not None and len(overall) > 0
+    parts.append(_nav(datasets, has_overall, trees is not None and len(trees) > 0, has_repro))
 
     parts.append('<h2 id="claims">Claims</h2>')
     if claims is None or len(claims) == 0:
@@ -199,6 +246,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
         parts.append("<details><summary>every claim test (claims.csv)</summary>")
         parts.append(_claims_detail(claims))
         parts.append("</details>")
+    parts.append(overall_html(overall, profile_fig))
 
     columns = T.columns_for(board)
     current = None
@@ -231,7 +279,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
         parts.append(reproduction_html(reproduction))
 
     parts.append('<h2 id="figures">Figures</h2>')
-    for key, path in (figures or {}).items():
+    for key, path in figures.items():
         img = _img(Path(path))
         if img:
             parts.append(f"<figure>{img}<figcaption>{e(CAPTIONS.get(key, ''))}</figcaption></figure>")

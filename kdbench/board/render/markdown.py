@@ -32,11 +32,24 @@ def _table(frame, aligns) -> str:
     return frame.to_markdown(index=False, colalign=aligns, disable_numparse=True)
 
 
-def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None, trees=None) -> str:
+def overall_markdown(overall, note: str, profile_note: str = "") -> list:
+    """The "Overall" section's lines (overall.csv rendered; the profile figure named)."""
+    if overall is None or len(overall) == 0:
+        return []
+    frame = T.overall_frame(overall)
+    lines = ["## Overall", "", esc(note), "", _table(frame, ["left", "right", "right", "right", "right", "right"]), ""]
+    if profile_note:
+        lines += [esc(profile_note) + " Figure: performance_profile.png; data: performance_profile.csv.", ""]
+    return lines
+
+
+def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", reproduction=None, trees=None,
+                    overall=None, overall_note: str = "", profile_note: str = "") -> str:
     lines = [f"# {esc_text(title)}", ""]
     if note:
         lines += [esc_text(note), ""]
     lines += [esc(T.notes(board)) + " Best student top-1 per table in bold.", ""]
+    lines += overall_markdown(overall, overall_note, profile_note)
     columns = T.columns_for(board)
     aligns = ["left" if k in ("text", "hparams") else "right" for _, _, k in columns]
     current = None

@@ -44,9 +44,9 @@ PUBLISHED_DISPLAY: List[Tuple[str, str, str]] = [
 NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanilla: the paired top-1 difference "
          "in points against kd / vanilla on the same dataset and pair (same seed = same data order and "
          "initialisation), with its paired 95 % t-interval over seeds; p KD / p van.: the paired t-test's p-value, "
-         "Holm-corrected within the family of one table (every student method's comparison against that baseline "
-         "in this dataset × pair; the teacher row is a reference, not in the family; Welch's test where seeds do "
-         "not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
+         "Holm-corrected within the family of one dataset × pair (every pairwise comparison between two student "
+         "methods of that table, the family kdbench compare uses too; the teacher row is a reference, not in the "
+         "family; Welch's test where seeds do not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
          "negative log-likelihood, both on the test split. Hyperparameters: what the row ran with, and where "
          "they came from (paper = the method's published defaults; tuned (N trials, val) = selected on the "
          "validation split). – = does not apply.")
@@ -210,3 +210,31 @@ SCORECARD_NOTE = ("Δ = method − baseline over paired seeds, [95 % CI] (points
                   "than two paired seeds, or the same difference on every seed); no data = the method did not "
                   "run there. UniCAM folds its per-method rows: k of m methods hold, the verdict by majority. "
                   "Full detail: claims.csv.")
+
+
+#: the overall table as rendered: (header, how to show a row of overall.csv)
+OVERALL_HEADERS = ["Method", "Cells", "Mean rank [95 % CI]", "Best in", "vs kd W/T/L", "vs vanilla W/T/L"]
+
+
+def _wtl(row, base: str) -> str:
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
+
+    vals = [row.get(f"{o}_vs_{base}") for o in ("wins", "ties", "losses")]
+    if any(v is None or pd.isna(v) for v in vals):   # the baseline itself, or it never shares a cell
+        return DASH
+    return " / ".join(str(int(v)) for v in vals)
+
+
+def overall_frame(table):
+    """overall.csv as strings, one row per method (:data:`OVERALL_HEADERS`)."""
+    import pandas as pd  # pandas: heavy, imported where used (the board package's rule)
+
+    rows = []
+    for _, r in table.iterrows():
+        cells_txt = f"{int(r['n_cells'])} of {int(r['n_cells_board'])}"
+        if r["n_excluded"]:
+            cells_txt += f" ({int(r['n_excluded'])} excluded)"
+        ci = "" if isnan(r["rank_ci_lo"]) else f" [{r['rank_ci_lo']:.2f}, {r['rank_ci_hi']:.2f}]"
+        rows.append([str(r["method"]), cells_txt, f"{r['mean_rank']:.2f}{ci}", str(int(r["n_best"])),
+                     _wtl(r, "kd"), _wtl(r, "vanilla")])
+    return pd.DataFrame(rows, columns=OVERALL_HEADERS)
