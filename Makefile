@@ -1,4 +1,4 @@
-# Two entry points (see README): `make run` and `make test`. Both create .venv/ first.
+# Two entry points (see README.md): `make run` and `make test`. Both create .venv/ first.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -30,7 +30,7 @@ run: data
 smoke: venv
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile params/smoke.yaml
 
-# the hyperparameter selection params/default.yaml uses (params/tune-default.yaml; README "Hyperparameters")
+# the hyperparameter selection params/default.yaml uses (params/tune-default.yaml; docs/hyperparameters.md)
 tune: data
 	$(VENV)/bin/snakemake --cores $(CORES) tune --configfile params/tune-default.yaml
 	cp results/tuning/tuned.yaml params/tuned/default.yaml
