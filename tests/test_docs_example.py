@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import method_hparams
-from kdbench.engine.optim import SGD
+from kdbench.hparams import method_hparams
+from kdbench.optim import SGD
 from kdbench.errors import KDBenchError
 from kdbench.methods import METHODS, get_method
 from kdbench.methods.base import PairError
