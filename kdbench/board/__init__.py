@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from kdbench.config import layout
+from kdbench.board.records import METRICS, collect_records, runs_frame
+from kdbench.board.write import write_board
+from kdbench.errors import KDBenchError, UnknownChoiceError
+from kdbench.board.tracking import log_to_mlflow
 
 
 def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathLike] = None, *,
@@ -35,10 +39,6 @@ def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathL
           metric: str = "agreement") -> Dict[str, Path]:
     """collect -> write -> log: what ``kdbench leaderboard`` does (``metric``: the
     performance profile's second metric, checked before any work)."""
-    from kdbench.board.records import METRICS, collect_records, runs_frame
-    from kdbench.board.write import write_board
-    from kdbench.errors import KDBenchError, UnknownChoiceError
-
     if metric not in METRICS:
         raise UnknownChoiceError("metric", metric, METRICS)
 
@@ -52,8 +52,6 @@ def build(profile: dict, params_path: str = "params", out_dir: Optional[os.PathL
                         title=f"kdbench leaderboard — {Path(params_path).stem}", metric=metric)
     if tracking:
         import pandas as pd
-
-        from kdbench.board.tracking import log_to_mlflow
 
         log_to_mlflow(paths, pd.read_csv(paths["board"]), profile, params_path)
     return paths

@@ -31,7 +31,9 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 from kdbench.board import stats
-from kdbench.board.records import CELL, CONSTANTS, DEFAULT_SOURCE, KEYS, METRICS, TEACHER_METRICS
+from kdbench.board.records import CELL, CONSTANTS, DEFAULT_SOURCE, KEYS, METRICS, TEACHER_METRICS, teacher_values
+from kdbench.board.published import COLUMNS as PUBLISHED
+from kdbench.board import published as pub
 
 TEACHER = "teacher"
 BASELINES = ("kd", "vanilla")
@@ -43,8 +45,6 @@ def delta_columns(base: str) -> List[str]:
 
 
 def board_columns() -> List[str]:
-    from kdbench.board.published import COLUMNS as PUBLISHED
-
     deltas = [c for b in BASELINES for c in delta_columns(b)]
     return (KEYS + ["n_seeds", "rank", "top1_mean", "top1_std"] + deltas
             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std") if m != "top1"] + CONSTANTS
@@ -82,17 +82,6 @@ def _student_row(key, g) -> Dict[str, Any]:
     row["hparams_source"] = src or DEFAULT_SOURCE
     row["fss_estimator"] = _one(g["fss_estimator"].tolist()) if "fss_estimator" in g else ""
     return row
-
-
-def teacher_values(g):
-    """One row per teacher seed of a cell's runs: the teacher_* columns, renamed."""
-    cols = [f"teacher_{k}" for k in TEACHER_METRICS if f"teacher_{k}" in g.columns]
-    sub = g.dropna(subset=["teacher_top1"]) if "teacher_top1" in g else g.iloc[0:0]
-    if "teacher_seed" in sub:
-        if sub["teacher_seed"].notna().any():  # rows without a teacher seed (vanilla) are the same teacher
-            sub = sub[sub["teacher_seed"].notna()]
-        sub = sub.groupby("teacher_seed", dropna=False, sort=True)[cols].first()
-    return sub[cols].rename(columns=lambda c: c[len("teacher_"):])
 
 
 def teacher_series(g):
@@ -168,8 +157,6 @@ def aggregate(runs, *, datasets: Optional[Sequence[str]] = None, pairs: Optional
     """leaderboard.csv from runs.csv (module docstring); ``published``: the entries of
     :func:`kdbench.board.published.load`."""
     import pandas as pd
-
-    from kdbench.board import published as pub
 
     columns = board_columns()
     if runs is None or len(runs) == 0:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from kdbench.board import stats
+from kdbench.board.records import teacher_values
+from kdbench.errors import KDBenchError
 
 DEFAULT_DIR = Path("params") / "published"
 COLUMNS = ["published_top1", "published_source", "published_selection", "published_runs", "published_kind",
@@ -34,8 +36,6 @@ REQUIRED = ("dataset", "teacher", "method", "top1", "source")
 def load(datasets: Sequence[str], directory: Optional[Path] = None) -> list:
     """The entries of ``<directory>/<dataset>.yaml`` for each dataset that has one."""
     import yaml
-
-    from kdbench.errors import KDBenchError
 
     directory = Path(directory) if directory is not None else DEFAULT_DIR
     out = []
@@ -109,8 +109,6 @@ def _row_values(runs, row):
     cell = ((runs["dataset"] == row["dataset"]) & (runs["teacher"] == row["teacher"])
             & (runs["student"] == row["student"]))
     if row["method"] == "teacher":
-        from kdbench.board.aggregate import teacher_values
-
         tv = teacher_values(runs[cell])
         return tv["top1"].tolist() if "top1" in tv else []
     return stats.series(runs[cell], row["method"], "top1").tolist()

@@ -199,3 +199,14 @@ def runs_frame(records: Iterable[dict]):
         df[m] = pd.to_numeric(df[m], errors="coerce").astype("float64")
     df["seed"] = pd.to_numeric(df["seed"]).astype("int64") if len(df) else df["seed"]
     return df.reset_index(drop=True)
+
+
+def teacher_values(g):
+    """One row per teacher seed of a cell's runs: the teacher_* columns, renamed."""
+    cols = [f"teacher_{k}" for k in TEACHER_METRICS if f"teacher_{k}" in g.columns]
+    sub = g.dropna(subset=["teacher_top1"]) if "teacher_top1" in g else g.iloc[0:0]
+    if "teacher_seed" in sub:
+        if sub["teacher_seed"].notna().any():  # rows without a teacher seed (vanilla) are the same teacher
+            sub = sub[sub["teacher_seed"].notna()]
+        sub = sub.groupby("teacher_seed", dropna=False, sort=True)[cols].first()
+    return sub[cols].rename(columns=lambda c: c[len("teacher_"):])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict
 
 from kdbench.board.stats import isnan
+from kdbench.tracking import Tracker, sync_spools
 
 LOGGED = ("top1_mean", "delta_vs_kd", "delta_vs_kd_ci_lo", "delta_vs_kd_ci_hi", "delta_vs_vanilla",
           "delta_vs_vanilla_ci_lo", "delta_vs_vanilla_ci_hi", "agreement_mean", "expl_sim_mean", "epg_mean",
@@ -14,8 +15,6 @@ LOGGED = ("top1_mean", "delta_vs_kd", "delta_vs_kd_ci_lo", "delta_vs_kd_ci_hi", 
 
 
 def log_to_mlflow(paths: Dict[str, Path], board, profile: dict, params_path: str) -> None:
-    from kdbench.tracking import Tracker, sync_spools
-
     tracking = profile.get("tracking", {})
     if not tracking.get("enabled", True):
         return

@@ -11,6 +11,13 @@ from kdbench import plots
 from kdbench.board import overall
 from kdbench.board.render.paper import render_paper_latex
 from kdbench.board.stats import isnan
+from kdbench.board import published
+from kdbench.board.aggregate import aggregate
+from kdbench.board.claims import claims_table, scorecard
+from kdbench.board.render.html import render_html
+from kdbench.board.render.latex import render_latex
+from kdbench.board.render.markdown import render_claims_markdown, render_markdown
+from kdbench.board.trees import teacher_tree_table
 
 BOARD_FILES = {
     "runs": "runs.csv", "board": "leaderboard.csv", "md": "leaderboard.md", "tex": "leaderboard.tex",
@@ -107,14 +114,6 @@ def write_board(runs, out_dir: os.PathLike, *, profile: Optional[dict] = None, f
     ``published_dir``: where ``<dataset>.yaml`` files of published numbers are looked up
     (default params/published); ``metric``: the performance profile's and the paper
     table's second metric, beside top-1."""
-    from kdbench.board import published
-    from kdbench.board.aggregate import aggregate
-    from kdbench.board.claims import claims_table, scorecard
-    from kdbench.board.render.html import render_html
-    from kdbench.board.render.latex import render_latex
-    from kdbench.board.render.markdown import render_claims_markdown, render_markdown
-    from kdbench.board.trees import teacher_tree_table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in BOARD_FILES.items()}

@@ -9,9 +9,13 @@ import html
 from pathlib import Path
 from typing import Dict, Optional
 
-from kdbench.board.overall import NOTE
+from kdbench.board.overall import NOTE as OVERALL_NOTE
 from kdbench.board.render import text as T
 from kdbench.board.stats import ALPHA
+from kdbench.board.render.markdown import REPRO_NOTE, reproduction_frame
+from kdbench.board.render.markdown import _claim_cell
+from kdbench.board.claims import scorecard
+from kdbench.board import trees as tree_table
 
 e = html.escape
 
@@ -154,8 +158,6 @@ def scorecard_html(card) -> str:
 
 
 def reproduction_html(rep) -> str:
-    from kdbench.board.render.markdown import REPRO_NOTE, reproduction_frame
-
     frame = reproduction_frame(rep)
     out = [f'<p class="note">{e(REPRO_NOTE)}</p><div class="wrap"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(c)}</th>" for c in frame.columns]
@@ -176,8 +178,6 @@ def _img(path: Path) -> str:
 
 
 def _claims_detail(claims) -> str:
-    from kdbench.board.render.markdown import _claim_cell
-
     body = claims.copy().astype(object)
     for c in claims.columns:
         body[c] = [_claim_cell(c, v) for v in claims[c]]
@@ -201,7 +201,7 @@ def overall_html(overall, figure: Optional[Path]) -> str:
     if overall is None or len(overall) == 0:
         return ""
     frame = T.overall_frame(overall)
-    out = ['<h2 id="overall">Overall</h2>', f'<p class="note">{e(NOTE)}</p>', plain_table(frame, "sortable overall")]
+    out = ['<h2 id="overall">Overall</h2>', f'<p class="note">{e(OVERALL_NOTE)}</p>', plain_table(frame, "sortable overall")]
     img = _img(Path(figure)) if figure is not None else ""
     if img:
         out.append(f'<figure class="profile">{img}<figcaption>{e(CAPTIONS["fig_profile"])}</figcaption></figure>')
@@ -220,8 +220,6 @@ def _nav(datasets, has_overall: bool, has_trees: bool, has_repro: bool) -> str:
 def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = None,
                 title: str = "kdbench leaderboard", note: str = "", reproduction=None, card=None, trees=None,
                 overall=None) -> str:
-    from kdbench.board.claims import scorecard
-
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
@@ -270,10 +268,8 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
         parts.append(html_table(g, columns, row_class=row_class))
 
     if trees is not None and len(trees):
-        from kdbench.board.trees import NOTE, display
-
-        parts.append(f'<h2 id="trees">Teacher trees</h2><p class="note">{e(NOTE)}</p>')
-        parts.append(plain_table(display(trees)))
+        parts.append(f'<h2 id="trees">Teacher trees</h2><p class="note">{e(tree_table.NOTE)}</p>')
+        parts.append(plain_table(tree_table.display(trees)))
     if has_repro:
         parts.append('<h2 id="reproduction">Reproduction scorecard</h2>')
         parts.append(reproduction_html(reproduction))

@@ -5,6 +5,8 @@ and has its ``|`` escaped."""
 from __future__ import annotations
 
 from kdbench.board.render import text as T
+from kdbench.board import trees as tree_table
+from kdbench.board.claims import scorecard
 
 
 def esc(s) -> str:
@@ -64,10 +66,8 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
             frame.loc[best, "Top-1 %"] = f"**{frame.loc[best, 'Top-1 %']}**"
         lines += [_table(frame, aligns), ""]
     if trees is not None and len(trees):
-        from kdbench.board.trees import NOTE, display
-
-        frame = display(trees)
-        lines += ["## Teacher trees", "", esc(NOTE), "", _table(frame, ["left"] * 3 + ["right"] * (frame.shape[1] - 3)),
+        frame = tree_table.display(trees)
+        lines += ["## Teacher trees", "", esc(tree_table.NOTE), "", _table(frame, ["left"] * 3 + ["right"] * (frame.shape[1] - 3)),
                   ""]
     if reproduction is not None and len(reproduction):
         lines += ["## Reproduction scorecard", "", REPRO_NOTE, "", _table(reproduction_frame(reproduction),
@@ -114,8 +114,6 @@ def scorecard_frame(card):
 
 
 def render_claims_markdown(claims, card=None) -> str:
-    from kdbench.board.claims import scorecard
-
     lines = ["# Claims", ""]
     if claims is None or len(claims) == 0:
         return "\n".join(lines + ["No claim could be tested on these runs.", ""])
