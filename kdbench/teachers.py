@@ -429,7 +429,7 @@ def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARA
 
 
 def _download(t: ExternalTeacher, dest: Path, timeout: float, params: str) -> None:
-    import tempfile
+    import tempfile  # standard library; only a download needs these (urllib.request pulls in http.client, ssl)
     import urllib.error
     import urllib.request
 
