@@ -49,8 +49,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
+import torch
+
+from kdbench import io as kio
+from kdbench.config import ParamsError, load_yaml, project_root
 from kdbench.config.run import teacher_config
+from kdbench.data import DATASETS
+from kdbench.data.cache import load_dataset
+from kdbench.engine.model_io import save_model
+from kdbench.engine.runtime import select_device, set_deterministic, set_threads
 from kdbench.errors import KDBenchError
+from kdbench.evaluation.accuracy import accuracy, calibration, ood_score
+from kdbench.evaluation.predict import predict_split, split_logits
+from kdbench.integrity import seal
+from kdbench.methods import get_method
+from kdbench.models import check_model_name, create_model
+from kdbench.models.reference import _family, convert_reference_state, key_map, load_reference_state, supported_archs
 
 TEACHERS_ENV = "KDBENCH_TEACHERS"
 DEFAULT_DIR = "download_ckpts"
@@ -99,8 +113,6 @@ def teachers_root() -> Path:
     env = os.environ.get(TEACHERS_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    from kdbench.config import project_root
-
     return project_root() / DEFAULT_DIR
 
 
@@ -111,8 +123,6 @@ def inline_teachers_file(profile: dict, source: str = "params") -> dict:
     ref = profile.get("teachers")
     if not isinstance(ref, str):
         return profile
-    from kdbench.config import ParamsError, load_yaml, project_root
-
     p = Path(ref).expanduser()
     if not p.is_absolute() and not p.is_file():
         p = project_root() / ref
@@ -126,11 +136,6 @@ def inline_teachers_file(profile: dict, source: str = "params") -> dict:
 
 def check_teacher_specs(profile: dict, source: str = "params") -> None:
     """Names in ``teachers`` (datasets, archs) and the teacher seed; no file access."""
-    from kdbench.config import ParamsError
-    from kdbench.data import DATASETS
-    from kdbench.models import check_model_name
-    from kdbench.models.reference import _family, supported_archs
-
     specs = profile.get("teachers") or {}
     for dataset, archs in specs.items():
         DATASETS.get(dataset)
@@ -204,8 +209,6 @@ def read_checkpoint(path: os.PathLike, name: str = "checkpoint") -> Tuple[Dict[s
     """The state dict of a checkpoint file and its ``epoch`` entry (None if absent),
     loaded with ``torch.load(weights_only=True)``: a RepDistiller/mdistiller ``{'model': state_dict, ...}`` or a bare state dict. A pickle
     that needs more than tensors and plain containers (code, classes) is refused."""
-    import torch
-
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -230,9 +233,6 @@ def check_fits(t: ExternalTeacher, state: dict, num_classes: Optional[int] = Non
     """Raise unless ``state`` fits ``t.arch``; returns its class count (the classifier's
     rows). The probe model is built on the CPU: building on the ``meta`` device first
     imports torch's meta kernels, several seconds at every DAG build."""
-    from kdbench.models import create_model
-    from kdbench.models.reference import convert_reference_state, key_map
-
     model = create_model(t.arch, num_classes or 10)
     fc = key_map(model)["head.fc.weight"]
     if fc not in state:
@@ -258,8 +258,6 @@ def _load_checks(path: Path) -> dict:
 def verify_teachers(profile: dict, params: str = "PARAMS", cache: bool = True, quiet: bool = False) -> List[dict]:
     """Check every used external teacher (exists, pinned hash, keys and shapes) before any
     job; results cached (see the module docstring). Returns one record per teacher."""
-    from kdbench import io as kio
-
     cache_path = Path(profile.get("results_dir", "results")) / CHECKS_FILE
     checks = _load_checks(cache_path) if cache else {}
     changed, out = False, []
@@ -304,18 +302,6 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
                    params: str = "PARAMS", tracker=None, force: bool = False) -> dict:
     """Load the external checkpoint of (dataset, arch), measure its accuracy once and write
     ``model.pt`` + ``metrics.json`` (the train-teacher outputs) to ``out_dir``."""
-    from kdbench.integrity import seal
-
-    import torch
-
-    from kdbench.data.cache import load_dataset
-    from kdbench import io as kio
-    from kdbench.engine.runtime import select_device, set_deterministic, set_threads
-    from kdbench.engine.trainer import accuracy, calibration, ood_score, predict_split, save_model, split_logits
-    from kdbench.methods import get_method
-    from kdbench.models import create_model
-    from kdbench.models.reference import load_reference_state
-
     t = external_teacher(profile, dataset, arch)
     if t is None:
         raise ExternalTeacherError(f"the profile names no external teacher for {dataset}/{arch} "
@@ -326,6 +312,43 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
     digest = file_sha256(path)
     check_hash(t, digest)
     ident = import_identity(t, digest, profile["datasets"][dataset])
+    done = _already_imported(out_dir, ident, force)
+    if done is not None:
+        return done
+    state, epoch = read_checkpoint(path, f"external teacher {t.name}")
+    set_threads(profile["threads"])
+    set_deterministic()
+    device = select_device(profile["device"])
+    ds = load_dataset(dataset, profile["datasets"][dataset], Path(profile["results_dir"]))
+    check_fits(t, state, ds.num_classes)
+    model = load_reference_state(create_model(arch, ds.num_classes), state, f"external teacher {t.name} ({path})")
+    distiller = get_method("vanilla")(model, None, ds.num_classes, {}, input_size=ds.image_size).to(device).eval()
+    if tracker is not None:
+        tracker.start(f"{dataset}/{arch}/import/s{seed}",
+                      {"checkpoint": str(path), "sha256": digest, "source": t.source, "arch": arch, "dataset": dataset},
+                      tags={"kind": "teacher", "method": "import", "dataset": dataset})
+    scores = _imported_scores(distiller.predict, ds, device, int(profile["teacher_train"].get("eval_batch_size", 512)))
+    reported = None if t.reported_top1 is None else float(t.reported_top1) / 100.0
+    metrics = {
+        "kind": "teacher", "dataset": dataset, "arch": arch, "student": arch, "teacher": None,
+        "method": "vanilla", "seed": seed, "teacher_seed": None, "epochs": epoch, **scores,
+        "train_s": 0.0, "wall_s": time.time() - t0, "train_img_s": None,
+        "params": sum(p.numel() for p in model.parameters()), "n_train": None,
+        "config_hash": ident, "dataset_fingerprint": ds.fingerprint, "device": str(device), "hparams": {},
+        "external": True, "source": t.source or (t.download_url or str(path)),
+        "reported_top1": reported, "top1_minus_reported": None if reported is None else scores["top1"] - reported,
+        "checkpoint": str(path), "checkpoint_sha256": digest, "checkpoint_url": t.download_url,
+    }
+    # the model.pt metadata needs an integer epoch count (Distiller(epochs=...)): the
+    # checkpoint's own, else the profile's teacher recipe length
+    run = _ImportConfig(dataset, arch, seed, ident, epoch or int(profile["teacher_train"]["epochs"]))
+    _write_import(out_dir, distiller, run, ds, metrics, tracker)
+    return metrics
+
+
+def _already_imported(out_dir: Path, ident: str, force: bool) -> Optional[dict]:
+    """The metrics of an earlier import of the same checkpoint into ``out_dir`` (unless
+    ``force``), else None."""
     mpath = out_dir / "metrics.json"
     if not force and mpath.is_file() and (out_dir / "model.pt").is_file():
         try:
@@ -334,48 +357,33 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
                 return json.loads(mpath.read_text())
         except ValueError:
             pass
-    state, epoch = read_checkpoint(path, f"external teacher {t.name}")
-    results_dir = Path(profile["results_dir"])
-    set_threads(profile["threads"])
-    set_deterministic()
-    device = select_device(profile["device"])
-    ds = load_dataset(dataset, profile["datasets"][dataset], results_dir)
-    check_fits(t, state, ds.num_classes)
-    model = load_reference_state(create_model(arch, ds.num_classes), state, f"external teacher {t.name} ({path})")
-    distiller = get_method("vanilla")(model, None, ds.num_classes, {}, input_size=ds.image_size).to(device).eval()
-    if tracker is not None:
-        tracker.start(f"{dataset}/{arch}/import/s{seed}",
-                      {"checkpoint": str(path), "sha256": digest, "source": t.source, "arch": arch, "dataset": dataset},
-                      tags={"kind": "teacher", "method": "import", "dataset": dataset})
-    bs = int(profile["teacher_train"].get("eval_batch_size", 512))
+    return None
+
+
+def _imported_scores(predict, ds, device, bs: int) -> dict:
+    """The imported teacher's scores, measured once: test top-1 (also ``top1_sel``: there
+    is no epoch to select) and calibration, validation top-1, the OOD score."""
     test = ds.splits["test"]
-    test_logits = split_logits(distiller.predict, ds, "test", device, bs)
+    test_logits = split_logits(predict, ds, "test", device, bs)
     top1 = accuracy(test_logits.argmax(1), test.labels)
-    val_top1 = accuracy(predict_split(distiller.predict, ds, "val", device, bs), ds.splits["val"].labels) \
+    val_top1 = accuracy(predict_split(predict, ds, "val", device, bs), ds.splits["val"].labels) \
         if "val" in ds.splits else None
     top1_ood = None
     if "test_ood" in ds.splits:
         split = ds.splits["test_ood"]
-        top1_ood = ood_score(ds, predict_split(distiller.predict, ds, split, device, bs), split)
-    reported = None if t.reported_top1 is None else float(t.reported_top1) / 100.0
-    metrics = {
-        "kind": "teacher", "dataset": dataset, "arch": arch, "student": arch, "teacher": None,
-        "method": "vanilla", "seed": seed, "teacher_seed": None, "epochs": epoch,
-        "top1": top1, "top1_sel": top1, "best_epoch": None, **calibration(test_logits, test.labels),
-        # the external teacher was trained on the whole training set, kdbench's val split
-        # included: this number is not a held-out one
-        "val_top1": val_top1, "top1_ood": top1_ood,
-        "train_s": 0.0, "wall_s": time.time() - t0, "train_img_s": None,
-        "params": sum(p.numel() for p in model.parameters()), "n_train": None,
-        "config_hash": ident, "dataset_fingerprint": ds.fingerprint, "device": str(device), "hparams": {},
-        "external": True, "source": t.source or (t.download_url or str(path)),
-        "reported_top1": reported, "top1_minus_reported": None if reported is None else top1 - reported,
-        "checkpoint": str(path), "checkpoint_sha256": digest, "checkpoint_url": t.download_url,
-    }
-    meta = {"input_size": ds.image_size, "external": True, "source": metrics["source"], "checkpoint_sha256": digest}
-    # the model.pt metadata needs an integer epoch count (Distiller(epochs=...)): the
-    # checkpoint's own, else the profile's teacher recipe length
-    run = _ImportConfig(dataset, arch, seed, ident, epoch or int(profile["teacher_train"]["epochs"]))
+        top1_ood = ood_score(ds, predict_split(predict, ds, split, device, bs), split)
+    return {"top1": top1, "top1_sel": top1, "best_epoch": None, **calibration(test_logits, test.labels),
+            # the external teacher was trained on the whole training set, kdbench's val split
+            # included: this number is not a held-out one
+            "val_top1": val_top1, "top1_ood": top1_ood}
+
+
+def _write_import(out_dir: Path, distiller, run: "_ImportConfig", ds, metrics: dict, tracker) -> None:
+    """``model.pt`` (kdbench's format) and, last, ``metrics.json``, both sealed; a stale
+    train-teacher checkpoint goes."""
+    mpath = out_dir / "metrics.json"
+    meta = {"input_size": ds.image_size, "external": True, "source": metrics["source"],
+            "checkpoint_sha256": metrics["checkpoint_sha256"]}
     save_model(out_dir / "model.pt", distiller, run, ds.num_classes, meta)
     seal(out_dir / "model.pt")  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
     kio.write_json(metrics, mpath)
@@ -386,7 +394,6 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_artifacts([mpath])
         tracker.finish()
-    return metrics
 
 
 class _ImportConfig:
@@ -423,7 +430,7 @@ def fetch_teachers(profile: dict, *, download: bool = False, params: str = "PARA
 
 
 def _download(t: ExternalTeacher, dest: Path, timeout: float, params: str) -> None:
-    import tempfile
+    import tempfile  # standard library; only a download needs these (urllib.request pulls in http.client, ssl)
     import urllib.error
     import urllib.request
 

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdbench.config import RunConfig  # noqa: E402
 from kdbench.data.base import DATASETS, OPTION_TYPES, SEED_OPTION, Dataset, Split  # noqa: E402
-from kdbench.engine import trainer  # noqa: E402
+from kdbench.engine import model_io, trainer  # noqa: E402
+from kdbench.evaluation.predict import predict_split  # noqa: E402
 from kdbench.engine.runtime import select_device  # noqa: E402
 from kdbench.models import create_model  # noqa: E402
 
@@ -81,8 +82,8 @@ def engine_img_s(args, batch_size: int, work: Path, options: dict) -> float:
     tpath = work / "teacher" / "model.pt"
     if not tpath.is_file():  # a random-init teacher: throughput does not depend on its weights
         tcfg = RunConfig(kind="teacher", arch=args.teacher, method="vanilla", recipe=recipe(args, batch_size), **common)
-        d = trainer.build_distiller(tcfg, options["num_classes"], options["image_size"])
-        trainer.save_model(tpath, d, tcfg, options["num_classes"], {"input_size": options["image_size"]})
+        d = model_io.build_distiller(tcfg, options["num_classes"], options["image_size"])
+        model_io.save_model(tpath, d, tcfg, options["num_classes"], {"input_size": options["image_size"]})
     cfg = RunConfig(kind="student", arch=args.student, method="kd", teacher=args.teacher, teacher_seed=0,
                     recipe=recipe(args, batch_size), hparams={"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0},
                     **common)
@@ -97,10 +98,10 @@ def engine_img_s(args, batch_size: int, work: Path, options: dict) -> float:
 
 def _val_seconds(out: Path, args, options: dict) -> float:
     dev = select_device(args.device)
-    model, _ = trainer.load_model(out / "model.pt", dev)
+    model, _ = model_io.load_model(out / "model.pt", dev)
     ds = bench_cifar(**options)
     t0 = time.perf_counter()
-    trainer.predict_split(model, ds, "val", dev, 512)
+    predict_split(model, ds, "val", dev, 512)
     _sync(dev)
     return time.perf_counter() - t0
 

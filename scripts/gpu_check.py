@@ -54,7 +54,7 @@ from kdbench.hparams import student_config
 from kdbench.profile import validate_profile
 from kdbench.engine import distributed as kdist  # noqa: E402
 from kdbench import io as kio  # noqa: E402
-from kdbench.engine import trainer  # noqa: E402
+from kdbench.engine import model_io, trainer  # noqa: E402
 from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,  # noqa: E402
                                     set_rng_state)
 from kdbench.methods import TrainContext, get_method, iter_method_names  # noqa: E402
@@ -168,8 +168,8 @@ def make_teacher(prof: dict, sizes: Sizes, work: Path) -> Path:
     if not path.is_file():
         cfg = teacher_config(prof, DATASET, sizes.teacher, 0)
         seed_everything(0)
-        d = trainer.build_distiller(cfg, sizes.num_classes, sizes.image_size)
-        trainer.save_model(path, d, cfg, sizes.num_classes, {"input_size": sizes.image_size})
+        d = model_io.build_distiller(cfg, sizes.num_classes, sizes.image_size)
+        model_io.save_model(path, d, cfg, sizes.num_classes, {"input_size": sizes.image_size})
     return path
 
 
@@ -200,9 +200,9 @@ class Stepper:
         # then converted: the float64 path differs from the fp32 one only in precision
         teacher = None
         if get_method(method).needs_teacher:
-            teacher, _ = trainer.load_model(teacher_path, device)
+            teacher, _ = model_io.load_model(teacher_path, device)
         seed_everything(0)
-        self.distiller = trainer.build_distiller(self.cfg, sizes.num_classes, sizes.image_size, teacher).to(device)
+        self.distiller = model_io.build_distiller(self.cfg, sizes.num_classes, sizes.image_size, teacher).to(device)
         if self.cfg.channels_last and device.type == "cuda":
             self.distiller = self.distiller.to(memory_format=torch.channels_last)
 

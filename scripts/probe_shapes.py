@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from kdbench.profile import load_profile
     from kdbench.data.cache import load_dataset
     from kdbench.engine.runtime import set_threads
-    from kdbench.engine.trainer import load_model
+    from kdbench.engine.model_io import load_model
     from kdbench.evaluation.hierarchy import stage_probe_table
 
     profile = load_profile(args.params)

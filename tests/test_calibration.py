@@ -64,11 +64,11 @@ def test_ece_bad_input():
 
 def test_trainer_calibration_record():
     """What the trainer writes to metrics.json for the test split of the last model."""
-    from kdbench.engine import trainer
+    from kdbench.evaluation.accuracy import calibration
 
-    rec = trainer.calibration(PROBS.log(), LABELS)
+    rec = calibration(PROBS.log(), LABELS)
     # the hand-worked values of the tests above: ECE 0.4025, NLL −mean log p(true class)
     nll = -(math.log(0.90) + math.log(0.12) + math.log(0.62) + math.log(0.55)) / 4
     assert rec == {"ece": pytest.approx(0.4025, abs=1e-12), "nll": pytest.approx(nll, abs=1e-12)}
     assert isinstance(rec["ece"], float) and isinstance(rec["nll"], float)  # JSON numbers, not tensors
-    assert trainer.calibration(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == {"ece": None, "nll": None}
+    assert calibration(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == {"ece": None, "nll": None}

@@ -17,7 +17,7 @@ from kdbench.hparams import student_config
 from kdbench.profile import validate_profile
 from kdbench.data.cache import load_dataset
 from kdbench.data.loader import make_loader
-from kdbench.engine import trainer
+from kdbench.engine import model_io, trainer
 from kdbench.errors import KDBenchError, UnknownChoiceError
 from kdbench.methods import METHODS, Distiller, get_method, register_method
 from kdbench.models import create_model
@@ -51,10 +51,10 @@ def tiny(tmp_path_factory):
 def test_baseline_terms_finite_and_decreasing(tiny, method, terms):
     _, prof, results, tpath = tiny
     ds = load_dataset("shapes", prof["datasets"]["shapes"], results)
-    teacher, _ = trainer.load_model(tpath)
+    teacher, _ = model_io.load_model(tpath)
     cfg = student_config(prof, "shapes", "resnet14", "resnet8", method, 0)
     torch.manual_seed(0)
-    d = trainer.build_distiller(cfg, ds.num_classes, ds.image_size, teacher if cfg.teacher else None)
+    d = model_io.build_distiller(cfg, ds.num_classes, ds.image_size, teacher if cfg.teacher else None)
     d.on_epoch_start(40)  # past DKD's warm-up
     batch = next(iter(make_loader(ds, "train", 32, train=False)))
     opt = torch.optim.SGD([p for g in d.param_groups(0.0) for p in g["params"]], lr=0.02, momentum=0.9)
@@ -76,7 +76,7 @@ def test_baseline_terms_finite_and_decreasing(tiny, method, terms):
 
 def test_teacher_stays_frozen_in_train_mode(tiny):
     _, prof, results, tpath = tiny
-    teacher, _ = trainer.load_model(tpath)
+    teacher, _ = model_io.load_model(tpath)
     d = get_method("kd")(create_model("resnet8", 8), teacher, 8, {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4})
     d.train()
     assert d.student.training and not d.teacher.training

@@ -604,7 +604,7 @@ def test_teacher_eval_features_cached_once_exactly(trained):
     a fresh pass bit for bit, and a changed evaluation config (subset size) or a changed
     teacher file invalidates it."""
     from kdbench import io as kio
-    from kdbench.engine.trainer import load_model
+    from kdbench.engine.model_io import load_model
     from kdbench.evaluation import run as erun
 
     tmp, prof, results, tdir, dirs = trained

@@ -466,7 +466,7 @@ def test_fcfd_job_leaves_saved_teacher_file_and_outputs_unchanged(tmp_path):
     from kdbench.config import teacher_config
     from kdbench.hparams import student_config
     from kdbench.profile import validate_profile
-    from kdbench.engine import trainer
+    from kdbench.engine import model_io, trainer
     from tests.tiny import tiny_profile
 
     prof = validate_profile(tiny_profile(
@@ -480,13 +480,13 @@ def test_fcfd_job_leaves_saved_teacher_file_and_outputs_unchanged(tmp_path):
     digest = hashlib.sha256(tpath.read_bytes()).hexdigest()
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        before = trainer.load_model(tpath)[0](x)
+        before = model_io.load_model(tpath)[0](x)
     cfg = student_config(prof, "shapes", TEACHER, STUDENT, "fcfd", 0)
     assert cfg.hparams["teacher_bn"] == "train"
     trainer.run(cfg, tmp_path / "fcfd", results_dir=results, teacher_path=tpath)
     assert hashlib.sha256(tpath.read_bytes()).hexdigest() == digest
     with torch.no_grad():
-        assert torch.equal(trainer.load_model(tpath)[0](x), before)
+        assert torch.equal(model_io.load_model(tpath)[0](x), before)
 
 
 def test_fcfd_bridges_follow_the_reference(ds32):

@@ -249,7 +249,7 @@ def test_import_teacher_measures_accuracy_and_writes_teacher_outputs(tmp_path, c
     from kdbench.cli import main
     from kdbench.data.cache import load_dataset
     from kdbench.data.loader import make_loader
-    from kdbench.engine.trainer import load_deployed, load_model
+    from kdbench.engine.model_io import load_deployed, load_model
 
     fakedata.write_cifar100(str(tmp_path / "data"), per_class=3, n_test_per_class=1)
     ref = reference_net("resnet56", seed=5)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from kdbench.config import layout
-from kdbench.engine.trainer import model_config_hash
+from kdbench.engine.model_io import model_config_hash
 from kdbench.errors import KDBenchError
 
 

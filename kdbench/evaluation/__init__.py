@@ -1,4 +1,4 @@
-"""Evaluation metrics of kdbench (``specs/evaluation.md``): accuracy and agreement,
+"""Evaluation metrics of kdbench: accuracy and agreement,
 explanation similarity and EPG, FSS/RS and UniCAM, decision consistency and the
 hierarchy ARI, efficiency; ``evaluate_run`` puts them in one record per run.
 
@@ -6,15 +6,13 @@ hierarchy ARI, efficiency; ``evaluate_run`` puts them in one record per run.
 torch and numpy only (the probes and the ARI are torch/numpy, not sklearn), and nothing on
 the path imports scipy, sklearn or ``torch._dynamo`` (see ``engine.runtime.set_deterministic``,
 ``efficiency.flops_per_image``, ``hierarchy.lbfgs_minimize``); PIL is imported only to
-write a figure."""
+write a figure.
+
+Modules: ``predict`` (a model's logits / classes over a split), ``accuracy`` (accuracy,
+OOD score, calibration, agreement), ``explanations``, ``similarity``, ``hierarchy``,
+``efficiency``, ``figures``; ``run`` (``evaluate_run``: one step per metric group)."""
 from __future__ import annotations
 
-
-def evaluate_run(*args, **kwargs):
-    """See :func:`kdbench.evaluation.run.evaluate_run`."""
-    from kdbench.evaluation.run import evaluate_run as _run
-
-    return _run(*args, **kwargs)
-
+from kdbench.evaluation.run import evaluate_run
 
 __all__ = ["evaluate_run"]

@@ -1,4 +1,7 @@
-"""``evaluate_run``: every evaluation metric of one student run, in one JSON record.
+"""``evaluate_run``: every evaluation metric of one student run, in one JSON record, one
+step per metric group (accuracy and agreement; the pass over the evaluation subset;
+Grad-CAM; FSS / RS / UniCAM; the decision process and the teacher's tree; efficiency; the
+figure).
 
 Cost model (kept cheap on purpose): one batched pass of ``forward_features`` per model
 (teacher, student, base) over the fixed evaluation subset; Grad-CAM re-enters the head
@@ -13,7 +16,7 @@ version; loaded with ``weights_only=True``). All of it is on un-augmented images
 teacher in eval mode, so the cached values are exactly the recomputed ones; nothing that
 depends on augmentation is cached.
 
-Conventions (see ``specs/evaluation.md``):
+Conventions:
 - The fixed evaluation subset: the first ``evaluation.n_samples`` indices of a
   seed-0 permutation of the test split — the same images for every run of a dataset.
 - FSS / RS: ``evaluation.fss_estimator`` (``u_centered`` default, ``v_normalized``,
@@ -31,19 +34,31 @@ Conventions (see ``specs/evaluation.md``):
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import sys
 import time
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from kdbench import io as kio
+from kdbench.data.loader import make_loader
+from kdbench.engine.model_io import load_deployed, load_model
 from kdbench.engine.runtime import set_deterministic
 from kdbench.errors import KDBenchError
+from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
+from kdbench.evaluation.accuracy import accuracy, agreement
+from kdbench.evaluation.figures import to_display, write_grid
+from kdbench.evaluation.predict import predict_split
+from kdbench.explain import gradcam_maps, unicam_maps
 from kdbench.hparams import method_hparams
 from kdbench.integrity import seal
+from kdbench.methods import get_method
 from kdbench.methods.tdd import cached_teacher_tree, tree_settings
 
 EVAL_DEFAULTS = {"n_samples": 256, "probe_train_samples": 1024, "figures": True, "figure_images": 8,
@@ -97,8 +112,6 @@ def collect(models: Dict[str, Any], dataset, split, device, batch_size: int = BA
     only the last stage for the models named in ``last_only``), "logits": N×K}, plus
     "labels", "masks" (or None), "size" (H, W) and "images": the first ``keep_images``
     normalised images."""
-    from kdbench.data.loader import make_loader
-
     acc: Dict[str, Dict[str, List]] = {k: {"stages": [], "logits": []} for k in models}
     labels, masks, images = [], [], []
     size = None
@@ -148,13 +161,11 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
     """The teacher's top-1 classes on ``test`` (and ``test_ood``), cached in
     ``teacher_dir/teacher_predictions.json`` (keyed by the teacher file's hash and the
     dataset fingerprint): every student of the teacher needs them for ``agreement``."""
-    from kdbench.evaluation.accuracy import split_predictions
-
     key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint}
     splits = [s for s in ("test", "test_ood") if s in dataset.splits]
 
     def compute():
-        return {"predictions": {s: split_predictions(teacher, dataset, s, device).tolist() for s in splits}}
+        return {"predictions": {s: predict_split(teacher, dataset, s, device).tolist() for s in splits}}
 
     blob = kio.cached_json(Path(teacher_dir) / PREDICTIONS_FILE, key, compute)
     return {s: torch.tensor(v, dtype=torch.long) for s, v in blob["predictions"].items()}
@@ -165,13 +176,11 @@ def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str) -> L
     (:func:`kdbench.evaluation.hierarchy.stage_probe_table` on the features TDD's tree uses,
     fit on ``PROBE_TRAIN`` training images, scored on the test split), cached in
     ``teacher_dir/stage_probes.json`` (keyed by the teacher file and the dataset content)."""
-    from kdbench.evaluation.hierarchy import stage_probe_table
-
     key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
            "features": features, "n_train": PROBE_TRAIN, "version": 1}
 
     def compute():  # pooled_features restores the teacher's mode; it runs on the teacher's device
-        return {"stages": stage_probe_table(teacher, dataset, n_train=PROBE_TRAIN, features=features)}
+        return {"stages": hierarchy.stage_probe_table(teacher, dataset, n_train=PROBE_TRAIN, features=features)}
 
     return kio.cached_json(Path(teacher_dir) / STAGE_PROBES_FILE, key, compute, read_only_ok=True)["stages"]
 
@@ -181,8 +190,6 @@ def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hpa
     the Ward tree cut at the true coarse level (``hierarchy_ari_tree``), its dendrogram
     purity of the true coarse groups against a permutation baseline (``tree_purity*``),
     and linear probes for coarse groups vs classes (``probe_*``: coarse decisions early?)."""
-    from kdbench.evaluation import hierarchy
-
     groups, k = dataset.hierarchy[0], dataset.num_classes
     trees = [t.get("linkage") for t in tree.get("trees", [])]
     base = [hierarchy.purity_baseline(z, groups, k) for z in trees]
@@ -245,8 +252,6 @@ def code_fingerprint() -> str:
     relative paths and bytes, sorted): a record computed by other code is never reused."""
     global _CODE_SHA
     if _CODE_SHA is None:
-        import hashlib
-
         root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
         for path in sorted(root.rglob("*.py")):
@@ -256,8 +261,6 @@ def code_fingerprint() -> str:
 
 
 def _versions(*dists: str) -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
     out: Dict[str, Optional[str]] = {}
     for name in dists:
         try:
@@ -277,10 +280,6 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     thread count, the kdbench
     code (:func:`code_fingerprint`), the source file of the run's method (plugins live
     outside kdbench) and the torch / torchvision / timm versions."""
-    import inspect
-
-    from kdbench.methods import get_method
-
     base = Path(base_dir) / "model.pt" if base_dir is not None and method != "vanilla" else None
     tree_file = Path(teacher_dir) / PARTITIONS_FILE
     try:
@@ -315,6 +314,203 @@ def reused_record(student_dir: Path, key: Dict[str, Any], figure_path) -> Option
     return rec if set(rec) == set(RECORD_KEYS) else None
 
 
+@dataclass
+class _Evaluation:
+    """What the steps of one evaluation share: the inputs, the loaded models, the pass
+    over the evaluation subset and the explanation maps (filled in step by step)."""
+
+    ds: Any
+    device: torch.device
+    ev: Dict[str, Any]
+    batch_size: int
+    student_dir: Path
+    teacher_dir: Path
+    method: str
+    tdd_hparams: Optional[dict]
+    teacher: Any = None
+    deployed: Any = None
+    student: Any = None
+    base: Any = None
+    cached: Optional[Dict[str, Any]] = None  # the teacher's cached pass (load_teacher_eval), or None
+    tkey: Optional[Dict[str, Any]] = None  # its key (teacher_eval_key)
+    data: Optional[Dict[str, Any]] = None  # collect() over the evaluation subset
+    T: Optional[Dict[str, Any]] = None  # the teacher's stages and logits (cached or from data)
+    maps: Dict[str, torch.Tensor] = field(default_factory=dict)  # Grad-CAM / UniCAM maps for the figure
+
+
+def read_run_metrics(student_dir: Path, teacher_dir: Path, ds) -> Dict[str, Any]:
+    """The student's ``metrics.json``, after checking that the run's files exist and that
+    it was trained on ``ds`` (name and content)."""
+    for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
+        if not p.is_file():
+            raise KDBenchError(f"evaluate: {p} not found (train that run first)")
+    metrics = json.loads((student_dir / "metrics.json").read_text())
+    if metrics.get("dataset") not in (None, ds.name):
+        raise KDBenchError(f"evaluate: run {student_dir} is on {metrics['dataset']!r}, dataset given is {ds.name!r}")
+    if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
+        raise KDBenchError(f"evaluate: run {student_dir} was trained on dataset content {metrics['dataset_fingerprint']}, "
+                           f"the loaded {ds.name!r} is {ds.fingerprint} (different options?)")
+    return metrics
+
+
+def _load_models(e: _Evaluation, base_dir) -> Tuple[dict, dict]:
+    """The teacher, the deployed student (and its network) and, for a distilled run, the
+    vanilla base when its model exists; returns the teacher's and the student's metadata."""
+    e.teacher, tmeta = load_model(e.teacher_dir / "model.pt", e.device)
+    e.teacher.requires_grad_(False)
+    e.deployed, smeta = load_deployed(e.student_dir / "model.pt", e.teacher, e.device)
+    e.student = e.deployed.student.eval()
+    if e.method != "vanilla" and base_dir is not None and (Path(base_dir) / "model.pt").is_file():
+        e.base, bmeta = load_model(Path(base_dir) / "model.pt", e.device)
+        if bmeta["arch"] != smeta["arch"] or bmeta.get("method") != "vanilla":
+            raise KDBenchError(f"evaluate: base {base_dir} holds a {bmeta.get('method')} {bmeta['arch']}, "
+                               f"expected the vanilla {smeta['arch']}")
+    elif e.method != "vanilla" and base_dir is not None:
+        print(f"[evaluate] base run {base_dir} missing: rs / unicam metrics are null", file=sys.stderr)
+    return tmeta, smeta
+
+
+def _new_record(metrics: dict, ds, tmeta: dict, smeta: dict, teacher_seed: Optional[int]) -> Dict[str, Any]:
+    """The record's identity and the training numbers copied from ``metrics.json``; every
+    metric None until a step fills it."""
+    rec: Dict[str, Any] = {k: None for k in RECORD_KEYS}
+    rec.update(dataset=ds.name, dataset_source=ds.source or None, teacher=tmeta["arch"], student=smeta["arch"],
+               method=metrics["method"], seed=metrics["seed"],
+               teacher_seed=next((v for v in (metrics.get("teacher_seed"), teacher_seed, tmeta.get("seed"))
+                                  if v is not None), None))
+    for key in ("top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params"):
+        rec[key] = metrics.get(key)
+    return rec
+
+
+@torch.no_grad()
+def _accuracy_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """Accuracy and agreement over the whole test splits (the deployed model)."""
+    ds, device = e.ds, e.device
+    test = ds.splits["test"]
+    t_preds = cached_teacher_predictions(e.teacher, e.teacher_dir, ds, device)
+    s_pred = predict_split(e.deployed.predict, ds, "test", device)
+    top1 = accuracy(s_pred, test.labels)
+    if rec["top1"] is not None and abs(top1 - rec["top1"]) > 1.0 / max(len(test), 1) + 1e-9:
+        raise KDBenchError(f"evaluate: the deployed model of {e.student_dir} scores top1={top1:.4f} on test, "
+                           f"its metrics.json says {rec['top1']:.4f}: wrong model file or dataset?")
+    if rec["top1"] is None:
+        rec["top1"] = top1
+    rec["agreement"] = agreement(s_pred, t_preds["test"])
+    if "test_ood" in ds.splits:
+        rec["agreement_ood"] = agreement(predict_split(e.deployed.predict, ds, "test_ood", device),
+                                         t_preds["test_ood"])
+
+
+def _subset_pass(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """One pass per model over the fixed evaluation subset. The teacher's part is the same
+    for every student of the teacher (un-augmented images, the teacher in eval mode): it is
+    cached once per teacher run, keyed by everything it depends on, and recomputed when any
+    of it changes."""
+    n_samples = int(e.ev["n_samples"])
+    subset = eval_subset(e.ds, n_samples)
+    e.tkey = teacher_eval_key(e.teacher_dir, e.ds, n_samples, e.batch_size, e.device)
+    e.cached = load_teacher_eval(e.teacher_dir, e.tkey)
+    models = {**({"teacher": e.teacher} if e.cached is None else {}), "student": e.student,
+              **({"base": e.base} if e.base is not None else {})}
+    e.data = collect(models, e.ds, subset, e.device, e.batch_size, keep_images=max(1, int(e.ev["figure_images"])))
+    rec["n_eval"] = int(len(e.data["labels"]))
+    e.T = e.data["teacher"] if e.cached is None else {"stages": e.cached["stages"], "logits": e.cached["logits"]}
+
+
+def _gradcam_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """Grad-CAM of teacher and student for the teacher's class (``expl_sim``), and of the
+    student for the true class against the masks (``epg``)."""
+    device, size, S = e.device, e.data["size"], e.data["student"]
+    labels, masks = e.data["labels"], e.data["masks"]
+    t_cls = e.T["logits"].argmax(1)
+    if e.cached is None:
+        cam_t, _ = gradcam_maps(e.teacher, last_stage=e.T["stages"][-1].to(device), classes=t_cls.to(device),
+                                size=size)
+        cam_t = cam_t.cpu()
+        save_teacher_eval(e.teacher_dir, e.tkey, e.T["stages"], e.T["logits"], cam_t)
+    else:
+        cam_t = e.cached["gradcam"]
+    cam_s, _ = gradcam_maps(e.student, last_stage=S["stages"][-1].to(device), classes=t_cls.to(device), size=size)
+    cam_s = cam_s.cpu()
+    e.maps.update({"teacher Grad-CAM": cam_t, "student Grad-CAM": cam_s})
+    rec["expl_sim"] = explanations.expl_sim(cam_t, cam_s)
+    if masks is not None:
+        cam_gt, _ = gradcam_maps(e.student, last_stage=S["stages"][-1].to(device), classes=labels.to(device),
+                                 size=size)
+        rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
+
+
+def _similarity_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """FSS (per stage pair) and, against the base, RS (per stage; rs = the last stage) and
+    the UniCAM maps; ``evaluation.fss_estimator`` names the estimator (similarity.py)."""
+    S, labels, masks = e.data["student"], e.data["labels"], e.data["masks"]
+    n_eval, num_classes = rec["n_eval"], e.ds.num_classes
+    estimator = rec["fss_estimator"] = e.ev["fss_estimator"]
+    distances = similarity.DistanceCache()  # each stage's U-centred matrix once (FSS, RS both ways)
+    if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
+        rec["fss_stages"] = similarity.fss_stages(S["stages"], e.T["stages"], estimator, distances)
+        rec["fss"] = _mean(rec["fss_stages"])
+    if e.base is None or n_eval < 8:
+        return
+    B = e.data["base"]
+    rec["rs_stages"], rec["rs_residual_stages"] = similarity.rs_stages(
+        S["stages"], B["stages"], labels, num_classes, estimator, distances)
+    rec["rs"], rec["rs_residual"] = rec["rs_stages"][-1], rec["rs_residual_stages"][-1]
+    # the reference's UniCAM target: RS of the pooled embeddings, maps min-max scaled
+    device = e.device
+    uni_d, uni_r = unicam_maps(S["stages"][-1].to(device), B["stages"][-1].to(device), labels.to(device),
+                               num_classes=num_classes, size=e.data["size"], student_embed=e.student.head.embed,
+                               base_embed=e.base.head.embed)
+    uni_d, uni_r = uni_d.cpu(), uni_r.cpu()
+    e.maps.update({"UniCAM distilled": uni_d, "UniCAM residual": uni_r})
+    if masks is not None:
+        rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
+        rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
+
+
+def _decision_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """The decision process: probes on pooled student stages vs the teacher's partitions;
+    the walk's partition ARI; the teacher's tree measured (datasets with a hierarchy)."""
+    ds, num_classes, labels = e.ds, e.ds.num_classes, e.data["labels"]
+    tree = cached_teacher_tree(e.teacher, e.teacher_dir / "model.pt", ds, hparams=tree_hparams(e.tdd_hparams),
+                               device=e.device, batch_size=BATCH_SIZE)
+    partitions = tree["partitions"]
+    train = ds.splits["train"]
+    probe_split = train.subset(subset_indices(len(train), int(e.ev["probe_train_samples"])))
+    P = collect({"student": e.student}, ds, probe_split, e.device, e.batch_size, pooled_only=True)
+    test_pooled = [s.mean(dim=(2, 3)) for s in e.data["student"]["stages"]]
+    dc, dc_stages = hierarchy.decision_consistency(
+        [s.numpy() for s in P["student"]["stages"]], P["labels"].numpy(), [s.numpy() for s in test_pooled],
+        labels.numpy(), partitions, num_classes, n_teacher_stages=e.teacher.num_stages)
+    rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
+    # the walk's partition (TDD's training targets), not the tree's quality: README "TDD's tree"
+    rec["walk_partition_ari"] = hierarchy.walk_partition_ari(partitions, ds.hierarchy, num_classes)
+    if ds.hierarchy:
+        rec.update(teacher_tree_record(tree, ds, e.teacher, e.teacher_dir, e.tdd_hparams))
+
+
+def _efficiency_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
+    """FLOPs per image of the deployed model; the parameter count when metrics.json has none."""
+    rec["flops"] = efficiency.flops_per_image(e.deployed.predict, e.data["images"][:1].to(e.device))
+    if rec["params"] is None:
+        rec["params"] = efficiency.count_params(e.student)
+
+
+def _figure_step(e: _Evaluation, rec: Dict[str, Any], figure_path: Path) -> None:
+    """The grid PNG: the first images with their Grad-CAM (and UniCAM) maps."""
+    k = min(int(e.ev["figure_images"]), len(e.data["labels"]))
+    cols = {name: maps[:k] for name, maps in e.maps.items()}
+    title = f"{e.ds.name} {rec['teacher']}->{rec['student']} {e.method} s{rec['seed']}"
+    write_grid(figure_path, to_display(e.data["images"][:k], e.ds.mean, e.ds.std), cols, title)
+
+
+def _write_record(rec: Dict[str, Any], out_path) -> None:
+    if out_path is not None:
+        kio.write_json(rec, Path(out_path))
+        seal(out_path)  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
+
+
 def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation: Optional[dict] = None,
                  out_path=None, figure_path=None, device="cpu", teacher_seed: Optional[int] = None,
                  tdd_hparams: Optional[dict] = None, batch_size: int = BATCH_SIZE,
@@ -332,174 +528,39 @@ def evaluate_run(student_dir, teacher_dir, base_dir=None, *, dataset, evaluation
     :func:`record_key`); with ``reuse`` a record computed under the same key is returned
     (and written to ``out_path``) without evaluating again. Its ``eval_s`` is the time the
     evaluation took when it ran."""
-    from kdbench.engine.trainer import load_deployed, load_model
-    from kdbench.evaluation import accuracy as acc
-    from kdbench.evaluation import efficiency, explanations, hierarchy, similarity
-    from kdbench.explain import gradcam_maps, unicam_maps
-
     t0 = time.time()
     set_deterministic()
     device = torch.device(device)
     ev = {**EVAL_DEFAULTS, **(evaluation or {})}
     similarity.check_estimator(ev["fss_estimator"])  # bad input: fail before any work
     student_dir, teacher_dir = Path(student_dir), Path(teacher_dir)
-    for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
-        if not p.is_file():
-            raise KDBenchError(f"evaluate: {p} not found (train that run first)")
-    metrics = json.loads((student_dir / "metrics.json").read_text())
-    method = metrics["method"]
-    ds = dataset
-    if metrics.get("dataset") not in (None, ds.name):
-        raise KDBenchError(f"evaluate: run {student_dir} is on {metrics['dataset']!r}, dataset given is {ds.name!r}")
-    if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
-        raise KDBenchError(f"evaluate: run {student_dir} was trained on dataset content {metrics['dataset_fingerprint']}, "
-                           f"the loaded {ds.name!r} is {ds.fingerprint} (different options?)")
+    metrics = read_run_metrics(student_dir, teacher_dir, dataset)
 
     def current_key() -> Dict[str, Any]:
-        return record_key(student_dir, teacher_dir, base_dir, method=method, dataset=ds, evaluation=ev,
-                          device=device, teacher_seed=teacher_seed, tdd_hparams=tdd_hparams, batch_size=batch_size)
+        return record_key(student_dir, teacher_dir, base_dir, method=metrics["method"], dataset=dataset,
+                          evaluation=ev, device=device, teacher_seed=teacher_seed, tdd_hparams=tdd_hparams,
+                          batch_size=batch_size)
 
-    if reuse:
-        rec = reused_record(student_dir, current_key(), figure_path)
-        if rec is not None:
-            print(f"[evaluate] {student_dir}: inputs unchanged since its last evaluation: record reused",
-                  file=sys.stderr)
-            if out_path is not None:
-                kio.write_json(rec, Path(out_path))
-                seal(out_path)  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
-            return rec
+    rec = reused_record(student_dir, current_key(), figure_path) if reuse else None
+    if rec is not None:
+        print(f"[evaluate] {student_dir}: inputs unchanged since its last evaluation: record reused", file=sys.stderr)
+        _write_record(rec, out_path)
+        return rec
 
-    teacher, tmeta = load_model(teacher_dir / "model.pt", device)
-    teacher.requires_grad_(False)
-    deployed, smeta = load_deployed(student_dir / "model.pt", teacher, device)
-    student = deployed.student.eval()
-    base = None
-    if method != "vanilla" and base_dir is not None and (Path(base_dir) / "model.pt").is_file():
-        base, bmeta = load_model(Path(base_dir) / "model.pt", device)
-        if bmeta["arch"] != smeta["arch"] or bmeta.get("method") != "vanilla":
-            raise KDBenchError(f"evaluate: base {base_dir} holds a {bmeta.get('method')} {bmeta['arch']}, "
-                               f"expected the vanilla {smeta['arch']}")
-    elif method != "vanilla" and base_dir is not None:
-        print(f"[evaluate] base run {base_dir} missing: rs / unicam metrics are null", file=sys.stderr)
-
-    rec: Dict[str, Any] = {k: None for k in RECORD_KEYS}
-    rec.update(dataset=ds.name, dataset_source=ds.source or None, teacher=tmeta["arch"], student=smeta["arch"], method=method, seed=metrics["seed"],
-               teacher_seed=next((v for v in (metrics.get("teacher_seed"), teacher_seed, tmeta.get("seed"))
-                                  if v is not None), None))
-    for key in ("top1", "top1_sel", "top1_ood", "train_s", "train_img_s", "params"):
-        rec[key] = metrics.get(key)
-    num_classes = ds.num_classes
-
-    # ---- accuracy / agreement over the whole test splits (deployed model)
-    with torch.no_grad():
-        test = ds.splits["test"]
-        t_preds = cached_teacher_predictions(teacher, teacher_dir, ds, device)
-        s_pred = acc.split_predictions(deployed.predict, ds, "test", device)
-        t_pred = t_preds["test"]
-        top1 = acc.top1(s_pred, test.labels)
-        if rec["top1"] is not None and abs(top1 - rec["top1"]) > 1.0 / max(len(test), 1) + 1e-9:
-            raise KDBenchError(f"evaluate: the deployed model of {student_dir} scores top1={top1:.4f} on test, "
-                               f"its metrics.json says {rec['top1']:.4f}: wrong model file or dataset?")
-        if rec["top1"] is None:
-            rec["top1"] = top1
-        rec["agreement"] = acc.agreement(s_pred, t_pred)
-        if "test_ood" in ds.splits:
-            rec["agreement_ood"] = acc.agreement(acc.split_predictions(deployed.predict, ds, "test_ood", device),
-                                                 t_preds["test_ood"])
-
-    # ---- one pass per model over the fixed evaluation subset
-    # (the teacher's part is the same for every student of the teacher: un-augmented
-    # images, the teacher in eval mode; it is cached once per teacher run, keyed by
-    # everything it depends on, and recomputed when any of it changes)
-    subset = eval_subset(ds, int(ev["n_samples"]))
-    tkey = teacher_eval_key(teacher_dir, ds, int(ev["n_samples"]), batch_size, device)
-    cached = load_teacher_eval(teacher_dir, tkey)
-    models = {**({"teacher": teacher} if cached is None else {}), "student": student,
-              **({"base": base} if base is not None else {})}
-    data = collect(models, ds, subset, device, batch_size, keep_images=max(1, int(ev["figure_images"])))
-    labels, masks = data["labels"], data["masks"]
-    rec["n_eval"] = int(len(labels))
-    size = data["size"]
-    T = data["teacher"] if cached is None else {"stages": cached["stages"], "logits": cached["logits"]}
-    S = data["student"]
-
-    # Grad-CAM: teacher and student for the teacher's class; student for the true class
-    t_cls = T["logits"].argmax(1)
-    if cached is None:
-        cam_t, _ = gradcam_maps(teacher, last_stage=T["stages"][-1].to(device), classes=t_cls.to(device), size=size)
-        cam_t = cam_t.cpu()
-        save_teacher_eval(teacher_dir, tkey, T["stages"], T["logits"], cam_t)
-    else:
-        cam_t = cached["gradcam"]
-    cam_s, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=t_cls.to(device), size=size)
-    cam_s = cam_s.cpu()
-    rec["expl_sim"] = explanations.expl_sim(cam_t, cam_s)
-    if masks is not None:
-        cam_gt, _ = gradcam_maps(student, last_stage=S["stages"][-1].to(device), classes=labels.to(device), size=size)
-        rec["epg"] = explanations.epg(cam_gt.cpu(), masks)
-
-    # FSS (per stage pair) and, against the base, RS (per stage; rs = the last stage) and
-    # the UniCAM maps; evaluation.fss_estimator names the estimator (similarity.py)
-    n_eval = rec["n_eval"]
-    estimator = rec["fss_estimator"] = ev["fss_estimator"]
-    distances = similarity.DistanceCache()  # each stage's U-centred matrix once (FSS, RS both ways)
-    if n_eval >= 4:  # distance correlations need n >= 4, UniCAM a batch of >= 8
-        rec["fss_stages"] = similarity.fss_stages(S["stages"], T["stages"], estimator, distances)
-        rec["fss"] = _mean(rec["fss_stages"])
-    uni_d = uni_r = None
-    if base is not None and n_eval >= 8:
-        B = data["base"]
-        rec["rs_stages"], rec["rs_residual_stages"] = similarity.rs_stages(
-            S["stages"], B["stages"], labels, num_classes, estimator, distances)
-        rec["rs"], rec["rs_residual"] = rec["rs_stages"][-1], rec["rs_residual_stages"][-1]
-        # the reference's UniCAM target: RS of the pooled embeddings, maps min-max scaled
-        uni_d, uni_r = unicam_maps(S["stages"][-1].to(device), B["stages"][-1].to(device), labels.to(device),
-                                   num_classes=num_classes, size=size, student_embed=student.head.embed,
-                                   base_embed=base.head.embed)
-        uni_d, uni_r = uni_d.cpu(), uni_r.cpu()
-        if masks is not None:
-            rec["unicam_epg_distilled"] = explanations.epg(uni_d, masks)
-            rec["unicam_epg_residual"] = explanations.epg(uni_r, masks)
-
-    # decision process: probes on pooled student stages vs the teacher's partitions
-
-    tree = cached_teacher_tree(teacher, teacher_dir / "model.pt", ds, hparams=tree_hparams(tdd_hparams), device=device,
-                               batch_size=BATCH_SIZE)
-    partitions = tree["partitions"]
-    train = ds.splits["train"]
-    probe_split = train.subset(subset_indices(len(train), int(ev["probe_train_samples"])))
-    P = collect({"student": student}, ds, probe_split, device, batch_size, pooled_only=True)
-    test_pooled = [s.mean(dim=(2, 3)) for s in S["stages"]]
-    dc, dc_stages = hierarchy.decision_consistency(
-        [s.numpy() for s in P["student"]["stages"]], P["labels"].numpy(), [s.numpy() for s in test_pooled],
-        labels.numpy(), partitions, num_classes, n_teacher_stages=teacher.num_stages)
-    rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
-    # the walk's partition (TDD's training targets), not the tree's quality: README "TDD's tree"
-    rec["walk_partition_ari"] = hierarchy.walk_partition_ari(partitions, ds.hierarchy, num_classes)
-    if ds.hierarchy:
-        rec.update(teacher_tree_record(tree, ds, teacher, teacher_dir, tdd_hparams))
-
-    # efficiency
-    rec["flops"] = efficiency.flops_per_image(deployed.predict, data["images"][:1].to(device))
-    if rec["params"] is None:
-        rec["params"] = efficiency.count_params(student)
-
-    # figure
+    e = _Evaluation(ds=dataset, device=device, ev=ev, batch_size=batch_size, student_dir=student_dir,
+                    teacher_dir=teacher_dir, method=metrics["method"], tdd_hparams=tdd_hparams)
+    rec = _new_record(metrics, dataset, *_load_models(e, base_dir), teacher_seed)
+    _accuracy_step(e, rec)
+    _subset_pass(e, rec)
+    _gradcam_step(e, rec)
+    _similarity_step(e, rec)
+    _decision_step(e, rec)
+    _efficiency_step(e, rec)
     if figure_path is not None and ev.get("figures", True):
-        from kdbench.evaluation.figures import to_display, write_grid
-
-        k = min(int(ev["figure_images"]), len(labels))
-        cols = {"teacher Grad-CAM": cam_t[:k], "student Grad-CAM": cam_s[:k]}
-        if uni_d is not None:
-            cols.update({"UniCAM distilled": uni_d[:k], "UniCAM residual": uni_r[:k]})
-        title = f"{ds.name} {rec['teacher']}->{rec['student']} {method} s{rec['seed']}"
-        write_grid(Path(figure_path), to_display(data["images"][:k], ds.mean, ds.std), cols, title)
-
+        _figure_step(e, rec, Path(figure_path))
     rec["eval_s"] = time.time() - t0
     rec = kio.json_types(rec)
-    if out_path is not None:
-        kio.write_json(rec, Path(out_path))
-        seal(out_path)
+    _write_record(rec, out_path)
     try:
         # the key as it is now: the evaluation may have derived the teacher's tree file
         kio.write_json({"key": current_key(), "record": rec}, student_dir / RECORD_CACHE_FILE)
