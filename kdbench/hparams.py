@@ -137,7 +137,7 @@ def _load_selection_file(path: str, mtime: float) -> dict:
 def load_selection_file(path: Path) -> dict:
     if not Path(path).is_file():
         raise TuningError(f"selection file {path} (tuned:) does not exist: regenerate it with the tuning profile "
-                          f"(see README, 'Hyperparameters')")
+                          f"(see docs/hyperparameters.md)")
     return _load_selection_file(str(path), os.path.getmtime(path))
 
 

@@ -1,4 +1,4 @@
-"""The teachers' trees, measured as what they are (README "TDD's tree"): one row per
+"""The teachers' trees, measured as what they are (docs/metrics.md "TDD's tree"): one row per
 teacher stage with the dendrogram purity of the true coarse groups in that stage's Ward
 tree of class means, its permutation baseline (mean and 95th percentile), the Ward tree cut
 at the true coarse level (ARI), and the linear probes for coarse groups vs classes (does

@@ -41,7 +41,7 @@ garment types a shopper tells apart first (upper-body garments with sleeves or s
 legwear, one-piece, shoes, bags). Seo & Shin (2019), "Hierarchical convolutional neural
 networks for fashion image classification" (Expert Systems with Applications 116,
 328-339), classify Fashion-MNIST along an apparel hierarchy of the same kind; this grouping
-is kdbench's choice, stated here and in the README.
+is kdbench's choice, stated here and in docs/data.md.
 """
 from __future__ import annotations
 

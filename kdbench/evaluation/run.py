@@ -186,7 +186,7 @@ def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str) -> L
 
 
 def teacher_tree_record(tree: dict, dataset, teacher, teacher_dir: Path, tdd_hparams) -> Dict[str, Any]:
-    """The teacher's tree measured as what it is (README "TDD's tree"), per teacher stage:
+    """The teacher's tree measured as what it is (docs/metrics.md "TDD's tree"), per teacher stage:
     the Ward tree cut at the true coarse level (``hierarchy_ari_tree``), its dendrogram
     purity of the true coarse groups against a permutation baseline (``tree_purity*``),
     and linear probes for coarse groups vs classes (``probe_*``: coarse decisions early?)."""
@@ -484,7 +484,7 @@ def _decision_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
         [s.numpy() for s in P["student"]["stages"]], P["labels"].numpy(), [s.numpy() for s in test_pooled],
         labels.numpy(), partitions, num_classes, n_teacher_stages=e.teacher.num_stages)
     rec["decision_consistency"], rec["decision_consistency_stages"] = dc, dc_stages
-    # the walk's partition (TDD's training targets), not the tree's quality: README "TDD's tree"
+    # the walk's partition (TDD's training targets), not the tree's quality: docs/metrics.md "TDD's tree"
     rec["walk_partition_ari"] = hierarchy.walk_partition_ari(partitions, ds.hierarchy, num_classes)
     if ds.hierarchy:
         rec.update(teacher_tree_record(tree, ds, e.teacher, e.teacher_dir, e.tdd_hparams))

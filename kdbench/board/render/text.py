@@ -53,7 +53,7 @@ NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanil
 
 
 #: what each FSS / RS estimator (evaluation.fss_estimator) computes, for the board's notes
-#: (kdbench.evaluation.similarity.FSS_ESTIMATORS; README "FSS / RS estimator")
+#: (kdbench.evaluation.similarity.FSS_ESTIMATORS; docs/metrics.md "FSS / RS estimator")
 FSS_ESTIMATOR_TEXT = {
     "u_centered": "u_centered (kdbench's default: the unbiased U-centred distance correlation of the raw "
                   "stage features over the evaluation subset)",
