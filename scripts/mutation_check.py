@@ -30,7 +30,7 @@ from typing import List, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ("kdbench", "tests", "params", "pyproject.toml")
 WIRING = "tests/test_method_wiring.py::test_terms_are_weights_times_functionals[{}]"
-PIL_OPS = "tests/test_methods_peers_b.py::test_strong_ops_match_pil_on_a_batch"
+PIL_OPS = "tests/test_methods_crd_reviewkd_ofd_logit.py::test_strong_ops_match_pil_on_a_batch"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def wiring(*methods: str, also: Tuple[str, ...] = ()) -> Tuple[str, ...]:
 
 
 #: the issue's two demonstrations (pkt, at) also run the tests that let them through before
-OLD_PKT = ("tests/test_methods_peers_a.py::test_distills_finite_decreasing_teacher_frozen[pkt-cifar]",)
+OLD_PKT = ("tests/test_methods_feature_relational.py::test_distills_finite_decreasing_teacher_frozen[pkt-cifar]",)
 OLD_AT = ("tests/test_engine.py::test_baseline_terms_finite_and_decreasing[at-terms3]",)
 
 MUTATIONS: List[Mutation] = [

@@ -160,11 +160,6 @@ def np_bilinear(img, out_h, out_w):
     return out
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 # --------------------------------------------------------------------------- kd_loss
 def test_kd_zero_when_equal(rng):
     z = t64(rng.normal(size=(5, 7)) * 3)

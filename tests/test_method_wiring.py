@@ -7,7 +7,7 @@ that each named loss term equals that weight times the public functional of
 :mod:`kdbench.functional` on the right tensors (stage outputs, pooled embeddings,
 logits), recomputed here from the networks' own forward passes with the stage indices
 written out. The functionals themselves are checked against float64 numpy references
-elsewhere (test_functional, test_methods_peers_a/_b, test_methods_seed); this module
+elsewhere (test_functional, test_methods_feature_relational, test_methods_crd_reviewkd_ofd_logit, test_methods_tdd_cid_fcfd_e2kd); this module
 checks what a method feeds them and how it weighs them. A dropped weight, a hard-coded
 one, two weights swapped, a wrong stage, a missing term or an extra one fails here.
 
@@ -26,7 +26,7 @@ from kdbench import functional as KF
 from kdbench.hparams import method_hparams
 from kdbench.methods import get_method, iter_method_names
 from kdbench.models import create_model
-from tests.test_methods_peers_b import first_batch, make_ctx
+from tests.test_methods_crd_reviewkd_ofd_logit import first_batch, make_ctx
 from tests.tiny import ds16, one_thread  # noqa: F401  (fixtures; one_thread is autouse)
 
 TEACHER, STUDENT = "resnet14", "resnet8"
@@ -226,7 +226,7 @@ def _reviewkd(d, b, w):
     d.on_epoch_start(4)  # 5 of the 20 warm-up epochs
     fs, _ = feats(d, b["image"])
     with torch.no_grad():
-        levels, _ = d.teacher_levels(b["image"])  # pre-ReLU teacher levels: checked by hand in peers_b
+        levels, _ = d.teacher_levels(b["image"])  # pre-ReLU teacher levels: checked by hand in test_methods_crd_reviewkd_ofd_logit
         outs = d.review([fs.stages[0], fs.stages[1], fs.stages[2], fs.embedding[:, :, None, None]])
     hcl = KF.hcl_loss(outs, levels)
     return run_loss(d, b), {"ce": ce_term(w, fs, b),
@@ -240,7 +240,7 @@ def _ofd(d, b, w):
         with d.student_tap:
             fs = d.student.forward_features(x)
             s_pre = d.student_tap.preacts(fs.stages)
-        t_pre = d.teacher_preacts(x)  # checked against a hand forward in peers_b
+        t_pre = d.teacher_preacts(x)  # checked against a hand forward in test_methods_crd_reviewkd_ofd_logit
         total = 0.0
         for pos, (i, j) in enumerate(STAGES):  # the deepest stage weighs 1, the ones before 1/2, 1/4
             bn = d.teacher.stages[j][-1].bn2
@@ -279,7 +279,7 @@ def _fsp(d, b, w):
 
 @checks("ab")
 def _ab(d, b, w):
-    from kdbench.methods.ab import stage_preacts  # pre-ReLU outputs: checked in peers_a
+    from kdbench.methods.ab import stage_preacts  # pre-ReLU outputs: checked in test_methods_feature_relational
 
     fs, ft = feats(d, b["image"])
     with torch.no_grad():
@@ -338,7 +338,7 @@ def _cid(d, b, w):
 def _fcfd(d, b, w):
     h = d.hparams
     paths = [("s2t", 0), ("t2s", 1)]
-    d.draw_paths = lambda: paths  # the draw itself: test_methods_seed.py::test_fcfd_ramp_and_paths
+    d.draw_paths = lambda: paths  # the draw itself: test_methods_tdd_cid_fcfd_e2kd.py::test_fcfd_ramp_and_paths
     fs, ft = feats(d, b["image"])
     with torch.no_grad():
         bridged = [d.s2t[k](fs.stages[i]) for k, (i, _) in enumerate(STAGES)]

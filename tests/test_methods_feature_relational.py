@@ -21,17 +21,12 @@ from kdbench.methods import get_method
 from kdbench.methods.ab import stage_preacts
 from kdbench.methods.base import PairError
 from kdbench.models import create_model
-from tests.test_methods_seed import build, first_batch, make_ctx
+from tests.test_methods_tdd_cid_fcfd_e2kd import build, first_batch, make_ctx
 from tests.tiny import ds16, ds32, one_thread, t64  # noqa: F401  (fixtures; one_thread is autouse)
 
 PEER_METHODS = ["nst", "pkt", "rkd", "sp", "kdsvd", "vid", "cc", "fsp", "ft", "ab"]
 TWO_STAGE = ["fsp", "ab", "ft"]
 D = torch.float64
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 def val(x):
