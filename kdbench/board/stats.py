@@ -164,9 +164,9 @@ def cell_comparisons(g, metric: str = "top1", methods: Optional[Sequence[str]] =
 
 
 def _reversed(d: Dict) -> Dict:
-    """b − a from a − b: the same test, the interval mirrored."""
+    """b − a from a − b: the same test, the interval mirrored (0.0 − x: a zero stays +0.0, never −0)."""
     r = dict(d)
-    r.update(delta=-d["delta"], ci_lo=-d["ci_hi"], ci_hi=-d["ci_lo"], n_a=d["n_b"], n_b=d["n_a"],
+    r.update(delta=0.0 - d["delta"], ci_lo=0.0 - d["ci_hi"], ci_hi=0.0 - d["ci_lo"], n_a=d["n_b"], n_b=d["n_a"],
              a_mean=d["b_mean"], b_mean=d["a_mean"])
     return r
 
