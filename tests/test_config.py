@@ -202,3 +202,29 @@ def test_every_dataset_declares_every_option_type_and_range():
             if p.default is not None:
                 assert jsonschema.Draft202012Validator(OPTION_TYPES[name][key]).is_valid(p.default), (name, key)
             assert any(k in OPTION_TYPES[name][key] for k in ("type", "enum")), (name, key)
+
+
+def test_test_every_epoch_off_keeps_every_config_hash_and_on_changes_it():
+    """The recipe key ``test_every_epoch`` (added in issue 24) hashes as if absent at its
+    default (config.run.HASH_NEUTRAL_RECIPE): runs trained before it, and the committed
+    tuned selections, keep their hashes. The expected values were computed at commit
+    41f104e (before the key existed) with
+    ``teacher_config(with_defaults(TINY_PROFILE), "shapes", "resnet14", 0).config_hash``,
+    ``student_config(..., "shapes", "resnet14", "resnet8", "kd", 1)`` and the same for
+    ``load_profile(root / "smoke.yaml")`` (kd, seed 0)."""
+    from kdbench.config import project_root
+    from kdbench.profile import load_profile
+
+    root = project_root() / "params"
+    prof = with_defaults(copy.deepcopy(TINY_PROFILE))
+    assert prof["student_train"]["test_every_epoch"] is False and prof["teacher_train"]["test_every_epoch"] is False
+    assert teacher_config(prof, "shapes", "resnet14", 0).config_hash == "33a04a056551"
+    assert student_config(prof, "shapes", "resnet14", "resnet8", "kd", 1).config_hash == "5f0a0cda81ef"
+    smoke = load_profile(root / "smoke.yaml")
+    assert student_config(smoke, "shapes", "resnet14", "resnet8", "kd", 0).config_hash == "da8250d266a4"
+    on = with_defaults(apply_overrides(copy.deepcopy(TINY_PROFILE), ["student_train.test_every_epoch=true"]))
+    assert student_config(on, "shapes", "resnet14", "resnet8", "kd", 1).config_hash != "5f0a0cda81ef"
+    assert teacher_config(on, "shapes", "resnet14", 0).config_hash == "33a04a056551"   # the teacher's recipe is off
+    for name in ("cifar100", "cifar10", "imagenet"):   # the paper-scale profiles turn it on, the CPU ones do not
+        assert load_profile(root / f"{name}.yaml")["student_train"]["test_every_epoch"] is True, name
+    assert load_profile(root / "default.yaml")["student_train"]["test_every_epoch"] is False

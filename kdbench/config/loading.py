@@ -39,6 +39,11 @@ RECIPE_DEFAULTS: Dict[str, Any] = {
     "gamma": 0.1,
     "student_shots": None,
     "arch_lr": {},
+    # score the test split after every epoch: history.csv's test_top1 and metrics.json's
+    # top1_best_test (the like-for-like number for papers that select their epoch on the
+    # test split; never a ranking metric). Off: nothing is scored and the field stays empty.
+    # Its default is left out of the config hash (config.run.HASH_NEUTRAL_RECIPE).
+    "test_every_epoch": False,
 }
 
 

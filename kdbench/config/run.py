@@ -12,6 +12,20 @@ from typing import Any, Dict, Optional
 
 from kdbench.config.loading import recipe_for, teacher_threads
 
+#: recipe keys added after config hashes were first recorded, with the value that
+#: reproduces the older runs exactly: a recipe holding that value hashes as if the key did
+#: not exist (every earlier hash, and the committed selections' recorded hashes, stay
+#: valid); any other value enters the hash. ``test_every_epoch: false`` scores nothing
+#: extra; ``true`` changes what metrics.json holds, so such a run is another config.
+HASH_NEUTRAL_RECIPE: Dict[str, Any] = {"test_every_epoch": False}
+
+
+def hashed_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """The recipe as the config hash sees it: :data:`HASH_NEUTRAL_RECIPE` keys at their
+    neutral value left out."""
+    return {k: v for k, v in recipe.items() if not (k in HASH_NEUTRAL_RECIPE and v == HASH_NEUTRAL_RECIPE[k]
+                                                     and type(v) is type(HASH_NEUTRAL_RECIPE[k]))}
+
 @dataclass
 class RunConfig:
     """Everything one training job needs. ``kind`` is "teacher" or "student"."""
@@ -47,7 +61,10 @@ class RunConfig:
         """Hash of everything that determines the numbers (not where they are written)."""
         # threads count: CPU kernels (conv backward, reductions) split their sums by thread,
         # so another thread count gives other low bits, i.e. other numbers
+        # (the provenance of a run - device kind, torch build, world size - is recorded in
+        # metrics.json, never hashed: kdbench.engine.runtime.provenance)
         payload = {k: v for k, v in self.to_dict().items() if k not in ("device", "compile")}
+        payload["recipe"] = hashed_recipe(payload["recipe"])
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
