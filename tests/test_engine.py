@@ -236,6 +236,41 @@ def test_interrupted_run_resumes_to_identical_numbers(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_test_every_epoch_records_best_test_and_leaves_training_alone(tiny, tmp_path):
+    """Off (the default): no test_top1 column and top1_best_test empty, never the last
+    epoch's copy. On: the test top-1 of every epoch in history.csv, top1_best_test = its
+    max, and the training itself bit-identical (the test pass draws no random number);
+    a resumed run gives the same. metrics.json records the provenance, outside the hash."""
+    import csv
+    import dataclasses
+
+    _, prof, results, _ = tiny
+    off = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)
+    on = dataclasses.replace(off, recipe={**off.recipe, "test_every_epoch": True})
+    m_off = trainer.run(off, tmp_path / "off", results_dir=results)
+    m_on = trainer.run(on, tmp_path / "on", results_dir=results)
+    assert m_off["top1_best_test"] is None and m_off["top1_best_test_epoch"] is None
+    assert "test_top1" not in (tmp_path / "off/history.csv").read_text()
+    for key in ("top1", "top1_sel", "val_top1", "best_epoch", "top1_ood"):
+        assert m_on[key] == m_off[key], key
+    rows = list(csv.DictReader(open(tmp_path / "on/history.csv")))
+    tests = [float(r["test_top1"]) for r in rows]
+    assert len(tests) == on.recipe["epochs"] and tests[-1] == m_on["top1"]
+    assert m_on["top1_best_test"] == max(tests) and tests[m_on["top1_best_test_epoch"] - 1] == max(tests)
+    assert [r["val_top1"] for r in rows] == [r["val_top1"] for r in csv.DictReader(open(tmp_path / "off/history.csv"))]
+    trainer.run(on, tmp_path / "part", results_dir=results, max_epochs=1)
+    resumed = trainer.run(on, tmp_path / "part", results_dir=results)
+    assert (resumed["top1_best_test"], resumed["top1_best_test_epoch"]) == (m_on["top1_best_test"],
+                                                                           m_on["top1_best_test_epoch"])
+    prov = json.loads((tmp_path / "off/metrics.json").read_text())["provenance"]
+    assert prov["device_kind"].startswith("CPU ") and prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert prov["cpu_capability"] in prov["device_kind"] and prov["gpu_name"] is None
+    assert (prov["torch_version"], prov["cuda_version"]) == (torch.__version__, torch.version.cuda)
+    assert prov["world_size"] == 1 and prov["global_batch_size"] == off.recipe["batch_size"]
+    assert (prov["precision"], prov["compile"], prov["channels_last"]) == ("fp32", False, False)
+    assert m_off["config_hash"] == off.config_hash   # provenance is recorded, never hashed
+
+
 def test_corrupt_checkpoint_restarts_cleanly(tiny, tmp_path, capsys):
     _, prof, results, tpath = tiny
     cfg = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 0)

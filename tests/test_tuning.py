@@ -185,7 +185,9 @@ def test_validation_only_holds_out_the_test_splits(trap_dataset):
 def test_a_trial_never_reads_the_test_split(tmp_path, trap_dataset):
     from kdbench.engine.trainer import run
 
-    prof = validate_profile(tiny_profile(tmp_path, student_train={"epochs": 2, "batch_size": 32}))
+    # test_every_epoch on: a trial still never scores the test split
+    prof = validate_profile(tiny_profile(tmp_path, student_train={"epochs": 2, "batch_size": 32,
+                                                                  "test_every_epoch": True}))
     trial = student_config(prof, "shapes", "resnet14", "resnet8", "vanilla", 100, tuned={},
                            hparams_source="trial 0/1", trial=0)
     metrics = run(trial, tmp_path / "trial", results_dir=tmp_path)

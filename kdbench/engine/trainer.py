@@ -33,7 +33,7 @@ from kdbench.data.sampling import few_shot
 from kdbench.data.splits import validation_only
 from kdbench.engine import distributed as kdist
 from kdbench.engine.model_io import build_distiller, load_model, save_model
-from kdbench.engine.runtime import (rng_state, seed_everything, select_device, set_deterministic,
+from kdbench.engine.runtime import (provenance, rng_state, seed_everything, select_device, set_deterministic,
                                     set_rng_state, set_threads)
 from kdbench.errors import KDBenchError
 from kdbench.evaluation.accuracy import accuracy, calibration, ood_score
@@ -186,6 +186,8 @@ class Trainer:
         if cfg.trial is not None:  # a tuning trial: the test splits are held out (reading one raises)
             self.ds = validation_only(self.ds)
         self.train_split = self.ds.splits["train"]
+        # a tuning trial never scores the test split, whatever the recipe says
+        self.test_each_epoch = bool(self.r.get("test_every_epoch")) and cfg.trial is None
         if cfg.kind == "student" and self.r.get("student_shots"):
             self.train_split = few_shot(self.train_split, self.r["student_shots"], seed=SHOTS_SEED)
 
@@ -349,15 +351,18 @@ class Trainer:
         self.progress.step()
 
     def validate(self, epoch: int, sums: Dict[str, torch.Tensor], steps: int, lr: float, t0: float) -> dict:
-        """The epoch's history row (mean loss terms, validation top-1); the best epoch so
-        far is selected on the validation split only (ties: the earliest)."""
+        """The epoch's history row (mean loss terms, validation top-1 and, with
+        ``test_every_epoch``, test top-1); the best epoch so far is selected on the
+        validation split only (ties: the earliest), the test top-1 is only recorded."""
         d, ds, s = self.distiller, self.ds, self.state
         d.eval()
         val_top1 = accuracy(predict_split(d.predict, ds, "val", self.device, self.r["eval_batch_size"]),
                             ds.splits["val"].labels)
         row = {"epoch": epoch + 1, **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
-               "loss": float(sum(sums.values())) / steps, "val_top1": val_top1,
-               "lr": lr, "epoch_s": time.time() - t0}
+               "loss": float(sum(sums.values())) / steps, "val_top1": val_top1}
+        if self.test_each_epoch:
+            row["test_top1"] = self._test_top1()
+        row.update(lr=lr, epoch_s=time.time() - t0)
         s.history.append(row)
         if val_top1 > s.best_val:
             s.best_val, s.best_epoch = val_top1, epoch
@@ -391,7 +396,7 @@ class Trainer:
         s = self.state
         if self.cfg.trial is not None:
             metrics = _finish_trial(self.cfg, self.out_dir, s.history, s.best_epoch, s.train_time, self.t_start,
-                                    self.ds, self.tracker)
+                                    self.ds, self.tracker, provenance(self.cfg, self.device, self.world_size))
         else:
             metrics = self.test_metrics()
             self.write_outputs(metrics)
@@ -434,11 +439,23 @@ class Trainer:
             "params": sum(p.numel() for p in self.distiller.student.parameters()),
             "n_train": len(self.train_split), "config_hash": cfg.config_hash, "dataset_fingerprint": ds.fingerprint,
             "device": str(device), "hparams": cfg.hparams, "hparams_source": cfg.hparams_source, **calib,
+            **self.best_test(), "provenance": provenance(cfg, device, self.world_size),
         }
         if "test_ood" in ds.splits:
             split = ds.splits["test_ood"]
             metrics["top1_ood"] = ood_score(ds, predict_split(predict, ds, split, device, r["eval_batch_size"]), split)
         return metrics
+
+    def best_test(self) -> dict:
+        """``top1_best_test``: the max over epochs of the test top-1 (the like-for-like
+        number for papers that select their epoch on the test split; never kdbench's
+        selection or ranking metric) and its epoch; both None when the recipe's
+        ``test_every_epoch`` is off (never a copy of the last epoch)."""
+        scores = [h.get("test_top1") for h in self.state.history]
+        if not self.test_each_epoch or not scores or any(v is None or math.isnan(v) for v in scores):
+            return {"top1_best_test": None, "top1_best_test_epoch": None}
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))   # ties: the earliest
+        return {"top1_best_test": scores[best], "top1_best_test_epoch": best + 1}
 
     def write_outputs(self, metrics: dict) -> None:
         """``model.pt``, ``history.csv``, ``artifacts.json`` and, last, ``metrics.json``
@@ -485,12 +502,12 @@ def _mean_over_ranks(sums: Dict[str, torch.Tensor], world) -> Dict[str, torch.Te
 
 
 def _finish_trial(cfg: RunConfig, out_dir: Path, history: List[dict], best_epoch: int, train_time: float,
-                  t_start: float, ds, tracker) -> dict:
+                  t_start: float, ds, tracker, prov: Optional[dict] = None) -> dict:
     """A tuning trial's outputs: its validation accuracies (last epoch: the selection
     score; best epoch) and history; no model, no test split."""
     metrics = trial_metrics(cfg, val_top1=history[-1]["val_top1"], val_top1_best=history[best_epoch]["val_top1"],
                             best_epoch=best_epoch + 1, train_s=train_time, wall_s=time.time() - t_start,
-                            dataset_fingerprint=ds.fingerprint)
+                            dataset_fingerprint=ds.fingerprint, provenance=prov)
     kio.write_text(_history_csv(history), out_dir / "history.csv")
     kio.write_json(metrics, out_dir / "metrics.json")
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
