@@ -331,7 +331,7 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
         {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "kd", "top1": 72.0,
          "source": "toy paper, Table 1", "selection": "last", "runs": 3},
         {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "method": "dkd", "top1": 60.0,
-         "source": "toy paper, Table 2", "selection": "best", "runs": 5},
+         "source": "toy paper, Table 2", "selection": "last", "runs": 5},
         {"dataset": "shapes", "teacher": "resnet14", "method": "teacher", "top1": 91.5, "source": "toy teachers",
          "runs": "unknown"},
     ]
@@ -354,6 +354,68 @@ def test_published_columns_and_reproduction_scorecard(runs, tmp_path):
     page = paths["html"].read_text()
     assert 'id="reproduction"' in page and "toy paper, Table 2" in page
     assert "Publ.\\ (\\%)" in paths["tex"].read_text()
+
+
+def test_each_published_selection_is_compared_with_our_number_of_that_selection(tmp_path):
+    """last -> our top1; best (on test) -> our top1_best_test, or "not recorded" (no
+    number, no Δ, no verdict; never our last epoch) where the runs did not score the test
+    split every epoch; unknown -> our top1, and the scorecard says the selection is unknown."""
+    best = {"kd": [0.80, 0.81, 0.82], "dkd": None, "vanilla": [0.66, 0.67, 0.68]}
+    recs = [dict(r, top1_best_test=None if best[r["method"]] is None else best[r["method"]][r["seed"]])
+            for r in records() if r["dataset"] == "shapes"]
+    pub = tmp_path / "published"
+    pub.mkdir()
+    entry = {"dataset": "shapes", "teacher": "resnet14", "student": "resnet8", "source": "toy"}
+    entries = [dict(entry, method="kd", top1=81.0, selection="best", runs=5),       # inside our best-on-test CI
+               dict(entry, method="dkd", top1=80.0, selection="best", runs=1),      # dkd did not record it
+               dict(entry, method="vanilla", top1=62.0, selection="last", runs=3),
+               dict(entry, method="teacher", top1=90.0, selection="unknown", runs="unknown")]
+    (pub / "shapes.yaml").write_text(yaml.safe_dump({"entries": entries}))
+    paths = write_board(runs_frame(recs), tmp_path / "board", figures=False, published_dir=pub,
+                        profile={"datasets": ["shapes"]})
+    board = pd.read_csv(paths["board"])
+    kd, dkd, van, t = (row(board, "shapes", m) for m in ("kd", "dkd", "vanilla", "teacher"))
+    m, lo, hi = bstats.mean_ci(best["kd"])
+    assert kd["published_compared_with"] == "top1_best_test" and kd["published_selection"] == "best"
+    assert (kd["published_ours"], kd["published_ours_ci_lo"], kd["published_ours_ci_hi"]) == pytest.approx((m, lo, hi))
+    assert kd["delta_vs_published"] == pytest.approx(m - 0.81) and kd["reproduces"] == True  # noqa: E712
+    # against our last epoch (0.72) kd would be "below": the selection decides
+    assert bstats.mean_ci(TOP1["kd"])[2] < 0.81
+    assert pd.isna(dkd["published_ours"]) and pd.isna(dkd["delta_vs_published"]) and pd.isna(dkd["reproduces"])
+    m, lo, hi = bstats.mean_ci(TOP1["vanilla"])
+    assert van["published_compared_with"] == "top1" and van["published_ours"] == pytest.approx(m)
+    assert van["delta_vs_published"] == pytest.approx(m - 0.62) and van["reproduces"] == True  # noqa: E712
+    assert t["published_compared_with"] == "top1" and t["published_ours"] == pytest.approx(0.9)
+    assert t["published_selection"] == "unknown" and pd.isna(t["reproduces"])   # one teacher seed: no CI
+    rep = paths["md"].read_text().split("## Reproduction scorecard")[1]
+    header = next(ln for ln in rep.splitlines() if ln.startswith("| Dataset"))
+    names = [c.strip() for c in header.split("|")[1:-1]]
+    lines = {}
+    for ln in rep.splitlines():
+        cells = dict(zip(names, (c.strip() for c in ln.split("|")[1:-1])))
+        if cells.get("Dataset") == "shapes":
+            lines[cells["Method"]] = cells
+    kd, dkd, van, t = (lines[m] for m in ("kd", "dkd", "vanilla", "teacher"))
+    assert (kd["Published %"], kd["Selection"], kd["Runs"], kd["Ours % [95 % CI]"]) == ("81.00", "best", "5",
+                                                                                          "81.00 [78.52, 83.48]")
+    assert kd["Our number"].startswith("top1_best_test, best epoch on test") and kd["Outcome"] == "reproduces"
+    assert dkd["Outcome"] == "not recorded" and dkd["Ours % [95 % CI]"] == "–" and dkd["Published %"] == "80.00"
+    assert van["Our number"] == "top1, last epoch" and van["Outcome"] == "reproduces" and van["Runs"] == "3"
+    assert "the published selection is unknown" in t["Our number"] and t["Outcome"] == "no CI"
+    assert "never a ranking metric" in rep
+    html = paths["html"].read_text()
+    assert "not recorded" in html and "top1_best_test, best epoch on test" in html
+
+
+def test_a_published_selection_outside_the_vocabulary_is_named(tmp_path):
+    from kdbench.board import published
+    from kdbench.errors import KDBenchError
+
+    (tmp_path / "shapes.yaml").write_text(yaml.safe_dump({"entries": [
+        {"dataset": "shapes", "teacher": "a", "student": "b", "method": "kd", "top1": 70.0, "source": "x",
+         "selection": "best_val"}]}))
+    with pytest.raises(KDBenchError, match="entry 0 has selection 'best_val'; expected one of last, best, unknown"):
+        published.load(["shapes"], tmp_path)
 
 
 def test_a_reference_of_another_recipe_gets_its_delta_but_no_verdict(runs, tmp_path):

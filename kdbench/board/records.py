@@ -5,6 +5,12 @@ record ``results/evals/{dataset}/{teacher}__{student}/{method}/s{seed}.json`` (w
 ``kdbench evaluate``), completed from the run's own ``metrics.json`` (epochs, config hash,
 calibration, the hyperparameters it ran with and their source) and from its teacher's
 ``metrics.json`` (``teacher_*`` columns: the teacher rows of the board are built from them).
+
+``top1_best_test`` (the max over epochs of the test top-1, recorded only with the recipe's
+``test_every_epoch``; empty otherwise) is the like-for-like number for papers that select
+their epoch on the test split: the reproduction scorecard compares such entries with it
+(:mod:`kdbench.board.published`); it is never a ranking metric. The :data:`PROVENANCE`
+columns say where each run was computed (:func:`kdbench.engine.runtime.provenance`).
 """
 from __future__ import annotations
 
@@ -29,23 +35,30 @@ METRICS = [
     "top1", "top1_sel", "top1_ood", "agreement", "agreement_ood", "expl_sim", "epg",
     "fss", "rs", "rs_residual", "unicam_epg_distilled", "unicam_epg_residual",
     "decision_consistency", "walk_partition_ari", "hierarchy_ari_tree", "tree_purity", "ece", "nll", "teacher_top1", "train_s", "train_img_s", "eval_s",
+    "top1_best_test",   # like-for-like only (papers that select on the test split), never ranked
 ]
 #: the teacher's numbers carried on every run (from the teacher's metrics.json): the
 #: teacher row of a cell is built from these, column <name> of the teacher row = teacher_<name>
-TEACHER_METRICS = ["top1", "top1_sel", "top1_ood", "ece", "nll", "train_s", "params", "epochs"]
+TEACHER_METRICS = ["top1", "top1_sel", "top1_ood", "ece", "nll", "train_s", "params", "epochs", "top1_best_test"]
 #: constant per row (the student's size), taken from the first seed
 CONSTANTS = ["params", "flops", "epochs"]
 #: per-run columns of runs.csv besides KEYS and METRICS
 #: per-stage lists, kept in runs.csv as JSON arrays (the teacher-tree table is built from them)
 STAGE_LISTS = ["fss_stages", "tree_purity_stages", "tree_purity_chance_stages", "tree_purity_p95_stages",
                "probe_coarse_stages", "probe_fine_stages"]
+#: where a run was computed: the keys of metrics.json's ``provenance`` (written by
+#: kdbench.engine.runtime.provenance), one runs.csv column each; never part of the config hash
+PROVENANCE = ["device_kind", "cpu_model", "cpu_capability", "gpu_name", "gpu_count", "gpu_capability",
+              "torch_version", "cuda_version", "cudnn_version", "world_size", "global_batch_size", "precision",
+              "compile", "channels_last"]
 RUN_EXTRA = ["seed", "teacher_seed", "params", "flops", "epochs", "best_epoch", *STAGE_LISTS, "fss_estimator",
-             "hparams", "hparams_source", "config_hash", "dataset_fingerprint"]
+             "hparams", "hparams_source", "config_hash", "dataset_fingerprint", "top1_best_test_epoch", *PROVENANCE]
 #: what the board says when a run record has no hparams_source (runs before the tuning stage)
 DEFAULT_SOURCE = "paper"
 #: read from the student run's metrics.json (the evaluation record wins where it has a value)
 FROM_TRAIN = ("epochs", "best_epoch", "config_hash", "dataset_fingerprint", "train_s", "train_img_s", "params",
-              "top1", "top1_sel", "top1_ood", "ece", "nll", "hparams", "hparams_source")
+              "top1", "top1_sel", "top1_ood", "ece", "nll", "hparams", "hparams_source", "top1_best_test",
+              "top1_best_test_epoch")
 
 
 def num(x) -> Optional[float]:
@@ -136,6 +149,8 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
         teacher = _read_whole(tdir / "metrics.json", problems, _command(
             params, "train-teacher", dataset=run["dataset"], arch=run["teacher"], seed=t_seed) + " --force") or {}
         rec = {k: train.get(k) for k in FROM_TRAIN}
+        prov = train.get("provenance") if isinstance(train.get("provenance"), dict) else {}
+        rec.update({k: prov.get(k) for k in PROVENANCE})
         rec.update({k: v for k, v in ev.items() if v is not None or k not in rec})
         rec.update({k: run[k] for k in KEYS + ["seed"]})
         rec.setdefault("teacher_seed", run["teacher_seed"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from kdbench.board.render import text as T
 from kdbench.board import trees as tree_table
 from kdbench.board.claims import scorecard
+from kdbench.board.published import OURS_TEXT
 
 
 def esc(s) -> str:
@@ -71,28 +72,47 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
                   ""]
     if reproduction is not None and len(reproduction):
         lines += ["## Reproduction scorecard", "", REPRO_NOTE, "", _table(reproduction_frame(reproduction),
-                                                                         ["left"] * 3 + ["right"] * 3 + ["left"] * 2),
-                  ""]
+                                                                         REPRO_ALIGN), ""]
     return "\n".join(lines)
 
 
-REPRO_NOTE = ("Published top-1 (params/published/) against ours: reproduces = the published value lies inside "
-              "the 95 % t-interval of our mean over seeds; below / above = our interval lies entirely below / "
-              "above it; no CI = fewer than two seeds; reference (other recipe) = the same architecture family "
-              "trained under another recipe (resolution, data, schedule): shown for scale, no verdict.")
+REPRO_NOTE = ("Published top-1 (params/published/) against our number of the same selection: a published "
+              "last-epoch number (or one whose selection is unknown: the row says so) against our top1, our last "
+              "epoch; a best-epoch-on-test number against our top1_best_test, the max over epochs of our test "
+              "top-1 (recorded only with the recipe's test_every_epoch; the like-for-like yardstick for papers "
+              "that select on the test split, never a ranking metric; not recorded = our runs did not score the "
+              "test split every epoch). Ours: mean over seeds [95 % t-interval]. Runs: how many runs the "
+              "published number averages. reproduces = the published value lies inside our interval; below / "
+              "above = our interval lies entirely below / above it; no CI = fewer than two seeds; reference "
+              "(other recipe) = the same architecture family trained under another recipe (resolution, data, "
+              "schedule): shown for scale, no verdict.")
+#: the reproduction scorecard's columns and their Markdown alignment
+REPRO_COLUMNS = ["Dataset", "Pair", "Method", "Published %", "Selection", "Runs", "Ours % [95 % CI]", "Our number",
+                 "Δ [our 95 % CI]", "Outcome", "Source"]
+REPRO_ALIGN = ["left"] * 3 + ["right", "left", "right", "right", "left", "right", "left", "left"]
+
+
+def _ours_text(r) -> str:
+    if T.isnan(r["ours_mean"]):
+        return T.DASH
+    ci = "" if T.isnan(r["ours_ci_lo"]) else f" [{r['ours_ci_lo'] * 100:.2f}, {r['ours_ci_hi'] * 100:.2f}]"
+    return f"{r['ours_mean'] * 100:.2f}{ci}"
 
 
 def reproduction_frame(rep):
+    """The reproduction scorecard (:func:`kdbench.board.published.scorecard`) as strings."""
     import pandas as pd
 
     rows = []
     for _, r in rep.iterrows():
+        sel = str(r["published_selection"])
+        runs = T.DASH if T.isnan(r["published_runs"]) else str(r["published_runs"])
         rows.append([r["dataset"], f"{r['teacher']} → {r['student']}", r["method"],
-                     T.fmt(r["top1_mean"] * 100, 2), T.fmt(r["published_top1"] * 100, 2),
+                     T.fmt(r["published_top1"] * 100, 2), sel, runs, _ours_text(r),
+                     OURS_TEXT.get(sel, str(r["ours_metric"])),
                      T.fmt_delta_ci(r["delta_vs_published"], r["delta_vs_published_ci_lo"],
                                     r["delta_vs_published_ci_hi"]), r["outcome"], r["published_source"]])
-    return pd.DataFrame(rows, columns=["Dataset", "Pair", "Method", "Ours %", "Published %",
-                                       "Δ [our 95 % CI]", "Outcome", "Source"])
+    return pd.DataFrame(rows, columns=REPRO_COLUMNS)
 
 
 def scorecard_frame(card):
