@@ -687,3 +687,58 @@ def test_notes_name_each_datasets_source(runs, tmp_path):
     md, page = paths["md"].read_text(), paths["html"].read_text()
     assert "a board. Data: shapes: release R, sha256 abc." in md and "plain:" not in md.split("\n\n")[1]
     assert "Data: shapes: release R, sha256 abc." in page
+
+
+# ----------------------------------------------------------------------------- provenance
+CPU_A = {"device_kind": "CPU AMD EPYC (ATen AVX512)", "torch_version": "2.14.1+cu130", "cuda_version": "13.0",
+         "cudnn_version": "92400", "world_size": 1, "compile": False}
+GPU_B = {"device_kind": "GPU NVIDIA H200 x1 (compute capability 9.0)", "torch_version": "2.14.1+cu130",
+         "cuda_version": "13.0", "cudnn_version": "92400", "world_size": 1, "compile": False}
+
+
+def _provenance_runs(kd_where):
+    """The shapes runs, every one on CPU_A but kd's (on ``kd_where``, per seed)."""
+    recs = [r for r in records() if r["dataset"] == "shapes"]
+    return runs_frame([dict(r, **(kd_where[r["seed"]] if r["method"] == "kd" else CPU_A)) for r in recs])
+
+
+def test_the_board_warns_in_a_cells_notes_when_its_runs_mix_provenances(tmp_path):
+    same = write_board(_provenance_runs([CPU_A] * 3), tmp_path / "same", figures=False,
+                       published_dir=tmp_path / "none")
+    runs = pd.read_csv(same["runs"])
+    assert (runs["device_kind"] == CPU_A["device_kind"]).all() and (runs["torch_version"] == "2.14.1+cu130").all()
+    assert pd.read_csv(same["board"])["cell_notes"].isna().all() and "Mixed provenance" not in same["md"].read_text()
+    mixed = write_board(_provenance_runs([CPU_A, GPU_B, GPU_B]), tmp_path / "mixed", figures=False,
+                        published_dir=tmp_path / "none")
+    notes = pd.read_csv(mixed["board"])["cell_notes"]
+    assert notes.notna().all() and notes.nunique() == 1    # the cell's note, on each of its rows
+    note = notes.iloc[0]
+    assert note.startswith("Mixed provenance in this cell: 7 run(s) on CPU AMD EPYC (ATen AVX512), torch 2.14.1+cu130")
+    assert "2 run(s) on GPU NVIDIA H200 x1 (compute capability 9.0), torch 2.14.1+cu130 (CUDA 13.0" in note
+    assert "bit-identity holds per CPU kind and torch build" in note
+    for key in ("md", "html", "tex"):
+        assert "Mixed provenance in this cell" in mixed[key].read_text(), key
+    # another torch build on the same CPU is mixed too; a run that records none beside ones that do is named
+    build = dict(CPU_A, torch_version="2.5.0+cpu", cuda_version=None, cudnn_version=None)
+    old = {k: None for k in CPU_A}
+    b = aggregate(_provenance_runs([CPU_A, build, old]))
+    assert "1 run(s) on CPU AMD EPYC (ATen AVX512), torch 2.5.0+cpu;" in b["cell_notes"].iloc[0]
+    assert "1 run(s) not recorded (trained before kdbench recorded provenance)" in b["cell_notes"].iloc[0]
+    # a board whose runs all predate the record says nothing (nothing is known)
+    assert (aggregate(runs_frame([r for r in records() if r["dataset"] == "shapes"]))["cell_notes"] == "").all()
+
+
+def test_compare_warns_when_it_pairs_runs_of_different_provenance():
+    from kdbench.errors import UnknownChoiceError
+
+    runs = _provenance_runs([CPU_A, GPU_B, GPU_B])
+    table = compare(runs, "kd")
+    by_other = dict(zip(table["other"], table["provenance_note"]))
+    assert by_other["vanilla"].startswith("runs of different provenance paired: kd: 2 run(s) on GPU NVIDIA H200")
+    assert "vanilla: 3 run(s) on CPU AMD EPYC" in by_other["vanilla"]
+    text = format_compare(table)
+    assert text.count("warning: runs of different provenance paired") == 2    # vs vanilla, vs dkd
+    same = compare(_provenance_runs([CPU_A] * 3), "kd")
+    assert (same["provenance_note"] == "").all() and "warning:" not in format_compare(same)
+    with pytest.raises(UnknownChoiceError, match="never a ranking metric"):
+        compare(runs.assign(top1_best_test=0.5), "kd", metric="top1_best_test")

@@ -22,6 +22,9 @@ when the seeds disagree), and for each baseline B in (kd, vanilla):
   The teacher row's Δ is a reference with its CI but no part of the family (its
   ``_p_holm`` is empty).
 
+``cell_notes``: the cell's warnings, the same on each of its rows (today: runs of more than
+one provenance, :func:`kdbench.board.provenance.cell_note`; empty when none).
+
 Rows: datasets and pairs in the given (profile) order; within a cell the teacher first,
 then the students best first.
 """
@@ -34,6 +37,7 @@ from kdbench.board import stats
 from kdbench.board.records import CELL, CONSTANTS, DEFAULT_SOURCE, KEYS, METRICS, TEACHER_METRICS, teacher_values
 from kdbench.board.published import COLUMNS as PUBLISHED
 from kdbench.board import published as pub
+from kdbench.board import provenance
 
 TEACHER = "teacher"
 BASELINES = ("kd", "vanilla")
@@ -48,7 +52,7 @@ def board_columns() -> List[str]:
     deltas = [c for b in BASELINES for c in delta_columns(b)]
     return (KEYS + ["n_seeds", "rank", "top1_mean", "top1_std"] + deltas
             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std") if m != "top1"] + CONSTANTS
-            + ["hparams", "hparams_source", "fss_estimator"] + PUBLISHED)
+            + ["hparams", "hparams_source", "fss_estimator"] + PUBLISHED + ["cell_notes"])
 
 
 def _ordered(values, order: Optional[Sequence]) -> list:
@@ -176,6 +180,8 @@ def aggregate(runs, *, datasets: Optional[Sequence[str]] = None, pairs: Optional
     ranks = board[students].groupby(CELL, sort=False)["top1_mean"].rank(ascending=False, method="min")
     board.loc[students, "rank"] = ranks.astype("Int64")
     pub.attach(board, runs, published or [])
+    notes = provenance.cell_notes(runs)
+    board["cell_notes"] = [notes.get(c, "") for c in zip(board["dataset"], board["teacher"], board["student"])]
 
     ds_order = _ordered(board["dataset"], datasets)
     pair_order = _ordered(list(zip(board["teacher"], board["student"])),

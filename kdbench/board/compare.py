@@ -8,20 +8,26 @@ student methods of the cell, on the metric compared), so a comparison's p_holm i
 the board shows, whatever ``--vs`` selects. The report ends with the overall summary
 (:func:`summary`, :mod:`kdbench.board.overall`): METHOD's mean rank over the cells with
 its bootstrap interval, and wins / ties / losses against every other method.
+A comparison whose two methods' runs ran under more than one provenance (device kind,
+torch build: :mod:`kdbench.board.provenance`) says so (``provenance_note``, and a line
+under it in the text). ``top1_best_test`` is refused as the metric: it is the like-for-like
+yardstick for papers that select on the test split, never a ranking metric.
 """
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
 
-from kdbench.board import overall, stats
+from kdbench.board import overall, provenance, stats
 from kdbench.board.records import CELL, METRICS
 from kdbench.board.render.text import PERCENT, fmt, fmt_p
 from kdbench.errors import UnknownChoiceError
 
 COLUMNS = ["dataset", "teacher", "student", "method", "other", "n", "n_other", "n_pairs", "test", "mean",
-           "other_mean", "diff", "ci_lo", "ci_hi", "p_value", "p_holm"]
+           "other_mean", "diff", "ci_lo", "ci_hi", "p_value", "p_holm", "provenance_note"]
 #: the summary's columns (``--format csv`` / ``json``: after the per-cell rows, ``scope`` = overall)
+#: recorded for the reproduction scorecard only: never compared or ranked
+NOT_RANKED = "top1_best_test"
 SUMMARY_COLUMNS = ["method", "other", "metric", "n_cells", "mean_rank", "rank_ci_lo", "rank_ci_hi", "wins", "ties",
                    "losses"]
 
@@ -34,8 +40,11 @@ def _check(runs, method: str, metric: str, source: Optional[str]) -> None:
                                  hint=f"{where}Pass the profile whose board ran it (--params PROFILE.yaml) or "
                                       "that board's runs.csv (--runs), or add it to this profile's methods and "
                                       "run the pipeline first")
-    if metric not in runs.columns:
-        raise UnknownChoiceError("metric", metric, [m for m in METRICS if m in runs.columns])
+    if metric not in runs.columns or metric == NOT_RANKED:
+        raise UnknownChoiceError("metric", metric, [m for m in METRICS if m in runs.columns and m != NOT_RANKED],
+                                 hint=f"{NOT_RANKED} is the like-for-like yardstick for papers that select on the "
+                                      f"test split (the reproduction scorecard), never a ranking metric"
+                                      if metric == NOT_RANKED else "")
 
 
 def compare(runs, method: str, metric: str = "top1", others: Optional[Sequence[str]] = None,
@@ -58,7 +67,8 @@ def compare(runs, method: str, metric: str = "top1", others: Optional[Sequence[s
                          "other": other, "n": int(len(a)), "n_other": d["n_b"],
                          "n_pairs": d["n"] if d["test"] == stats.PAIRED else 0, "test": d["test"],
                          "mean": d["a_mean"], "other_mean": d["b_mean"], "diff": d["delta"],
-                         "ci_lo": d["ci_lo"], "ci_hi": d["ci_hi"], "p_value": d["p_value"], "p_holm": d["p_holm"]})
+                         "ci_lo": d["ci_lo"], "ci_hi": d["ci_hi"], "p_value": d["p_value"], "p_holm": d["p_holm"],
+                         "provenance_note": provenance.pair_note(g, method, other)})
     out = pd.DataFrame(rows, columns=COLUMNS)
     if not out.empty:
         out["_c"] = out.groupby(CELL, sort=False).ngroup()
@@ -136,6 +146,8 @@ def format_compare(table, metric: str = "top1", alpha: float = stats.ALPHA, *,
                          f"p {fmt_p(r['p_value']):>8}  p_holm {fmt_p(r['p_holm']):>8}  "
                          f"{r['test'] or 'no test'}  {method} mean {fmt(r['mean'] * scale)}, {r['other']} mean "
                          f"{fmt(r['other_mean'] * scale)} (n={r['n_other']}){sig}")
+            if isinstance(r.get("provenance_note"), str) and r["provenance_note"]:
+                lines.append(f"      warning: {r['provenance_note']}")
     lines.append(f"\n* Holm-corrected p < {alpha}")
     if summ is not None and len(summ):
         lines += ["", summary_text(summ, alpha)]

@@ -24,7 +24,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5re
      padding:0 1rem;color:#1d2433;line-height:1.4}
 h1{margin-bottom:.2rem} h2{border-bottom:2px solid #dde3ea;padding-bottom:.2rem;margin-top:2rem}
 h3{margin:1.2rem 0 .3rem;font-weight:600}
-.note{color:#5a6578;font-size:.86rem;max-width:1100px}
+.note{color:#5a6578;font-size:.86rem;max-width:1100px} .warn{color:#8a4b00}
 .wrap{overflow-x:auto}
 table{border-collapse:collapse;font-size:.78rem;margin:.3rem 0 1rem}
 th,td{padding:.25rem .35rem;border-bottom:1px solid #e6eaef;text-align:right;white-space:nowrap}
@@ -253,6 +253,7 @@ def render_html(board, runs, claims=None, figures: Optional[Dict[str, Path]] = N
             parts.append(f'<h2 id="ds-{e(d)}">{e(d)}</h2>')
             current = d
         parts.append(f"<h3>{e(t)} → {e(s)}</h3>")
+        parts += [f'<p class="note warn">{e(n)}</p>' for n in T.cell_notes(g)]
         best = T.best_index(g)
 
         def row_class(i, row, best=best):

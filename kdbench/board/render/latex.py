@@ -54,6 +54,7 @@ def render_latex(board, caption: str = "kdbench leaderboard", overall=None, over
                 f"\\caption{{{tex_escape(caption)} --- {tex_escape(d)}: {tex_escape(t)} $\\rightarrow$ "
                 f"{tex_escape(s)}. Mean $\\pm$ std over seeds; $\\Delta$: paired top-1 difference in points with "
                 "its 95\\,\\% CI over seeds; $p$: paired $t$-test, Holm-corrected over every pairwise comparison "
-                "of the table's methods; -- = does not apply.}",
+                "of the table's methods; -- = does not apply."
+                + "".join(f" {tex_escape(n)}" for n in T.cell_notes(g)) + "}",
                 "\\resizebox{\\linewidth}{!}{%", tabular.rstrip("\n") + "}", "\\end{table}", ""]
     return "\n".join(out)

@@ -61,6 +61,7 @@ def render_markdown(board, title: str = "kdbench leaderboard", note: str = "", r
             lines += [f"## {esc(d)}", ""]
             current = d
         lines += [f"### {esc(t)} → {esc(s)}", ""]
+        lines += [f"**Note:** {esc_text(n)}" for n in T.cell_notes(g)] + ([""] if T.cell_notes(g) else [])
         frame = T.display_frame(g, columns)
         best = T.best_index(g)
         if best is not None:

@@ -180,6 +180,13 @@ def cells(board):
         yield d, t, s, g
 
 
+def cell_notes(g) -> List[str]:
+    """A cell's warnings (leaderboard.csv ``cell_notes``: one text per cell, on each row)."""
+    if "cell_notes" not in g.columns:
+        return []
+    return [str(n) for n in dict.fromkeys(g["cell_notes"].tolist()) if isinstance(n, str) and n]
+
+
 def best_index(g):
     """The index of the best student row of a table (None without top-1)."""
     st = g[g["method"] != "teacher"]["top1_mean"].dropna()
