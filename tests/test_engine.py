@@ -269,6 +269,9 @@ def test_test_every_epoch_records_best_test_and_leaves_training_alone(tiny, tmp_
     assert prov["world_size"] == 1 and prov["global_batch_size"] == off.recipe["batch_size"]
     assert (prov["precision"], prov["compile"], prov["channels_last"]) == ("fp32", False, False)
     assert m_off["config_hash"] == off.config_hash   # provenance is recorded, never hashed
+    from kdbench.board.records import PROVENANCE
+
+    assert sorted(prov) == sorted(PROVENANCE)   # each key one runs.csv column
 
 
 def test_corrupt_checkpoint_restarts_cleanly(tiny, tmp_path, capsys):

@@ -584,7 +584,9 @@ def _evaluated_runs(tmp_path):
             sdir = results / "students" / "shapes" / "resnet14__resnet8" / method / f"s{seed}"
             sdir.mkdir(parents=True)
             config_hash = student_config(full, "shapes", "resnet14", "resnet8", method, seed).config_hash
-            (sdir / "metrics.json").write_text(json.dumps({"epochs": 1, "best_epoch": 1, "config_hash": config_hash}))
+            where = GPU_B if (method, seed) == ("dkd", 2) else CPU_A   # runtime.provenance's keys, two places
+            (sdir / "metrics.json").write_text(json.dumps({"epochs": 1, "best_epoch": 1, "config_hash": config_hash,
+                                                           "provenance": dict(where, global_batch_size=64)}))
     tdir = results / "teachers" / "shapes" / "resnet14" / "s0"
     tdir.mkdir(parents=True)
     (tdir / "metrics.json").write_text(json.dumps({"top1": 0.9}))
@@ -602,6 +604,10 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert board["method"].iloc[0] == "teacher" and board["top1_mean"].iloc[0] == pytest.approx(0.9)
     runs = pd.read_csv(results / "leaderboard" / "runs.csv")
     assert runs["config_hash"].nunique() == 9  # 3 methods x 3 seeds
+    # the provenance of each run's metrics.json, one runs.csv column per key
+    assert runs["device_kind"].tolist().count(GPU_B["device_kind"]) == 1 and (runs["global_batch_size"] == 64).all()
+    assert (runs["cudnn_version"] == 92400).all() and runs["top1_best_test"].isna().all()
+    assert board["cell_notes"].str.startswith("Mixed provenance in this cell: 8 run(s) on CPU").all()
 
     capsys.readouterr()
     assert main(["compare", "dkd", "--params", str(params), "--format", "csv"]) == 0
@@ -611,6 +617,7 @@ def test_cli_leaderboard_and_compare(tmp_path, capsys, monkeypatch):
     assert out.loc[out["other"] == "kd", "p_value"].iloc[0] == pytest.approx(
         stats.ttest_rel(TOP1["dkd"], TOP1["kd"]).pvalue)
     assert (out["test"] == "paired_t").all()
+    assert out["provenance_note"].str.startswith("runs of different provenance paired: dkd: 2 run(s) on CPU").all()
     assert main(["compare", "nope", "--runs", str(results / "leaderboard" / "runs.csv")]) == 2
     assert "unknown method on the board 'nope'" in capsys.readouterr().err
 
