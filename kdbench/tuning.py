@@ -37,6 +37,7 @@ from kdbench.config.layout import trial_dir  # noqa: F401                       
 from kdbench.config.layout import tuned_export as export_path  # noqa: F401
 from kdbench.config.layout import tuning_cell as cell_dir  # noqa: F401
 from kdbench.config.loading import pair_methods, recipe_for
+from kdbench.config.run import hashed_recipe
 from kdbench.data.splits import HELD_OUT, HeldOutSplits, validation_only  # noqa: F401  (the trials' view of a dataset)
 from kdbench.io import write_json
 from kdbench.methods import get_method
@@ -269,7 +270,9 @@ def export(profile: dict, source: str) -> str:
     tuning = profile["tuning"]
     doc = {"protocol": {"profile": source, "trials": int(tuning["trials"]), "seeds": list(tuning["seeds"]),
                         "score": SCORE, "tie_break": TIE_BREAK,
-                        "recipe": {d: recipe_for(profile, "student_train", d) for d in profile["datasets"]},
+                        # hash-neutral defaults left out, as in the config hash: an export is unchanged
+                        "recipe": {d: hashed_recipe(recipe_for(profile, "student_train", d))
+                                   for d in profile["datasets"]},
                         "datasets": profile["datasets"]},
            "entries": entries}
     header = (f"# Hyperparameters selected on the validation split by the tuning profile {source}:\n"
