@@ -24,9 +24,9 @@ Outputs go to the profile's results_dir (default results/) unless --out is given
 """
 
 
-def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
-    p.add_argument("--params", default="params/default.yaml",
-                   help="params profile (YAML); default: %(default)s")
+def _common(p: argparse.ArgumentParser, *, run: bool = True,
+            params_help: str = "params profile (YAML); default: %(default)s") -> None:
+    p.add_argument("--params", default="params/default.yaml", help=params_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. student_train.epochs=3 (repeatable)")
     if run:
@@ -222,14 +222,15 @@ def _add_board_commands(sub) -> None:
                                    "family (every pairwise comparison of a cell's methods); then METHOD's overall "
                                    "rank with its interval and its wins / ties / losses.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
-    _common(p, run=False)
+    _common(p, run=False, params_help="params profile (YAML); default: params/default.yaml or, where its board "
+                                      "does not hold METHOD, the one profile in params/ whose results do")
     p.add_argument("method", help="the method to compare (must be on the board)")
     p.add_argument("--metric", default="top1", help="per-run metric (runs.csv column); default: %(default)s")
     p.add_argument("--vs", nargs="+", metavar="METHOD", help="only these other methods")
     p.add_argument("--runs", type=Path, help="a runs.csv to read instead of the profile's evaluations")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--alpha", type=float, default=0.05, help="level for the Holm-corrected p marked with *; default: %(default)s")
-    p.set_defaults(run="compare")
+    p.set_defaults(run="compare", params=None)  # None: commands.compare looks for the board
 
 
 def _add_tracking_commands(sub) -> None:

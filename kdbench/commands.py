@@ -350,7 +350,52 @@ def leaderboard(args) -> Outcome:
                           f"({', '.join(p.name for p in paths.values() if p.exists())})")
 
 
+#: the profile ``kdbench compare`` reads when no --params is given
+DEFAULT_PARAMS = "params/default.yaml"
+
+
+def boards_holding(method: str, params_dir: os.PathLike, overrides=()) -> list:
+    """The profiles ``params_dir/*.yaml`` (sorted; one that does not load is skipped)
+    that list ``method`` and whose results hold at least one evaluation record of it."""
+    found = []
+    for path in sorted(Path(params_dir).glob("*.yaml")):
+        try:
+            profile = load_profile_with_overrides(path, list(overrides))
+        except KDBenchError:
+            continue
+        root = Path(profile.get("results_dir", "results"))
+        if any(layout.eval_record(root, r["dataset"], r["teacher"], r["student"], method, r["seed"]).is_file()
+               for r in expected_runs(profile) if r["method"] == method):
+            found.append(path.as_posix())
+    return found
+
+
+def _compare_records(args) -> tuple:
+    """The records ``compare`` reads and a note for stderr. Without --params: the default
+    profile's, or, where its board does not hold the method, those of the one profile in
+    params/ whose results do (named in the note); several such profiles are an error that
+    names them."""
+    if args.params is not None:
+        return collect_records(profile_of(args)), ""
+    args.params = DEFAULT_PARAMS
+    records = collect_records(profile_of(args))
+    if any(r.get("method") == args.method for r in records):
+        return records, ""
+    found = [p for p in boards_holding(args.method, Path(DEFAULT_PARAMS).parent, args.overrides)
+             if p != DEFAULT_PARAMS]
+    if len(found) > 1:
+        raise KDBenchError(f"compare: method {args.method!r} is not on the board of {DEFAULT_PARAMS}; these "
+                           f"profiles' results hold it: {', '.join(found)} (pass one with --params)")
+    if not found:
+        return records, ""  # report's check names --params and --runs
+    args.params = found[0]
+    return collect_records(profile_of(args)), (f"compare: {args.method!r} is not on the board of {DEFAULT_PARAMS}; "
+                                               f"reading {found[0]} (the one profile in params/ whose results hold "
+                                               f"it; --params chooses another)")
+
+
 def compare(args) -> Outcome:
+    note = ""
     if args.runs:
         import pandas as pd  # only `compare --runs` reads a CSV: pandas stays out of the other commands
 
@@ -358,9 +403,10 @@ def compare(args) -> Outcome:
             raise KDBenchError(f"{args.runs} not found (it is the board's runs.csv: run the pipeline first)")
         runs = pd.read_csv(args.runs)
     else:
-        runs = runs_frame(collect_records(profile_of(args)))
-    return Outcome(stdout=report(runs, args.method, args.metric, args.vs or None, args.format, args.alpha,
-                                 source=str(args.runs) if args.runs else profile_ref(args)))
+        records, note = _compare_records(args)
+        runs = runs_frame(records)
+    return Outcome(stderr=note, stdout=report(runs, args.method, args.metric, args.vs or None, args.format,
+                                              args.alpha, source=str(args.runs) if args.runs else profile_ref(args)))
 
 
 # --------------------------------------------------------------------------- tracking

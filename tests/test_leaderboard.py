@@ -625,3 +625,33 @@ def test_notes_name_each_datasets_source(runs, tmp_path):
     md, page = paths["md"].read_text(), paths["html"].read_text()
     assert "a board. Data: shapes: release R, sha256 abc." in md and "plain:" not in md.split("\n\n")[1]
     assert "Data: shapes: release R, sha256 abc." in page
+
+
+def test_compare_without_params_finds_the_one_board_that_holds_the_method(tmp_path, capsys, monkeypatch):
+    """`kdbench compare dkd` with no --params: params/default.yaml's board does not hold dkd,
+    so the one profile of params/ whose results do is read (named on stderr); two such
+    profiles are an error naming both; a method no board holds keeps the error naming --params."""
+    from kdbench.cli import main
+    from kdbench.commands import boards_holding
+
+    results, params = _evaluated_runs(tmp_path)
+    (tmp_path / "params").mkdir()
+    profile = yaml.safe_load(params.read_text())
+    params.rename(tmp_path / "params" / "mine.yaml")
+    (tmp_path / "params" / "default.yaml").write_text(yaml.safe_dump(
+        {**profile, "methods": ["vanilla", "kd"], "results_dir": str(tmp_path / "elsewhere")}))
+    (tmp_path / "params" / "broken.yaml").write_text("methods: [nope]\n")  # skipped, not an error
+    monkeypatch.chdir(tmp_path)
+    assert boards_holding("dkd", "params") == ["params/mine.yaml"]
+    assert boards_holding("kd", "params") == ["params/mine.yaml"]  # default's results hold no kd record
+    capsys.readouterr()
+    assert main(["compare", "dkd", "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    assert "reading params/mine.yaml" in out.err and "'dkd' is not on the board of params/default.yaml" in out.err
+    assert set(pd.read_csv(__import__("io").StringIO(out.out))["other"].dropna()) == {"kd", "vanilla"}
+    assert main(["compare", "nope"]) == 2
+    assert "--params" in capsys.readouterr().err
+    (tmp_path / "params" / "other.yaml").write_text(yaml.safe_dump(profile))
+    assert main(["compare", "dkd"]) == 2
+    err = capsys.readouterr().err
+    assert "params/mine.yaml, params/other.yaml (pass one with --params)" in err
