@@ -202,3 +202,29 @@ def test_every_dataset_declares_every_option_type_and_range():
             if p.default is not None:
                 assert jsonschema.Draft202012Validator(OPTION_TYPES[name][key]).is_valid(p.default), (name, key)
             assert any(k in OPTION_TYPES[name][key] for k in ("type", "enum")), (name, key)
+
+
+def test_a_method_without_a_params_file_is_labelled_defaults_not_paper(monkeypatch):
+    """Issue 24: a plugin (no params/methods/<m>.yaml, the class's default_hparams) runs
+    with hparams_source "defaults"; every shipped method has its params file and keeps
+    "paper" (so its config hash, which includes the source, is unchanged)."""
+    import torch.nn.functional as F
+
+    from kdbench.hparams import untuned_source
+    from kdbench.methods import METHODS, Distiller, iter_method_names
+
+    class Plugin(Distiller):
+        needs_teacher = False
+        hparam_names = ("smoothing",)
+        default_hparams = {"smoothing": 0.1}
+
+        def loss(self, batch):
+            return {"ce": F.cross_entropy(self.student(batch["image"]), batch["label"])}
+
+    monkeypatch.setitem(METHODS._entries, "_plugin_no_file", Plugin)
+    prof = with_defaults(copy.deepcopy(TINY_PROFILE))
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "_plugin_no_file", 0)
+    assert cfg.hparams == {"smoothing": 0.1} and cfg.hparams_source == "defaults"
+    assert student_config(prof, "shapes", "resnet14", "resnet8", "kd", 0).hparams_source == "paper"
+    shipped = [m for m in iter_method_names() if not m.startswith("_")]
+    assert len(shipped) > 25 and {m: untuned_source(m) for m in shipped} == dict.fromkeys(shipped, "paper")
