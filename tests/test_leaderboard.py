@@ -655,3 +655,27 @@ def test_compare_without_params_finds_the_one_board_that_holds_the_method(tmp_pa
     assert main(["compare", "dkd"]) == 2
     err = capsys.readouterr().err
     assert "params/mine.yaml, params/other.yaml (pass one with --params)" in err
+
+
+def test_tuned_against_untuned_is_warned_in_the_notes_and_in_compare(runs, board):
+    """Issue 24: on shapes, dkd ran tuned and kd on its paper values: the board's notes and
+    `kdbench compare` warn about that cell (and only it); vanilla has no hyperparameters
+    and is neither; a comparison of untuned methods only is not warned about."""
+    from kdbench.board.compare import report
+    from kdbench.board.hparams_mix import compare_warning, mixed_cells
+    from kdbench.board.render.text import notes
+
+    for frame in (runs, board):
+        assert mixed_cells(frame) == [{"cell": ("shapes", "resnet14", "resnet8"),
+                                       "tuned": {"dkd": "tuned (8 trials, val)"}, "untuned": {"kd": "paper"}}]
+    note = notes(board)
+    assert "shapes resnet14 → resnet8: untuned kd (paper) against tuned dkd (tuned (8 trials, val))" in note
+    assert "plain" not in note.split("Warning")[1]
+    assert notes(board[board["dataset"] == "plain"]).count("Warning") == 0
+    warn = compare_warning(runs, "kd")
+    assert warn.startswith("warning: kd is compared with methods tuned differently") and warn.count("\n") == 1
+    assert "shapes: resnet14 -> resnet8: kd (paper) vs dkd (tuned (8 trials, val))" in warn
+    assert compare_warning(runs, "kd", others=["vanilla"]) == "" and compare_warning(runs, "vanilla") == ""
+    assert report(runs, "dkd").startswith("warning: dkd is compared")
+    assert report(runs, "kd", others=["vanilla"]).startswith("kd vs vanilla")
+    assert not report(runs, "dkd", fmt_name="csv").startswith("warning")
