@@ -128,7 +128,8 @@ def _add_teacher_commands(sub) -> None:
 
 
 def _add_student_commands(sub) -> None:
-    """The subcommands distill and the tuning protocol (tune-trial, tune-select, tune-export)."""
+    """The subcommands distill and the tuning protocol (tune-trial, tune-select, tune-export,
+    tune-method)."""
     p = sub.add_parser("distill", help="train a student with a distillation method",
                        description="Distil TEACHER into STUDENT with METHOD (vanilla = the student alone) using "
                                    "the profile's student_train recipe and params/methods/METHOD.yaml. The teacher "
@@ -174,6 +175,20 @@ def _add_student_commands(sub) -> None:
     _common(p, run=False)
     p.add_argument("--out", type=Path, help="output file (default: RESULTS_DIR/tuning/tuned.yaml)")
     p.set_defaults(run="tune_export")
+
+    p = sub.add_parser("tune-method", help="tune one method on a board's cells and merge it into the tuned file",
+                       description="Run ONE method's tuning trials and selections on the cells of the board's "
+                                   "profile (the workflow's tune rules, with the tuning profile that made the board's "
+                                   "tuned: file restricted to that method), then merge its selections into that file: "
+                                   "its entries replaced or added, every other entry byte for byte as it was "
+                                   "(docs/hyperparameters.md).",
+                       epilog="example: kdbench tune-method --params params/default.yaml --method mine --dry-run")
+    _common(p, run=False)
+    p.add_argument("--method", required=True, help="the method to tune (in the profile, with search: axes)")
+    p.add_argument("--tuning-profile", help="the tuning profile (default: the one the tuned file names)")
+    p.add_argument("--cores", default="all", help="snakemake --cores; default: %(default)s")
+    p.add_argument("--dry-run", action="store_true", help="show the workflow's jobs; run and merge nothing")
+    p.set_defaults(run="tune_method")
 
 
 def _add_board_commands(sub) -> None:
