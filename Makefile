@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CORES  ?= all
 STAMP  := $(VENV)/.kdbench-installed
 
-.PHONY: venv data run smoke tune test clean-results
+.PHONY: venv data run smoke tune tune-method test clean-results
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ smoke: venv
 tune: data
 	$(VENV)/bin/snakemake --cores $(CORES) tune --configfile params/tune-default.yaml
 	cp results/tuning/tuned.yaml params/tuned/default.yaml
+
+# ONE method's selection (METHOD=mine) on the default board's cells, merged into
+# params/tuned/default.yaml; the other methods are not re-tuned, their entries not touched
+PARAMS ?= params/default.yaml
+tune-method: data
+	@test -n "$(METHOD)" || { echo "make tune-method METHOD=<name> [PARAMS=params/default.yaml]"; exit 2; }
+	$(VENV)/bin/kdbench tune-method --params $(PARAMS) --method $(METHOD) --cores $(CORES)
 
 test: venv
 	$(PY) -m pytest -q -n 2 --dist loadfile

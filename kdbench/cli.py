@@ -24,9 +24,9 @@ Outputs go to the profile's results_dir (default results/) unless --out is given
 """
 
 
-def _common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
-    p.add_argument("--params", default="params/default.yaml",
-                   help="params profile (YAML); default: %(default)s")
+def _common(p: argparse.ArgumentParser, *, run: bool = True,
+            params_help: str = "params profile (YAML); default: %(default)s") -> None:
+    p.add_argument("--params", default="params/default.yaml", help=params_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. student_train.epochs=3 (repeatable)")
     if run:
@@ -128,7 +128,8 @@ def _add_teacher_commands(sub) -> None:
 
 
 def _add_student_commands(sub) -> None:
-    """The subcommands distill and the tuning protocol (tune-trial, tune-select, tune-export)."""
+    """The subcommands distill and the tuning protocol (tune-trial, tune-select, tune-export,
+    tune-method)."""
     p = sub.add_parser("distill", help="train a student with a distillation method",
                        description="Distil TEACHER into STUDENT with METHOD (vanilla = the student alone) using "
                                    "the profile's student_train recipe and params/methods/METHOD.yaml. The teacher "
@@ -174,6 +175,20 @@ def _add_student_commands(sub) -> None:
     _common(p, run=False)
     p.add_argument("--out", type=Path, help="output file (default: RESULTS_DIR/tuning/tuned.yaml)")
     p.set_defaults(run="tune_export")
+
+    p = sub.add_parser("tune-method", help="tune one method on a board's cells and merge it into the tuned file",
+                       description="Run ONE method's tuning trials and selections on the cells of the board's "
+                                   "profile (the workflow's tune rules, with the tuning profile that made the board's "
+                                   "tuned: file restricted to that method), then merge its selections into that file: "
+                                   "its entries replaced or added, every other entry byte for byte as it was "
+                                   "(docs/hyperparameters.md).",
+                       epilog="example: kdbench tune-method --params params/default.yaml --method mine --dry-run")
+    _common(p, run=False)
+    p.add_argument("--method", required=True, help="the method to tune (in the profile, with search: axes)")
+    p.add_argument("--tuning-profile", help="the tuning profile (default: the one the tuned file names)")
+    p.add_argument("--cores", default="all", help="snakemake --cores; default: %(default)s")
+    p.add_argument("--dry-run", action="store_true", help="show the workflow's jobs; run and merge nothing")
+    p.set_defaults(run="tune_method")
 
 
 def _add_board_commands(sub) -> None:
@@ -222,14 +237,15 @@ def _add_board_commands(sub) -> None:
                                    "family (every pairwise comparison of a cell's methods); then METHOD's overall "
                                    "rank with its interval and its wins / ties / losses.",
                        epilog="example: kdbench compare e2kd --params params/default.yaml --metric top1_ood")
-    _common(p, run=False)
+    _common(p, run=False, params_help="params profile (YAML); default: params/default.yaml or, where its board "
+                                      "does not hold METHOD, the one profile in params/ whose results do")
     p.add_argument("method", help="the method to compare (must be on the board)")
     p.add_argument("--metric", default="top1", help="per-run metric (runs.csv column); default: %(default)s")
     p.add_argument("--vs", nargs="+", metavar="METHOD", help="only these other methods")
     p.add_argument("--runs", type=Path, help="a runs.csv to read instead of the profile's evaluations")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--alpha", type=float, default=0.05, help="level for the Holm-corrected p marked with *; default: %(default)s")
-    p.set_defaults(run="compare")
+    p.set_defaults(run="compare", params=None)  # None: commands.compare looks for the board
 
 
 def _add_tracking_commands(sub) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,10 @@ from pathlib import Path
 from kdbench import io as kio
 from kdbench.board import build as build_board
 from kdbench.board.compare import report
+from kdbench.board.hparams_mix import compare_warning
 from kdbench.board.records import collect_records, expected_runs, runs_frame
 from kdbench.config import layout
-from kdbench.config.loading import teacher_seed_of
+from kdbench.config.loading import load_yaml, teacher_seed_of
 from kdbench.config.run import teacher_config
 from kdbench.data import list_datasets
 from kdbench.data.cache import DataCacheError, load_dataset
@@ -32,13 +35,15 @@ from kdbench.engine.trainer import CHECKPOINT, NonFiniteLossError, run, trial_me
 from kdbench.errors import KDBenchError
 from kdbench.evaluation.run import evaluate_run
 from kdbench.hparams import method_hparams, student_config
+from kdbench.hparams import resolve as resolve_params_path
 from kdbench.integrity import require_whole
 from kdbench.methods import iter_method_names
 from kdbench.models import list_models
 from kdbench.profile import check_in_profile, load_profile_with_overrides
 from kdbench.teachers import expected_teacher, fetch_teachers, import_teacher, used_teachers, verify_teachers
 from kdbench.tracking import SPOOL_NAME, Tracker, init_store, sync_spools
-from kdbench.tuning import export, trial_config, tuned_methods, tuning_of, write_selection
+from kdbench.tuning import (export, merge_entries, restricted_profile, selection_entries, trial_config,
+                            tuned_methods, tuning_of, write_selection)
 
 
 @dataclass
@@ -249,6 +254,57 @@ def tune_export(args) -> Outcome:
     return Outcome(stderr=f"selection of {args.params} -> {out}")
 
 
+def _tune_method_plan(args) -> dict:
+    """What ``tune-method`` runs: the board's tuned file, the one-method tuning profile
+    (written beside the trials), the selections it makes; checked before any job."""
+    board = profile_of(args)
+    if not board.get("tuned"):
+        raise KDBenchError(f"tune-method: {args.params} has no tuned: selection file to merge into (a profile "
+                           f"with tuning: runs its own trials: snakemake --configfile {args.params})")
+    tuned = resolve_params_path(board["tuned"])
+    protocol = load_yaml(tuned).get("protocol") or {}
+    source = args.tuning_profile or protocol.get("profile")
+    if not source or not resolve_params_path(source).is_file():
+        raise KDBenchError(f"tune-method: the tuning profile {source!r} of {tuned} is not there (--tuning-profile "
+                           f"FILE names the one that made it)")
+    restricted = Path(board["results_dir"]) / "tuning" / f"tune-method-{args.method}.yaml"
+    kio.write_text(restricted_profile(resolve_params_path(source), args.method), restricted)
+    profile = load_profile_with_overrides(restricted, args.overrides)
+    if args.method not in tuned_methods(profile):
+        raise KDBenchError(f"tune-method: {args.method!r} has nothing to tune (no search: axes in "
+                           f"params/methods/{args.method}.yaml, or every axis fixed by method_params)")
+    mine = {"trials": profile["tuning"]["trials"], "seeds": list(profile["tuning"]["seeds"])}
+    if {k: protocol.get(k) for k in mine} != mine:
+        raise KDBenchError(f"tune-method: {tuned} was selected with trials {protocol.get('trials')}, seeds "
+                           f"{protocol.get('seeds')}; {source} now has {mine['trials']}, {mine['seeds']}: one "
+                           f"file, one protocol (re-tune every method: make tune)")
+    sels = [layout.selection(profile["results_dir"], d, p["teacher"], p["student"], args.method)
+            for d in profile["datasets"] for p in profile["pairs"] if args.method in tuned_methods(profile, p)]
+    return {"tuned": tuned, "profile": profile, "restricted": restricted, "selections": sels}
+
+
+def tune_method(args) -> Outcome:
+    """Tune one method on the board's cells (its trials and selections only, through the
+    workflow) and merge its selections into the board's tuned file; every other entry of
+    that file stays byte for byte. ``--dry-run``: the workflow's plan, nothing merged."""
+    plan = _tune_method_plan(args)
+    snakemake = Path(sys.executable).with_name("snakemake")
+    cmd = [str(snakemake) if snakemake.is_file() else "snakemake", *map(str, plan["selections"]),
+           "--cores", str(args.cores), "--configfile", str(plan["restricted"])]
+    cmd += ["--config", *args.overrides] if args.overrides else []
+    cmd += ["--dry-run"] if args.dry_run else []
+    print(f"tune-method: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or args.dry_run:
+        return Outcome(stderr="" if rc else f"dry run: would merge {len(plan['selections'])} selection(s) of "
+                                              f"{args.method!r} into {plan['tuned']}", rc=rc)
+    text = plan["tuned"].read_text()
+    merged = merge_entries(text, selection_entries(plan["profile"], [args.method]), str(plan["tuned"]))
+    kio.write_text(merged, plan["tuned"])
+    return Outcome(stderr=f"{len(plan['selections'])} selection(s) of {args.method!r} merged into {plan['tuned']} "
+                          f"(the other entries unchanged)")
+
+
 # --------------------------------------------------------------------------- data, listing, validation
 def prepare_data(args) -> Outcome:
     profile = profile_of(args)
@@ -350,7 +406,52 @@ def leaderboard(args) -> Outcome:
                           f"({', '.join(p.name for p in paths.values() if p.exists())})")
 
 
+#: the profile ``kdbench compare`` reads when no --params is given
+DEFAULT_PARAMS = "params/default.yaml"
+
+
+def boards_holding(method: str, params_dir: os.PathLike, overrides=()) -> list:
+    """The profiles ``params_dir/*.yaml`` (sorted; one that does not load is skipped)
+    that list ``method`` and whose results hold at least one evaluation record of it."""
+    found = []
+    for path in sorted(Path(params_dir).glob("*.yaml")):
+        try:
+            profile = load_profile_with_overrides(path, list(overrides))
+        except KDBenchError:
+            continue
+        root = Path(profile.get("results_dir", "results"))
+        if any(layout.eval_record(root, r["dataset"], r["teacher"], r["student"], method, r["seed"]).is_file()
+               for r in expected_runs(profile) if r["method"] == method):
+            found.append(path.as_posix())
+    return found
+
+
+def _compare_records(args) -> tuple:
+    """The records ``compare`` reads and a note for stderr. Without --params: the default
+    profile's, or, where its board does not hold the method, those of the one profile in
+    params/ whose results do (named in the note); several such profiles are an error that
+    names them."""
+    if args.params is not None:
+        return collect_records(profile_of(args)), ""
+    args.params = DEFAULT_PARAMS
+    records = collect_records(profile_of(args))
+    if any(r.get("method") == args.method for r in records):
+        return records, ""
+    found = [p for p in boards_holding(args.method, Path(DEFAULT_PARAMS).parent, args.overrides)
+             if p != DEFAULT_PARAMS]
+    if len(found) > 1:
+        raise KDBenchError(f"compare: method {args.method!r} is not on the board of {DEFAULT_PARAMS}; these "
+                           f"profiles' results hold it: {', '.join(found)} (pass one with --params)")
+    if not found:
+        return records, ""  # report's check names --params and --runs
+    args.params = found[0]
+    return collect_records(profile_of(args)), (f"compare: {args.method!r} is not on the board of {DEFAULT_PARAMS}; "
+                                               f"reading {found[0]} (the one profile in params/ whose results hold "
+                                               f"it; --params chooses another)")
+
+
 def compare(args) -> Outcome:
+    note = ""
     if args.runs:
         import pandas as pd  # only `compare --runs` reads a CSV: pandas stays out of the other commands
 
@@ -358,9 +459,12 @@ def compare(args) -> Outcome:
             raise KDBenchError(f"{args.runs} not found (it is the board's runs.csv: run the pipeline first)")
         runs = pd.read_csv(args.runs)
     else:
-        runs = runs_frame(collect_records(profile_of(args)))
-    return Outcome(stdout=report(runs, args.method, args.metric, args.vs or None, args.format, args.alpha,
-                                 source=str(args.runs) if args.runs else profile_ref(args)))
+        records, note = _compare_records(args)
+        runs = runs_frame(records)
+    if args.format != "table":  # the table prints it; csv / json stay data
+        note = "\n".join(t for t in (note, compare_warning(runs, args.method, args.vs or None)) if t)
+    return Outcome(stderr=note, stdout=report(runs, args.method, args.metric, args.vs or None, args.format,
+                                              args.alpha, source=str(args.runs) if args.runs else profile_ref(args)))
 
 
 # --------------------------------------------------------------------------- tracking

@@ -56,6 +56,16 @@ def hparams_source(n_trials: int) -> str:
     return f"tuned ({int(n_trials)} trials, val)"
 
 
+#: the source of an untuned method's values: its params file's (a paper's values), or the
+#: class's ``default_hparams`` where it has no params file (a plugin: no paper behind them)
+PAPER, DEFAULTS = "paper", "defaults"
+
+
+def untuned_source(method: str, params_dir: Optional[Path] = None) -> str:
+    """``paper`` where ``params/methods/<method>.yaml`` exists, else ``defaults``."""
+    return PAPER if method_file(method, params_dir).is_file() else DEFAULTS
+
+
 def check_axis(method: str, name: str, axis, default, where: str) -> None:
     if not isinstance(axis, dict):
         raise TuningError(f"{where}: search axis {name!r} must be a mapping ({{low, high[, log]}} or {{choices}})")
@@ -144,11 +154,11 @@ def load_selection_file(path: Path) -> dict:
 def selected_values(profile: dict, dataset: str, teacher: str, student: str, method: str):
     """(values, hparams_source) of a benchmark run: the selection of the profile's
     ``tuning:`` trials (results/tuning/.../selection.json, read when the job runs), or of
-    its ``tuned:`` file; (None, "paper") when neither applies (vanilla, an untuned profile,
-    or a cell the selection file does not list)."""
+    its ``tuned:`` file; (None, :func:`untuned_source`) when neither applies (vanilla, an
+    untuned profile, a plugin, or a cell the selection file does not list)."""
     tuning, tuned = tuning_of(profile), profile.get("tuned")
     if not (tuning or tuned) or not is_tuned(profile, method):
-        return None, "paper"
+        return None, untuned_source(method)
     if tuning:
         path = layout.selection(profile["results_dir"], dataset, teacher, student, method)
         if not path.is_file():
@@ -160,7 +170,7 @@ def selected_values(profile: dict, dataset: str, teacher: str, student: str, met
     table = load_selection_file(resolve(tuned))
     entry = table["entries"].get((dataset, teacher, student, method))
     if entry is None:
-        return None, "paper"
+        return None, untuned_source(method)
     return dict(entry["values"]), hparams_source(table["trials"])
 
 
@@ -213,4 +223,4 @@ def student_config(profile: dict, dataset: str, teacher: str, student: str, meth
         teacher_seed=teacher_seed_of(profile, seed) if needs_teacher else None,
         device=profile["device"], threads=profile["threads"],
         precision=profile["precision"], channels_last=profile["channels_last"], compile=profile["compile"],
-        hparams_source=hparams_source or "paper", trial=trial)
+        hparams_source=hparams_source or untuned_source(method), trial=trial)

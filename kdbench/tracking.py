@@ -7,6 +7,12 @@ the pipeline before any job) and, when a job finds no store, under a file lock.
 MLflow is imported only when something is logged, and a logging failure never stops a
 training job: it is reported on stderr and tracking is switched off for that job.
 
+Provenance: every run is tagged with the git commit, whether the work tree was dirty
+(``kdbench.git_dirty``) and its method's distribution and version (a plugin's own).
+Artifacts live in ``mlartifacts/`` beside ``mlflow.db``; MLflow stores that location
+absolute, so opening a store that was copied or moved points it at its own
+``mlartifacts/`` first (:func:`rebase_artifacts`): a copy never writes into the original.
+
 One MLflow run per (job, config hash): a run carries the tag ``kdbench.run_key``; a
 resumed or re-run job (live) and a re-synced record (deferred) find that run and update
 it (status, the metrics it does not have yet) instead of creating another one. A job
@@ -51,6 +57,38 @@ def _artifact_root(uri: str) -> Optional[str]:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+def rebase_artifacts(uri: str) -> int:
+    """Point a SQLite store's kdbench artifact locations at the ``mlartifacts/`` beside it.
+
+    MLflow stores absolute locations (the experiment's and every run's); a store copied or
+    moved elsewhere would go on writing its artifacts into the old place. Every experiment
+    whose location is another store's ``mlartifacts`` (what :func:`init_store` creates) is
+    moved, with its runs' locations, to this store's; anything else (MLflow's default
+    experiment, a remote store) is left alone. Called under the store lock before a client
+    opens the store; returns the number of experiments moved."""
+    import sqlite3
+
+    root = _artifact_root(uri)
+    path = Path(uri[len("sqlite:///"):]) if root else None
+    if path is None or not path.is_file():
+        return 0
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        with con:
+            rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+            moved = [(eid, loc) for eid, loc in rows if loc and loc != root and loc.startswith("file://")
+                     and loc.rstrip("/").endswith("/mlartifacts")]
+            for eid, loc in moved:
+                con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? "
+                            "AND substr(artifact_uri, 1, ?) = ?", (root, len(loc) + 1, eid, len(loc), loc))
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (root, eid))
+    except sqlite3.OperationalError:  # not (yet) an MLflow store: nothing to move
+        return 0
+    finally:
+        con.close()
+    return len(moved)
 
 
 @contextmanager
@@ -113,6 +151,7 @@ def init_store(experiment: str = DEFAULT_EXPERIMENT, uri: Optional[str] = None, 
     uri = uri or tracking_uri()
     with _store_lock(uri):
         wait_for_sqlite(uri, wait_s)
+        rebase_artifacts(uri)
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -127,12 +166,46 @@ def init_store(experiment: str = DEFAULT_EXPERIMENT, uri: Optional[str] = None, 
     return uri
 
 
-def git_commit() -> str:
+def _git(*args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=project_root())
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """The project's checked-out commit, or "unknown" (no git, not a repository)."""
+    return (_git("rev-parse", "HEAD") or "").strip() or "unknown"
+
+
+def git_dirty() -> Optional[bool]:
+    """Whether a tracked file differs from that commit (None: no git to ask)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+def method_distribution(method: Optional[str]) -> Dict[str, str]:
+    """Where a method's code comes from: the distribution (name and version) whose
+    ``kdbench.methods`` entry point registers it (a plugin), else kdbench's own."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="kdbench.methods") if method else ():
+        if ep.name == method and getattr(ep, "dist", None) is not None:
+            return {"dist": ep.dist.metadata["Name"], "version": ep.dist.version}
+    try:
+        return {"dist": "kdbench", "version": metadata.version("kdbench")}
+    except metadata.PackageNotFoundError:
+        return {"dist": "kdbench", "version": "unknown"}
+
+
+def provenance_tags(method: Optional[str]) -> Dict[str, str]:
+    """The tags every tracked run carries: the git commit, whether the work tree was dirty
+    (``true`` / ``false`` / ``unknown``), and the method's distribution and version."""
+    dirty = git_dirty()
+    dist = method_distribution(method)
+    return {"kdbench.git_commit": git_commit(), "kdbench.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+            "kdbench.method_dist": dist["dist"], "kdbench.method_version": dist["version"]}
 
 
 def flatten(d: dict, prefix: str = "") -> Dict[str, str]:
@@ -185,7 +258,7 @@ class Tracker:
     def start(self, run_name: str, params: dict, tags: Optional[dict] = None) -> None:
         if not self.enabled:
             return
-        tags = dict(tags or {})
+        tags = {**provenance_tags(tags.get("method") if tags else None), **(tags or {})}
         if params.get("config_hash"):  # a job: one run per (job, config hash)
             tags[RUN_KEY_TAG] = run_key(run_name, params["config_hash"])
         if self.spool is not None:
@@ -224,7 +297,7 @@ class Tracker:
             return
         try:
             for p in paths:
-                _retry(self.client.log_artifact, self.run_id, str(p))
+                _retry(_log_artifact, self.client, self.run_id, p)
         except Exception as err:
             self._fail("artifact upload", err)
 
@@ -261,6 +334,7 @@ def _open_run(uri: str, experiment: str, run_name: str, params: Dict[str, str], 
 
     # the first touch of a SQLite store may create/migrate it: one process at a time
     with _store_lock(uri):
+        _retry(rebase_artifacts, uri)
         client = MlflowClient(tracking_uri=uri)
         exp = _retry(client.get_experiment_by_name, experiment)
         if exp is None:
@@ -293,6 +367,15 @@ def _open_run(uri: str, experiment: str, run_name: str, params: Dict[str, str], 
     for i in range(0, len(items), 100):
         _retry(client.log_batch, run_id, params=items[i:i + 100])
     return client, run_id, logged
+
+
+def _log_artifact(client, run_id: str, path: os.PathLike) -> None:
+    """Upload one file into the run's artifact location as the store holds it now (not
+    MLflow's per-process cache of it, which a store moved by :func:`rebase_artifacts`
+    would leave pointing at the old place)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(client.get_run(run_id).info.artifact_uri).log_artifact(str(path))
 
 
 def _log_rows(client, run_id: str, rows) -> None:
@@ -328,7 +411,7 @@ def sync_spools(root: os.PathLike, uri: Optional[str] = None) -> Dict[str, int]:
             for rel in rec["artifacts"]:
                 path = spool.parent / rel
                 if path.exists():
-                    _retry(client.log_artifact, run_id, str(path))
+                    _retry(_log_artifact, client, run_id, path)
             _retry(client.set_terminated, run_id, rec["status"], end_time=rec["end_ms"])
             rec["synced_run_id"] = run_id
             write_json(rec, spool)

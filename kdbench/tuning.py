@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -253,20 +254,35 @@ def write_selection(profile: dict, dataset: str, teacher: str, student: str, met
     return path
 
 
-def export(profile: dict, source: str) -> str:
-    """The profile's selections as one YAML document (what params/tuned/*.yaml holds)."""
-    import yaml
+#: the keys of a selection that a params/tuned file's entry keeps
+ENTRY_KEYS = ("dataset", "teacher", "student", "method", "trial", "values", "score", "trials")
 
+
+def selection_entries(profile: dict, methods: Optional[List[str]] = None) -> List[dict]:
+    """The entries (:data:`ENTRY_KEYS`) of the profile's selections, per dataset, pair and
+    tuned method (only ``methods``, where given); a missing selection is an error."""
     entries = []
     for dataset in profile["datasets"]:
         for pair in profile["pairs"]:
             for method in tuned_methods(profile, pair):
+                if methods is not None and method not in methods:
+                    continue
                 path = selection_path(profile["results_dir"], dataset, pair["teacher"], pair["student"], method)
                 if not path.is_file():
                     raise TuningError(f"{path} not found: run the selection first (kdbench tune-select)")
                 rec = json.loads(path.read_text())
-                entries.append({k: rec[k] for k in ("dataset", "teacher", "student", "method", "trial", "values",
-                                                    "score", "trials")})
+                entries.append({k: rec[k] for k in ENTRY_KEYS})
+    return entries
+
+
+def _dump(doc) -> str:
+    import yaml
+
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+
+
+def export(profile: dict, source: str) -> str:
+    """The profile's selections as one YAML document (what params/tuned/*.yaml holds)."""
     tuning = profile["tuning"]
     doc = {"protocol": {"profile": source, "trials": int(tuning["trials"]), "seeds": list(tuning["seeds"]),
                         "score": SCORE, "tie_break": TIE_BREAK,
@@ -274,12 +290,51 @@ def export(profile: dict, source: str) -> str:
                         "recipe": {d: hashed_recipe(recipe_for(profile, "student_train", d))
                                    for d in profile["datasets"]},
                         "datasets": profile["datasets"]},
-           "entries": entries}
+           "entries": selection_entries(profile)}
     header = (f"# Hyperparameters selected on the validation split by the tuning profile {source}:\n"
               f"# {int(tuning['trials'])} trials per (dataset, pair, method), seeds {list(tuning['seeds'])}.\n"
               f"# Regenerate: snakemake --cores all tune --configfile {source}\n"
               f"#             cp {export_path(profile['results_dir'])} <this file>\n")
-    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+    return header + _dump(doc)
+
+
+def _entry_key(entry: dict) -> tuple:
+    return tuple(entry.get(k) for k in ("dataset", "teacher", "student", "method"))
+
+
+def merge_entries(text: str, entries: List[dict], where: str = "the tuned file") -> str:
+    """``text`` (a params/tuned file, as :func:`export` writes it) with ``entries`` put in:
+    the entry of the same dataset, pair and method replaced where it stands, a new one
+    appended. Every other byte (header, protocol, the other entries) stays as it was."""
+    import yaml
+
+    head, sep, body = text.partition("\nentries:\n")
+    if not sep:
+        raise TuningError(f"{where} has no top-level `entries:` list to merge into")
+    lead, *items = re.split(r"(?m)^(?=- )", body)
+    items = [c if c.endswith("\n") else c + "\n" for c in items]
+    index = {_entry_key(yaml.safe_load(c)[0]): i for i, c in enumerate(items)}
+    expected = [yaml.safe_load(c)[0] for c in items]
+    for entry in entries:
+        i = index.setdefault(_entry_key(entry), len(items))
+        if i == len(items):
+            items.append("")
+            expected.append(None)
+        items[i], expected[i] = _dump([entry]), entry
+    out = head + sep + lead + "".join(items)
+    doc = yaml.safe_load(out)
+    if doc.get("entries") != expected or doc.get("protocol") != yaml.safe_load(text).get("protocol"):
+        raise TuningError(f"{where}: merging the new selections would change it beyond their entries "
+                          f"(not a file tune-export wrote?); merge them by hand")
+    return out
+
+
+def restricted_profile(tuning_profile: Path, method: str) -> str:
+    """A tuning profile of one method: ``tuning_profile`` (extended) with ``methods: [method]``,
+    so that only its trials and selections are in the DAG (``kdbench tune-method``)."""
+    return _dump({"extends": str(Path(tuning_profile).resolve()),
+                  "description": f"{method} only, of the tuning profile {tuning_profile} (kdbench tune-method)",
+                  "methods": [method]})
 
 
 # --------------------------------------------------------------------------- using a selection

@@ -228,3 +228,52 @@ def test_test_every_epoch_off_keeps_every_config_hash_and_on_changes_it():
     for name in ("cifar100", "cifar10", "imagenet"):   # the paper-scale profiles turn it on, the CPU ones do not
         assert load_profile(root / f"{name}.yaml")["student_train"]["test_every_epoch"] is True, name
     assert load_profile(root / "default.yaml")["student_train"]["test_every_epoch"] is False
+
+
+def test_a_method_without_a_params_file_is_labelled_defaults_not_paper(monkeypatch):
+    """Issue 24: a plugin (no params/methods/<m>.yaml, the class's default_hparams) runs
+    with hparams_source "defaults"; every shipped method has its params file and keeps
+    "paper" (so its config hash, which includes the source, is unchanged)."""
+    import torch.nn.functional as F
+
+    from kdbench.hparams import untuned_source
+    from kdbench.methods import METHODS, Distiller, iter_method_names
+
+    class Plugin(Distiller):
+        needs_teacher = False
+        hparam_names = ("smoothing",)
+        default_hparams = {"smoothing": 0.1}
+
+        def loss(self, batch):
+            return {"ce": F.cross_entropy(self.student(batch["image"]), batch["label"])}
+
+    monkeypatch.setitem(METHODS._entries, "_plugin_no_file", Plugin)
+    prof = with_defaults(copy.deepcopy(TINY_PROFILE))
+    cfg = student_config(prof, "shapes", "resnet14", "resnet8", "_plugin_no_file", 0)
+    assert cfg.hparams == {"smoothing": 0.1} and cfg.hparams_source == "defaults"
+    assert student_config(prof, "shapes", "resnet14", "resnet8", "kd", 0).hparams_source == "paper"
+    shipped = [m for m in iter_method_names() if not m.startswith("_")]
+    assert len(shipped) > 25 and {m: untuned_source(m) for m in shipped} == dict.fromkeys(shipped, "paper")
+
+
+def test_an_extending_profile_gives_its_own_description(tmp_path):
+    """Issue 24: `extends:` does not hand the parent's description to the child: an
+    extending profile without one is a clear error; with one, it is its own; every shipped
+    extending profile of params/ has its own."""
+    import yaml
+
+    from kdbench.config import load_yaml
+    from kdbench.config.loading import project_root
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"description": "the base board", "seeds": [0]}))
+    (tmp_path / "copy.yaml").write_text("extends: base.yaml\nseeds: [0, 1]\n")
+    with pytest.raises(ParamsError, match=r"copy.yaml: a profile that extends 'base.yaml' needs its own description"):
+        load_yaml(tmp_path / "copy.yaml")
+    (tmp_path / "copy.yaml").write_text("extends: base.yaml\ndescription: base with 2 seeds\nseeds: [0, 1]\n")
+    assert load_yaml(tmp_path / "copy.yaml") == {"description": "base with 2 seeds", "seeds": [0, 1]}
+    extending = [p for p in sorted((project_root() / "params").glob("*.yaml")) if "extends:" in p.read_text()]
+    assert len(extending) >= 5
+    for path in extending:
+        parent = yaml.safe_load(path.read_text())["extends"]
+        desc = load_yaml(path)["description"]
+        assert desc != load_yaml(path.parent / parent).get("description"), path

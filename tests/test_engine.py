@@ -404,6 +404,7 @@ def test_entry_point_plugin_trains_without_editing_kdbench(tiny, tmp_path):
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "plug/metrics.json").read_text())
     assert metrics["method"] == "smooth_ce" and metrics["hparams"] == {"smoothing": 0.1}
+    assert metrics["hparams_source"] == "defaults"  # no params file: not a paper's values
 
 
 # ----------------------------------------------------------------- CLI errors

@@ -713,6 +713,37 @@ def test_record_reused_only_while_every_input_is_unchanged(trained, monkeypatch)
     assert evaluate()[1]
 
 
+def test_a_new_method_file_changes_only_its_own_records_key(tmp_path):
+    """The records' shared code key (package_fingerprint over a copy of the package) does
+    not change when a method file is added to or edited in kdbench/methods/ (its records
+    are keyed by their own ``method_source``); it changes when a shared module changes:
+    methods/base.py, a method another module imports (kd under tdd), functional/, evaluation/."""
+    import shutil
+
+    from kdbench.evaluation import run as erun
+
+    src = Path(erun.__file__).resolve().parents[1]
+    root = tmp_path / "kdbench"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("__pycache__", "*.yaml"))
+    before = erun.package_fingerprint(root)
+    assert before == erun.code_fingerprint()  # the copy is the package
+    mine = root / "methods" / "mine.py"
+    mine.write_text("from kdbench.methods.base import Distiller, register_method\n\n\n"
+                    "@register_method('mine')\nclass Mine(Distiller):\n    pass\n")
+    assert mine in erun.method_own_files(root)
+    assert erun.package_fingerprint(root) == before  # a new method: the others' records stay
+    (root / "methods" / "ofd.py").write_text((src / "methods" / "ofd.py").read_text() + "# edited\n")
+    assert erun.package_fingerprint(root) == before  # an edited method: its own method_source
+    for shared in ("methods/base.py", "methods/kd.py", "methods/tdd.py", "functional/losses.py",
+                   "evaluation/similarity.py"):
+        path = root / shared
+        text = path.read_text()
+        path.write_text(text + "# edited\n")
+        assert erun.package_fingerprint(root) != before, shared
+        path.write_text(text)
+    assert erun.package_fingerprint(root) == before
+
+
 def test_distance_cache_gives_the_uncached_numbers_and_computes_each_matrix_once(monkeypatch):
     """fss_stages + rs_stages through one DistanceCache: the same floats as the direct
     functional calls, with one U-centred matrix per distinct tensor (3 student, 3 base, 3

@@ -749,3 +749,57 @@ def test_compare_warns_when_it_pairs_runs_of_different_provenance():
     assert (same["provenance_note"] == "").all() and "warning:" not in format_compare(same)
     with pytest.raises(UnknownChoiceError, match="never a ranking metric"):
         compare(runs.assign(top1_best_test=0.5), "kd", metric="top1_best_test")
+
+
+def test_compare_without_params_finds_the_one_board_that_holds_the_method(tmp_path, capsys, monkeypatch):
+    """`kdbench compare dkd` with no --params: params/default.yaml's board does not hold dkd,
+    so the one profile of params/ whose results do is read (named on stderr); two such
+    profiles are an error naming both; a method no board holds keeps the error naming --params."""
+    from kdbench.cli import main
+    from kdbench.commands import boards_holding
+
+    results, params = _evaluated_runs(tmp_path)
+    (tmp_path / "params").mkdir()
+    profile = yaml.safe_load(params.read_text())
+    params.rename(tmp_path / "params" / "mine.yaml")
+    (tmp_path / "params" / "default.yaml").write_text(yaml.safe_dump(
+        {**profile, "methods": ["vanilla", "kd"], "results_dir": str(tmp_path / "elsewhere")}))
+    (tmp_path / "params" / "broken.yaml").write_text("methods: [nope]\n")  # skipped, not an error
+    monkeypatch.chdir(tmp_path)
+    assert boards_holding("dkd", "params") == ["params/mine.yaml"]
+    assert boards_holding("kd", "params") == ["params/mine.yaml"]  # default's results hold no kd record
+    capsys.readouterr()
+    assert main(["compare", "dkd", "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    assert "reading params/mine.yaml" in out.err and "'dkd' is not on the board of params/default.yaml" in out.err
+    assert set(pd.read_csv(__import__("io").StringIO(out.out))["other"].dropna()) == {"kd", "vanilla"}
+    assert main(["compare", "nope"]) == 2
+    assert "--params" in capsys.readouterr().err
+    (tmp_path / "params" / "other.yaml").write_text(yaml.safe_dump(profile))
+    assert main(["compare", "dkd"]) == 2
+    err = capsys.readouterr().err
+    assert "params/mine.yaml, params/other.yaml (pass one with --params)" in err
+
+
+def test_tuned_against_untuned_is_warned_in_the_notes_and_in_compare(runs, board):
+    """Issue 24: on shapes, dkd ran tuned and kd on its paper values: the board's notes and
+    `kdbench compare` warn about that cell (and only it); vanilla has no hyperparameters
+    and is neither; a comparison of untuned methods only is not warned about."""
+    from kdbench.board.compare import report
+    from kdbench.board.hparams_mix import compare_warning, mixed_cells
+    from kdbench.board.render.text import notes
+
+    for frame in (runs, board):
+        assert mixed_cells(frame) == [{"cell": ("shapes", "resnet14", "resnet8"),
+                                       "tuned": {"dkd": "tuned (8 trials, val)"}, "untuned": {"kd": "paper"}}]
+    note = notes(board)
+    assert "shapes resnet14 → resnet8: untuned kd (paper) against tuned dkd (tuned (8 trials, val))" in note
+    assert "plain" not in note.split("Warning")[1]
+    assert notes(board[board["dataset"] == "plain"]).count("Warning") == 0
+    warn = compare_warning(runs, "kd")
+    assert warn.startswith("warning: kd is compared with methods tuned differently") and warn.count("\n") == 1
+    assert "shapes: resnet14 -> resnet8: kd (paper) vs dkd (tuned (8 trials, val))" in warn
+    assert compare_warning(runs, "kd", others=["vanilla"]) == "" and compare_warning(runs, "vanilla") == ""
+    assert report(runs, "dkd").startswith("warning: dkd is compared")
+    assert report(runs, "kd", others=["vanilla"]).startswith("kd vs vanilla")
+    assert not report(runs, "dkd", fmt_name="csv").startswith("warning")

@@ -100,3 +100,75 @@ def test_deferred_records_sync_once_as_runs(tmp_path):
     hist = MlflowClient(tracking_uri=uri).get_metric_history(runs[0].info.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(1, 1.0), (2, 0.5)]
     assert [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(runs[0].info.run_id)] == ["metrics.json"]
+
+
+def test_a_copied_store_writes_its_artifacts_beside_itself(tmp_path):
+    """Issue 24: MLflow keeps absolute artifact locations; a store copied elsewhere
+    (mlflow.db + mlartifacts/) writes its new artifacts — a new run's and a reopened run's —
+    under its own mlartifacts/, never into the original's, and its old artifacts are read there."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from kdbench.tracking import Tracker, init_store
+
+    art = tmp_path / "metrics.json"
+    art.write_text("{}")
+    (tmp_path / "a").mkdir()
+    uri_a, uri_b = (f"sqlite:///{tmp_path / d / 'mlflow.db'}" for d in ("a", "b"))
+    init_store("moved", uri_a)
+    t = Tracker(experiment="moved", uri=uri_a)
+    t.start("job-1", {"config_hash": "h1"})
+    t.log_artifacts([art])
+    t.finish()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    original = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    for name, key in (("job-1", "h1"), ("job-2", "h2")):  # the same run reopened, and a new one
+        t = Tracker(experiment="moved", uri=uri_b)
+        t.start(name, {"config_hash": key})
+        art.write_text(name)
+        t.log_artifacts([art])
+        t.finish()
+        assert t.enabled
+    assert sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")) == original
+    client = MlflowClient(tracking_uri=uri_b)
+    exp = client.get_experiment_by_name("moved")
+    assert exp.artifact_location == (tmp_path / "b" / "mlartifacts").as_uri()
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == ["job-1", "job-2"]
+    for name, run in runs.items():
+        assert run.info.artifact_uri.startswith(exp.artifact_location + "/")
+        local = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path / name)))
+        assert local.read_text() == name  # job-1: the copied artifact, overwritten in b only
+    assert (tmp_path / "a" / "mlartifacts").is_dir() and [f.read_text() for f in (tmp_path / "a").rglob(
+        "metrics.json")] == ["{}"]
+
+
+def test_runs_record_the_git_commit_its_dirty_flag_and_the_methods_distribution(tmp_path, monkeypatch):
+    """Issue 24: every run's tags hold the commit, whether the work tree was dirty, and the
+    distribution + version of its method (a plugin's own, from its entry point)."""
+    import json
+
+    from kdbench import tracking
+    from kdbench.tracking import SPOOL_NAME, Tracker
+    from tests.test_engine import make_plugin
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin(site)
+    monkeypatch.syspath_prepend(str(site))
+    assert tracking.method_distribution("smooth_ce") == {"dist": "kdbench-plugin-ls", "version": "0.1"}
+    assert tracking.method_distribution("kd")["dist"] == "kdbench"
+    monkeypatch.setattr(tracking, "_git", lambda *a: {"rev-parse": "abc123\n", "status": " M kdbench/x.py\n"}[a[0]])
+    t = Tracker(spool=tmp_path / SPOOL_NAME)
+    t.start("job", {"config_hash": "h"}, tags={"method": "smooth_ce"})
+    t.finish()
+    tags = json.loads((tmp_path / SPOOL_NAME).read_text())["tags"]
+    assert {k: tags[k] for k in tags if k.startswith("kdbench.") and k != "kdbench.run_key"} == {
+        "kdbench.git_commit": "abc123", "kdbench.git_dirty": "true", "kdbench.method_dist": "kdbench-plugin-ls",
+        "kdbench.method_version": "0.1"}
+    monkeypatch.setattr(tracking, "_git", lambda *a: {"rev-parse": "abc123\n", "status": ""}[a[0]])
+    assert tracking.git_dirty() is False
+    monkeypatch.setattr(tracking, "_git", lambda *a: None)
+    assert tracking.provenance_tags(None)["kdbench.git_dirty"] == "unknown"
+    assert tracking.git_commit() == "unknown"

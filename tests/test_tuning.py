@@ -300,3 +300,84 @@ def test_tune_profile_is_its_profile_plus_tuning(name):
     assert tune.get("tuned") is None and set(tune["tuning"]["seeds"]).isdisjoint(default["seeds"])
     validate_profile(copy.deepcopy(default), f"params/{name}.yaml")
     validate_profile(copy.deepcopy(tune), f"params/tune-{name}.yaml")
+
+
+TUNED_FILE = """# a hand-written selection file (as tune-export writes one, plus a comment)
+protocol:
+  profile: params/tune-x.yaml
+  trials: 4
+  seeds: [100]
+entries:
+- dataset: shapes
+  teacher: resnet32
+  student: resnet8
+  method: kd
+  trial: 2
+  values: {kd_weight: 0.5, temperature: 2.0}
+  score: 0.5
+  trials: []
+- dataset: shapes
+  teacher: resnet32
+  student: resnet8
+  method: dkd   # its comment stays
+  trial: 0
+  values: {beta: 8.0}
+  score: 0.6
+  trials:
+  - {trial: 0, score: 0.6}
+- dataset: digits
+  teacher: resnet32
+  student: resnet8
+  method: kd
+  trial: 1
+  values: {kd_weight: 0.9}
+  score: 0.7
+  trials: []
+"""
+
+
+def test_merge_puts_in_one_methods_selections_and_leaves_the_others_byte_identical():
+    """`kdbench tune-method`'s merge: the tuned method's entry is replaced where it stands,
+    a new cell's appended; header, protocol and every other entry keep their bytes."""
+    from kdbench.tuning import merge_entries
+
+    kd_digits = TUNED_FILE[TUNED_FILE.index("- dataset: digits"):]
+    dkd_shapes = TUNED_FILE[TUNED_FILE.index("- dataset: shapes\n  teacher: resnet32\n  student: resnet8\n  method: dkd"):
+                            TUNED_FILE.index("- dataset: digits")]
+    new_kd = {"dataset": "shapes", "teacher": "resnet32", "student": "resnet8", "method": "kd", "trial": 3,
+              "values": {"kd_weight": 0.1, "temperature": 8.0}, "score": 0.8, "trials": [{"trial": 3, "score": 0.8}]}
+    new_cell = {**new_kd, "dataset": "fashion_mnist"}
+    merged = merge_entries(TUNED_FILE, [new_kd, new_cell])
+    head = TUNED_FILE[:TUNED_FILE.index("- dataset: shapes")]
+    assert merged.startswith(head) and dkd_shapes in merged and kd_digits in merged
+    doc = yaml.safe_load(merged)
+    old = yaml.safe_load(TUNED_FILE)
+    assert doc["protocol"] == old["protocol"]
+    assert doc["entries"] == [new_kd, old["entries"][1], old["entries"][2], new_cell]
+    assert merged.index(dkd_shapes) < merged.index(kd_digits) < merged.index("dataset: fashion_mnist")
+    assert merge_entries(merged, [new_kd, new_cell]) == merged  # merging again changes nothing
+    with pytest.raises(TuningError, match="no top-level `entries:` list"):
+        merge_entries("protocol: {trials: 4}\n", [new_kd])
+
+
+def test_tune_method_dry_run_plans_only_that_methods_trials(tmp_path, capfd):
+    """`kdbench tune-method --dry-run` on the default board: the workflow's plan holds the
+    data, the teacher, kd's 4 trials and its selection, nothing of the other methods, no
+    benchmark run; the tuned file is not touched. A method with nothing to tune is refused
+    before any job."""
+    from kdbench.cli import main
+
+    tuned = ROOT / "params" / "tuned" / "default.yaml"
+    before = tuned.read_bytes()
+    results = tmp_path / "results"
+    args = ["tune-method", "--params", str(ROOT / "params" / "default.yaml"), "--set", f"results_dir={results}"]
+    assert main(args + ["--method", "vanilla", "--dry-run"]) == 2
+    assert "'vanilla' has nothing to tune" in capfd.readouterr().err
+    assert main(args + ["--method", "kd", "--dry-run", "--cores", "1"]) == 0
+    out = capfd.readouterr()
+    text = out.out + out.err
+    jobs = dict(line.split() for line in text.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line.strip())
+    assert jobs == {"data": "1", "teacher": "1", "tune_trial": "4", "tune_select": "1"}
+    assert "--method kd" in text and not any(f"--method {m} " in text for m in ("dkd", "e2kd", "vanilla", "tdd"))
+    assert f"would merge 1 selection(s) of 'kd' into {tuned}" in out.err
+    assert tuned.read_bytes() == before

@@ -8,7 +8,8 @@ Columns per row: ``<metric>_mean`` / ``<metric>_std`` (sample std, ddof=1; NaN-a
 seed without the metric does not count; none -> empty), ``n_seeds``, the constants
 (params, flops, epochs), ``rank`` (1 = best top1_mean among the students of the cell;
 empty for the teacher row), the hyperparameters the row ran with (``hparams``, JSON) and
-their source (``hparams_source``: ``paper`` or ``tuned (N trials, val)``; ``varies``
+their source (``hparams_source``: ``paper``, ``defaults`` (a plugin's class values) or
+``tuned (N trials, val)``; ``varies``
 when the seeds disagree), and for each baseline B in (kd, vanilla):
 
 - ``delta_vs_B``: the mean over paired seeds of (row − B) top-1 (0 for B itself);

@@ -19,6 +19,7 @@ import math
 from typing import Optional, Sequence
 
 from kdbench.board import overall, provenance, stats
+from kdbench.board.hparams_mix import compare_warning
 from kdbench.board.records import CELL, METRICS
 from kdbench.board.render.text import PERCENT, fmt, fmt_p
 from kdbench.errors import UnknownChoiceError
@@ -114,14 +115,17 @@ def data_frame(table, summ):
 
 def report(runs, method: str, metric: str = "top1", others: Optional[Sequence[str]] = None,
            fmt_name: str = "table", alpha: float = stats.ALPHA, source: Optional[str] = None) -> str:
-    """What ``kdbench compare`` prints: the per-cell comparisons, then the summary block."""
+    """What ``kdbench compare`` prints: the per-cell comparisons, then the summary block;
+    the table starts with the tuned-vs-untuned warning where there is one
+    (:func:`kdbench.board.hparams_mix.compare_warning`; csv / json: the command puts it on stderr)."""
     table = compare(runs, method, metric, others, source=source)
     summ = summary(runs, method, metric, others, alpha)
     if fmt_name == "csv":
         return data_frame(table, summ).to_csv(index=False, float_format="%.6g", na_rep="")
     if fmt_name == "json":
         return data_frame(table, summ).to_json(orient="records", indent=2) + "\n"
-    return format_compare(table, metric, alpha, others=others, summ=summ)
+    warning = compare_warning(runs, method, others)
+    return (warning + "\n\n" if warning else "") + format_compare(table, metric, alpha, others=others, summ=summ)
 
 
 def format_compare(table, metric: str = "top1", alpha: float = stats.ALPHA, *,

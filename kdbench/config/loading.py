@@ -212,7 +212,8 @@ def load_yaml(path: os.PathLike, _seen: tuple = ()) -> dict:
     """A YAML mapping. A params profile may start from another one: ``extends: FILE`` (a
     path relative to this file) takes that profile and puts this file's keys over it
     (mappings merged key by key, anything else replaced), e.g. the tuning profile of the
-    default profile, which adds only ``tuning:``."""
+    default profile, which adds only ``tuning:``. An extending file gives its own
+    ``description`` (the parent's describes another board): its absence is an error."""
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"params file {str(p)!r} does not exist")
@@ -225,6 +226,9 @@ def load_yaml(path: os.PathLike, _seen: tuple = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ParamsError(f"{p}: extends must name one params file, got {base!r}")
+    if not isinstance(data.get("description"), str) or not data["description"].strip():
+        raise ParamsError(f"{p}: a profile that extends {base!r} needs its own description (the one it would "
+                          f"inherit describes {base}): add `description: ...` saying what this profile is")
     base_path = (p.parent / base).resolve()
     if base_path in _seen or base_path == p.resolve():
         raise ParamsError(f"{p}: extends {base!r} makes a cycle")

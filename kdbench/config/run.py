@@ -46,7 +46,8 @@ class RunConfig:
     channels_last: bool = False
     #: opt-in torch.compile of the training step's loss (CUDA only; CPU runs stay eager)
     compile: bool = False
-    #: where ``hparams`` came from: "paper" (params/methods defaults), "tuned (N trials,
+    #: where ``hparams`` came from: "paper" (params/methods defaults), "defaults" (the
+    #: class's ``default_hparams``: a plugin without a params file), "tuned (N trials,
     #: val)" (a selection on the validation split, kdbench.tuning) or, for a tuning
     #: trial, "trial K/N"
     hparams_source: str = "paper"

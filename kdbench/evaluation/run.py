@@ -34,6 +34,8 @@ Conventions:
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import inspect
 import json
@@ -247,16 +249,55 @@ def _mean(values) -> Optional[float]:
 _CODE_SHA: Optional[str] = None
 
 
+@functools.lru_cache(maxsize=None)
+def _imported_modules(source: bytes, module: str) -> frozenset:
+    """The dotted names a module's ``source`` imports, relative imports resolved (kept
+    per content: parsing is most of the fingerprint's time); ``from a import b`` counts
+    as ``a`` and ``a.b`` (``b`` may be a submodule)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = module.split(".")
+            base = ".".join(parts[: len(parts) - node.level] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return frozenset(out)
+
+
+def method_own_files(root: Path) -> List[Path]:
+    """The files of ``root/methods/`` that are one method's own: a module no other module
+    of the package imports (``methods/__init__`` finds them by listing the folder). A
+    module another one imports (``base``, ``adapters``, ``kd`` under ``tdd``, ``tdd`` under
+    the evaluation) is shared code."""
+    modules = {p: ".".join(("kdbench",) + p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py")}
+    imported = set()
+    for path, module in modules.items():
+        imported |= _imported_modules(path.read_bytes(), module) - {module}
+    return sorted(p for p in (root / "methods").glob("*.py")
+                  if not p.name.startswith("_") and modules[p] not in imported)
+
+
+def package_fingerprint(root: Path) -> str:
+    """SHA-256 (16 hex digits) of the ``.py`` files under ``root`` (their relative paths
+    and bytes, sorted) except the methods' own files (:func:`method_own_files`)."""
+    own = set(method_own_files(root))
+    h = hashlib.sha256()
+    for path in sorted(set(root.rglob("*.py")) - own):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def code_fingerprint() -> str:
-    """SHA-256 (16 hex digits) of every ``.py`` file of the installed kdbench package (their
-    relative paths and bytes, sorted): a record computed by other code is never reused."""
+    """:func:`package_fingerprint` of the installed kdbench package: a record computed by
+    other shared code is never reused, and a method's own file is keyed by the record's
+    ``method_source`` alone, so a new or edited method file re-evaluates only its own
+    records (docs/adding-a-method.md)."""
     global _CODE_SHA
     if _CODE_SHA is None:
-        root = Path(__file__).resolve().parents[1]
-        h = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        _CODE_SHA = h.hexdigest()[:16]
+        _CODE_SHA = package_fingerprint(Path(__file__).resolve().parents[1])
     return _CODE_SHA
 
 
@@ -277,9 +318,9 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     the teacher's and the base's model files and the teacher's tree file (by content:
     an edited ``hierarchy.json`` is read again), the dataset content, the
     evaluation settings, the tree settings, the batch size, the device type and torch's
-    thread count, the kdbench
-    code (:func:`code_fingerprint`), the source file of the run's method (plugins live
-    outside kdbench) and the torch / torchvision / timm versions."""
+    thread count, kdbench's shared code (:func:`code_fingerprint`: every file but the
+    methods' own), the source file of the run's method (in-tree or a plugin's) and the
+    torch / torchvision / timm versions."""
     base = Path(base_dir) / "model.pt" if base_dir is not None and method != "vanilla" else None
     tree_file = Path(teacher_dir) / PARTITIONS_FILE
     try:

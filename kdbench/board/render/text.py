@@ -6,6 +6,7 @@ import json
 import math
 from typing import List, Tuple
 
+from kdbench.board.hparams_mix import mixed_note
 from kdbench.board.stats import isnan
 
 DASH = "–"
@@ -48,8 +49,8 @@ NOTES = ("Mean ± std over seeds (sample std); accuracies in %. Δ KD / Δ vanil
          "methods of that table, the family kdbench compare uses too; the teacher row is a reference, not in the "
          "family; Welch's test where seeds do not pair, see leaderboard.csv *_test). ECE: expected calibration error (15 equal-width bins), NLL: mean "
          "negative log-likelihood, both on the test split. Hyperparameters: what the row ran with, and where "
-         "they came from (paper = the method's published defaults; tuned (N trials, val) = selected on the "
-         "validation split). – = does not apply.")
+         "they came from (paper = the method's published defaults; defaults = a plugin's own, no paper; "
+         "tuned (N trials, val) = selected on the validation split). – = does not apply.")
 
 
 #: what each FSS / RS estimator (evaluation.fss_estimator) computes, for the board's notes
@@ -78,9 +79,9 @@ def fss_note(board) -> str:
 
 
 def notes(board) -> str:
-    """The board's notes: :data:`NOTES` and, where the runs say, the FSS / RS estimator."""
-    extra = fss_note(board)
-    return f"{NOTES} {extra}" if extra else NOTES
+    """The board's notes: :data:`NOTES`, where the runs say, the FSS / RS estimator, and a
+    warning on the cells where tuned and untuned methods meet (:mod:`kdbench.board.hparams_mix`)."""
+    return " ".join(t for t in (NOTES, fss_note(board), mixed_note(board)) if t)
 
 
 def fmt(x, digits: int = 3) -> str:
