@@ -163,10 +163,12 @@ def trap_dataset(monkeypatch):
 
     import kdbench.data.cache as cache
     from kdbench.data import build_dataset
+    from kdbench.engine import trainer
 
     ds = build_dataset("shapes", image_size=16, n_train=128, n_val=32, n_test=32, n_test_ood=32, seed=0)
     trap = dataclasses.replace(ds, splits=TrapSplits(ds.splits))
-    monkeypatch.setattr(cache, "load_dataset", lambda *a, **k: trap)
+    for module in (cache, trainer):  # the trainer's own binding is the one its jobs call
+        monkeypatch.setattr(module, "load_dataset", lambda *a, **k: trap)
     return trap
 
 
