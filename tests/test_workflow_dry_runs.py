@@ -31,7 +31,27 @@ BAD = {
 }
 
 
+#: the cases run through Snakemake (the Snakefile's wiring of kdbench's validation); every
+#: case's message is checked through the same validation in-process below (seconds, not a
+#: Snakemake start each)
+THROUGH_SNAKEMAKE = ["unknown_method", "misspelt_key"]
+
+
 @pytest.mark.parametrize("case", list(BAD))
+def test_bad_params_give_one_clear_error(bad_repo, case):
+    from kdbench.errors import KDBenchError
+    from kdbench.profile import load_profile_with_overrides
+
+    changes, expected = BAD[case]
+    params = write_params(bad_repo, f"bad_{case}.yaml", **changes)
+    with pytest.raises(KDBenchError) as err:
+        load_profile_with_overrides(bad_repo / params)
+    for text in expected:
+        assert text in str(err.value), (text, str(err.value))
+    assert not (bad_repo / "results").exists()
+
+
+@pytest.mark.parametrize("case", THROUGH_SNAKEMAKE)
 def test_bad_params_fail_before_any_job(bad_repo, case):
     changes, expected = BAD[case]
     params = write_params(bad_repo, f"bad_{case}.yaml", **changes)
