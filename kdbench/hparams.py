@@ -21,7 +21,7 @@ from kdbench.config import layout
 from kdbench.config.loading import (ParamsError, check_finite, load_yaml, project_root, recipe_for,
                                     teacher_seed_of)
 from kdbench.config.method_files import check_hparam_types, load_method_spec, method_file
-from kdbench.config.run import RunConfig
+from kdbench.config.run import RunConfig, hashed_recipe
 from kdbench.errors import KDBenchError, UnknownChoiceError
 from kdbench.methods import get_method
 from kdbench.models import check_model_name
@@ -141,7 +141,26 @@ def _load_selection_file(path: str, mtime: float) -> dict:
         if not isinstance(e, dict) or not {"dataset", "teacher", "student", "method", "values"} <= set(e):
             raise TuningError(f"selection file {path}: every entry needs dataset, teacher, student, method, values")
         table[(e["dataset"], e["teacher"], e["student"], e["method"])] = e
-    return {"trials": proto["trials"], "entries": table}
+    return {"trials": proto["trials"], "entries": table, "recipe": proto.get("recipe") or {},
+            "datasets": proto.get("datasets") or {}}
+
+
+def protocol_mismatch(table: dict, profile: dict, dataset: str) -> list:
+    """What differs between the recipe and dataset options a selection file was tuned on
+    (its ``protocol``) and the ones ``profile`` trains ``dataset`` with: the names of the
+    differing keys (``student_train.<key>``, ``datasets.<key>``); empty when they match or
+    when the file does not record them."""
+    tuned_recipe = table["recipe"].get(dataset)
+    tuned_options = table["datasets"].get(dataset)
+    out = []
+    if tuned_recipe is not None:
+        ours = hashed_recipe(recipe_for(profile, "student_train", dataset))
+        theirs = hashed_recipe(tuned_recipe)
+        out += [f"student_train.{k}" for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if tuned_options is not None:
+        ours = profile["datasets"].get(dataset) or {}
+        out += [f"datasets.{k}" for k in sorted(set(ours) | set(tuned_options)) if ours.get(k) != tuned_options.get(k)]
+    return out
 
 
 def load_selection_file(path: Path) -> dict:
@@ -171,7 +190,11 @@ def selected_values(profile: dict, dataset: str, teacher: str, student: str, met
     entry = table["entries"].get((dataset, teacher, student, method))
     if entry is None:
         return None, untuned_source(method)
-    return dict(entry["values"]), hparams_source(table["trials"])
+    differs = protocol_mismatch(table, profile, dataset)
+    source = hparams_source(table["trials"])
+    if differs:  # the values were selected for another recipe: the row says so, never silently
+        source = f"{source[:-1]}; selected for another recipe: {', '.join(differs)})"
+    return dict(entry["values"]), source
 
 
 # --------------------------------------------------------------------------- a method's values, a student's config

@@ -383,3 +383,27 @@ def test_tune_method_dry_run_plans_only_that_methods_trials(tmp_path, capfd):
     assert "--method kd" in text and not any(f"--method {m} " in text for m in ("dkd", "e2kd", "vanilla", "tdd"))
     assert f"would merge 1 selection(s) of 'kd' into {tuned}" in out.err
     assert tuned.read_bytes() == before
+
+
+def test_a_selection_tuned_for_another_recipe_says_so():
+    """A ``tuned:`` file records the recipe and dataset options it was selected on
+    (protocol); a profile that trains with others still gets the values, but its rows say
+    so (hparams_source), never silently: found when a frontier point reused the default's
+    selection with more student data."""
+    from kdbench.config import project_root
+    from kdbench.hparams import selected_values
+    from kdbench.profile import load_profile_with_overrides
+
+    def source(*overrides):
+        prof = load_profile_with_overrides(project_root() / "params" / "default.yaml", list(overrides))
+        return selected_values(prof, "fashion_mnist", "resnet32", "resnet8", "kd")
+
+    values, src = source()
+    assert src == "tuned (4 trials, val)" and values == {"kd_weight": 0.9, "temperature": 4.0}
+    values, src = source("student_train.student_shots=1000", "student_train.epochs=10")
+    assert values == {"kd_weight": 0.9, "temperature": 4.0}
+    assert src == ("tuned (4 trials, val; selected for another recipe: student_train.epochs, "
+                   "student_train.student_shots)")
+    assert source("datasets.fashion_mnist.context_bias=false")[1].endswith(
+        "selected for another recipe: datasets.context_bias)")
+    assert source("student_train.test_every_epoch=false")[1] == "tuned (4 trials, val)"   # hash-neutral default
