@@ -38,6 +38,13 @@ def _common(p: argparse.ArgumentParser, *, run: bool = True,
         p.add_argument("--force", action="store_true", help="re-train even if finished outputs exist")
 
 
+def _cell(p: argparse.ArgumentParser, help: str = "method name (kdbench list methods)", **method) -> None:
+    """--dataset, --teacher, --student and --method: the run cell a command acts on."""
+    for name in ("dataset", "teacher", "student"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--method", required=True, help=help, **method)
+
+
 MAX_SEED = 2**32 - 1
 
 
@@ -135,10 +142,7 @@ def _add_student_commands(sub) -> None:
                                    "the profile's student_train recipe and params/methods/METHOD.yaml. The teacher "
                                    "must have been trained (train-teacher). Resumes from its checkpoint.")
     _common(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    _cell(p)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--teacher-model", type=Path, help="teacher model.pt (default: the standard results path)")
     p.set_defaults(run="distill")
@@ -149,10 +153,7 @@ def _add_student_commands(sub) -> None:
                                    "space (params/methods/METHOD.yaml search:). The test split is never read. "
                                    "Writes results/tuning/D/T__S/M/tK/sN/metrics.json.")
     _common(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--method", required=True, help="method name (kdbench list methods)")
+    _cell(p)
     p.add_argument("--trial", type=int, required=True)
     p.add_argument("--seed", type=_seed, required=True, help="one of the profile's tuning.seeds")
     p.set_defaults(run="tune_trial")
@@ -162,10 +163,7 @@ def _add_student_commands(sub) -> None:
                                    "every trial's values and validation accuracy, and the winner (highest mean over "
                                    "the tuning seeds; ties: the lowest trial number).")
     _common(p, run=False)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--method", required=True)
+    _cell(p)
     p.set_defaults(run="tune_select")
 
     p = sub.add_parser("tune-export", help="all of a profile's selections as one file (params/tuned/*.yaml)",
@@ -198,12 +196,8 @@ def _add_board_commands(sub) -> None:
                                    "agreement, Grad-CAM similarity and EPG, FSS/RS, UniCAM, decision consistency, "
                                    "FLOPs. Writes results/evals/D/T__S/M/sN.json and a UniCAM/Grad-CAM grid PNG.")
     _common(p, run=False)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--method", required=True, nargs="+",
-                   help="method name(s) (kdbench list methods); several are evaluated one after another in this "
-                        "process (what the pipeline does: one job per dataset x pair x seed)")
+    _cell(p, nargs="+", help="method name(s) (kdbench list methods); several are evaluated one after another in "
+                             "this process (what the pipeline does: one job per dataset x pair x seed)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, help="output JSON file (default: results/evals/D/T__S/M/sN.json)")
     p.add_argument("--figures", type=Path, metavar="DIR",
