@@ -257,9 +257,10 @@ def test_a_method_without_a_params_file_is_labelled_defaults_not_paper(monkeypat
 
 
 def test_an_extending_profile_gives_its_own_description(tmp_path):
-    """Issue 24: `extends:` does not hand the parent's description to the child: an
-    extending profile without one is a clear error; with one, it is its own; every shipped
-    extending profile of params/ has its own."""
+    """Issue 24: `extends:` does not hand the parent's description to the child as is: an
+    extending profile without one gets the parent's marked as extended (a file written
+    before the rule keeps loading); with one, it is its own; every shipped extending
+    profile of params/ has its own."""
     import yaml
 
     from kdbench.config import load_yaml
@@ -267,8 +268,8 @@ def test_an_extending_profile_gives_its_own_description(tmp_path):
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"description": "the base board", "seeds": [0]}))
     (tmp_path / "copy.yaml").write_text("extends: base.yaml\nseeds: [0, 1]\n")
-    with pytest.raises(ParamsError, match=r"copy.yaml: a profile that extends 'base.yaml' needs its own description"):
-        load_yaml(tmp_path / "copy.yaml")
+    assert load_yaml(tmp_path / "copy.yaml") == {
+        "description": "the base board — extended by copy.yaml (its own keys: seeds)", "seeds": [0, 1]}
     (tmp_path / "copy.yaml").write_text("extends: base.yaml\ndescription: base with 2 seeds\nseeds: [0, 1]\n")
     assert load_yaml(tmp_path / "copy.yaml") == {"description": "base with 2 seeds", "seeds": [0, 1]}
     extending = [p for p in sorted((project_root() / "params").glob("*.yaml")) if "extends:" in p.read_text()]

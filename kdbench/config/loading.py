@@ -212,8 +212,10 @@ def load_yaml(path: os.PathLike, _seen: tuple = ()) -> dict:
     """A YAML mapping. A params profile may start from another one: ``extends: FILE`` (a
     path relative to this file) takes that profile and puts this file's keys over it
     (mappings merged key by key, anything else replaced), e.g. the tuning profile of the
-    default profile, which adds only ``tuning:``. An extending file gives its own
-    ``description`` (the parent's describes another board): its absence is an error."""
+    default profile, which adds only ``tuning:``. The parent's ``description`` describes
+    another board: an extending file without its own gets the parent's marked as extended
+    (``<parent's> — extended by <file> (its own keys: ...)``), never the parent's as is
+    (a file written before the rule keeps working)."""
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"params file {str(p)!r} does not exist")
@@ -226,13 +228,15 @@ def load_yaml(path: os.PathLike, _seen: tuple = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ParamsError(f"{p}: extends must name one params file, got {base!r}")
-    if not isinstance(data.get("description"), str) or not data["description"].strip():
-        raise ParamsError(f"{p}: a profile that extends {base!r} needs its own description (the one it would "
-                          f"inherit describes {base}): add `description: ...` saying what this profile is")
     base_path = (p.parent / base).resolve()
     if base_path in _seen or base_path == p.resolve():
         raise ParamsError(f"{p}: extends {base!r} makes a cycle")
-    return _merged(load_yaml(base_path, _seen + (p.resolve(),)), data)
+    merged = _merged(load_yaml(base_path, _seen + (p.resolve(),)), data)
+    if not isinstance(data.get("description"), str) or not data["description"].strip():
+        own = ", ".join(sorted(data)) or "none"
+        merged["description"] = (f"{merged.get('description') or base} — extended by {p.name} "
+                                 f"(its own keys: {own})")
+    return merged
 
 
 def _merged(base: dict, over: dict) -> dict:
