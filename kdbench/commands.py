@@ -176,8 +176,8 @@ def distill(args) -> Outcome:
                                      teacher=args.teacher, method=args.method)
     teacher_path, expect = None, {}
     if cfg.teacher is not None:
-        teacher_path = args.teacher_model or (layout.run_dir(profile["results_dir"], "teacher", args.dataset,
-                                                             args.teacher, cfg.teacher_seed) / layout.MODEL)
+        teacher_path = args.teacher_model or layout.teacher_model(profile["results_dir"], args.dataset,
+                                                                  args.teacher, cfg.teacher_seed)
         # the teacher this profile implies: a model.pt of another recipe is refused, never used silently
         teacher_hash, command = expected_teacher(profile, args.dataset, args.teacher, cfg.teacher_seed)
         expect = {"teacher_hash": None if args.teacher_model else teacher_hash,  # by hand: the user vouches
@@ -200,8 +200,7 @@ def tune_trial(args) -> Outcome:
         return _already(out)
     teacher_path = None
     if cfg.teacher is not None:
-        teacher_path = layout.run_dir(profile["results_dir"], "teacher", args.dataset, args.teacher,
-                                      cfg.teacher_seed) / layout.MODEL
+        teacher_path = layout.teacher_model(profile["results_dir"], args.dataset, args.teacher, cfg.teacher_seed)
     diverged = []
 
     def record_divergence(err) -> None:

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
+from kdbench.config import layout
 from kdbench.io import write_text
 from kdbench.errors import KDBenchError
 
@@ -98,7 +99,7 @@ def completion_marker(path: os.PathLike) -> Path:
     """The file whose removal makes the job that wrote ``path`` run again: a run
     directory's ``metrics.json`` (its last output), else the file itself."""
     path = Path(path)
-    return path.with_name("metrics.json") if path.name == "model.pt" else path
+    return path.with_name(layout.METRICS) if path.name == layout.MODEL else path
 
 
 def check_finished(paths: Iterable[os.PathLike], log=None) -> List[Tuple[Path, str]]:

@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from kdbench.config import layout
 from kdbench import io as kio
 from kdbench.config import ParamsError, load_yaml, project_root
 from kdbench.config.run import teacher_config
@@ -349,8 +350,8 @@ def import_teacher(profile: dict, dataset: str, arch: str, seed: int, out_dir: o
 def _already_imported(out_dir: Path, ident: str, force: bool) -> Optional[dict]:
     """The metrics of an earlier import of the same checkpoint into ``out_dir`` (unless
     ``force``), else None."""
-    mpath = out_dir / "metrics.json"
-    if not force and mpath.is_file() and (out_dir / "model.pt").is_file():
+    mpath = out_dir / layout.METRICS
+    if not force and mpath.is_file() and (out_dir / layout.MODEL).is_file():
         try:
             if json.loads(mpath.read_text()).get("config_hash") == ident:
                 print(f"{out_dir} already holds this checkpoint (use --force to import again)", file=sys.stderr)
@@ -381,11 +382,11 @@ def _imported_scores(predict, ds, device, bs: int) -> dict:
 def _write_import(out_dir: Path, distiller, run: "_ImportConfig", ds, metrics: dict, tracker) -> None:
     """``model.pt`` (kdbench's format) and, last, ``metrics.json``, both sealed; a stale
     train-teacher checkpoint goes."""
-    mpath = out_dir / "metrics.json"
+    mpath = out_dir / layout.METRICS
     meta = {"input_size": ds.image_size, "external": True, "source": metrics["source"],
             "checkpoint_sha256": metrics["checkpoint_sha256"]}
-    save_model(out_dir / "model.pt", distiller, run, ds.num_classes, meta)
-    seal(out_dir / "model.pt")  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
+    save_model(out_dir / layout.MODEL, distiller, run, ds.num_classes, meta)
+    seal(out_dir / layout.MODEL)  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
     kio.write_json(metrics, mpath)
     seal(mpath)
     (out_dir / "checkpoint.pt").unlink(missing_ok=True)  # a stale train-teacher checkpoint

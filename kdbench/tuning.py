@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from kdbench.config import layout
 from kdbench.config.layout import selection as selection_path  # noqa: F401  (kdbench.tuning's names of the
 from kdbench.config.layout import trial_dir  # noqa: F401                        layout's tuning paths)
 from kdbench.config.layout import tuned_export as export_path  # noqa: F401
@@ -220,7 +221,7 @@ def read_trials(profile: dict, dataset: str, teacher: str, student: str, method:
         cfg_hash = None
         vals = []
         for seed in seeds:
-            path = trial_dir(results, dataset, teacher, student, method, k, seed) / "metrics.json"
+            path = trial_dir(results, dataset, teacher, student, method, k, seed) / layout.METRICS
             if not path.is_file():
                 raise TuningError(f"{path} not found: run the trial first (kdbench tune-trial --params ... "
                                   f"--dataset {dataset} --teacher {teacher} --student {student} --method {method} "

@@ -27,22 +27,12 @@ from kdbench.errors import KDBenchError
 from kdbench.methods import TrainContext, get_method
 from kdbench.models import create_model
 from tests.tiny import ds16, ds32, one_thread, t64, tiny_profile  # noqa: F401  (fixtures; one_thread is autouse)
+from tests.numpy_reference import np_kd, np_softmax
 
 TEACHER, STUDENT = "resnet14", "resnet8"
 METHODS_B = ["kd_ls", "dkd_ls", "dist", "ctkd", "ctkd_ls", "mlkd", "mlkd_ls", "crd", "reviewkd", "ofd"]
 #: test-size overrides: CRD's 16384 negatives per image are for 50k CIFAR images
 SMALL = {"crd": {"nce_k": 32}}
-
-
-def np_softmax(z, axis=1):
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_kd(zs, zt, T):
-    ps, pt = np_softmax(zs / T), np_softmax(zt / T)
-    return T * T * float(np.sum(pt * (np.log(pt) - np.log(ps)))) / zs.shape[0]
 
 
 def np_zscore(z):

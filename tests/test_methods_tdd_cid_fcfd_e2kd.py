@@ -24,6 +24,7 @@ from kdbench.methods.fcfd import frozen_bn_stats
 from kdbench.methods.tdd import derive_partition, teacher_partitions
 from kdbench.models import create_model
 from tests.tiny import ds16, ds32, one_thread  # noqa: F401  (fixtures; one_thread is autouse)
+from tests.numpy_reference import np_kd, np_softmax
 
 SEED_METHODS = ["tdd", "cid", "fcfd", "e2kd", "e2kd_frozen"]
 TEACHER, STUDENT = "resnet14", "resnet8"
@@ -57,17 +58,6 @@ def first_batch(ds, d=None, bs=16, train=True):
 
 def np64(t):
     return t.detach().double().cpu().numpy()
-
-
-def np_softmax(z, axis=1):
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_kd(zs, zt, T):
-    ps, pt = np_softmax(zs / T), np_softmax(zt / T)
-    return T * T * float(np.sum(pt * (np.log(pt) - np.log(ps)))) / zs.shape[0]
 
 
 def np_ce(z, y, weight=None):

@@ -139,14 +139,14 @@ def collect_records(profile: dict, results_dir: Optional[os.PathLike] = None, *,
         sdir = layout.run_dir(root, "student", run["dataset"], run["student"], run["seed"],
                          teacher=run["teacher"], method=run["method"])
         redo_student = _command(params, "distill", **where) + " --force"
-        train = _read_whole(sdir / "metrics.json", problems, redo_student) or {}
+        train = _read_whole(sdir / layout.METRICS, problems, redo_student) or {}
         expected = _expected_hash(profile, run)
         if train and train.get("config_hash") != expected:
             problems.append(f"{sdir} was trained with another config than this profile's (config_hash "
                             f"{train.get('config_hash')}, the profile's {expected}) (train it again: {redo_student})")
         t_seed = ev.get("teacher_seed") if ev.get("teacher_seed") is not None else run["teacher_seed"]
         tdir = layout.run_dir(root, "teacher", run["dataset"], run["teacher"], t_seed)
-        teacher = _read_whole(tdir / "metrics.json", problems, _command(
+        teacher = _read_whole(tdir / layout.METRICS, problems, _command(
             params, "train-teacher", dataset=run["dataset"], arch=run["teacher"], seed=t_seed) + " --force") or {}
         rec = {k: train.get(k) for k in FROM_TRAIN}
         prov = train.get("provenance") if isinstance(train.get("provenance"), dict) else {}

@@ -95,6 +95,11 @@ def run_dir(results_dir: PathLike, kind: str, dataset: str, arch: str, seed: int
     return path(results_dir, STUDENT_DIR, dataset=dataset, teacher=teacher, student=arch, method=method, seed=seed)
 
 
+def teacher_model(results_dir: PathLike, dataset: str, arch: str, seed: int) -> Path:
+    """The model file of a teacher run (what a student distils from)."""
+    return run_dir(results_dir, "teacher", dataset, arch, seed) / MODEL
+
+
 def prepared_data(results_dir: PathLike, dataset: str) -> Path:
     return path(results_dir, DATA, dataset=dataset)
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from kdbench.config import layout
 from kdbench import io as kio
 from kdbench.config import RunConfig
 from kdbench.data.cache import load_dataset
@@ -461,17 +462,17 @@ class Trainer:
         """``model.pt``, ``history.csv``, ``artifacts.json`` and, last, ``metrics.json``
         (each atomically; the model and the metrics sealed); the checkpoint goes."""
         out, d, tracker = self.out_dir, self.distiller, self.tracker
-        save_model(out / "model.pt", d, self.cfg, self.ds.num_classes, {"input_size": self.ds.image_size})
-        seal(out / "model.pt")  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
+        save_model(out / layout.MODEL, d, self.cfg, self.ds.num_classes, {"input_size": self.ds.image_size})
+        seal(out / layout.MODEL)  # size + SHA-256, checked before the pipeline's next DAG (kdbench.integrity)
         kio.write_text(_history_csv(self.state.history), out / "history.csv")
         kio.write_json(d.artifacts(), out / "artifacts.json")
-        kio.write_json(metrics, out / "metrics.json")
-        seal(out / "metrics.json")
+        kio.write_json(metrics, out / layout.METRICS)
+        seal(out / layout.METRICS)
         self.ckpt_path.unlink(missing_ok=True)
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in metrics.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            tracker.log_artifacts([out / "metrics.json", out / "history.csv", out / "artifacts.json"])
+            tracker.log_artifacts([out / layout.METRICS, out / "history.csv", out / "artifacts.json"])
             tracker.finish()
 
 
@@ -509,7 +510,7 @@ def _finish_trial(cfg: RunConfig, out_dir: Path, history: List[dict], best_epoch
                             best_epoch=best_epoch + 1, train_s=train_time, wall_s=time.time() - t_start,
                             dataset_fingerprint=ds.fingerprint, provenance=prov)
     kio.write_text(_history_csv(history), out_dir / "history.csv")
-    kio.write_json(metrics, out_dir / "metrics.json")
+    kio.write_json(metrics, out_dir / layout.METRICS)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     if tracker is not None:
         tracker.finish()

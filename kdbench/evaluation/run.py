@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from kdbench.config import layout
 from kdbench import io as kio
 from kdbench.data.loader import make_loader
 from kdbench.engine.model_io import load_deployed, load_model
@@ -155,7 +156,7 @@ def cached_teacher_partitions(teacher, teacher_dir: Path, dataset, device, *,
     """The teacher's per-stage TDD partitions: exactly the tree TDD trains with
     (:func:`kdbench.methods.tdd.cached_teacher_tree`: derived once on the full training
     split, cached in ``teacher_dir/hierarchy.json``)."""
-    return cached_teacher_tree(teacher, Path(teacher_dir) / "model.pt", dataset, hparams=tree_hparams(tdd_hparams),
+    return cached_teacher_tree(teacher, Path(teacher_dir) / layout.MODEL, dataset, hparams=tree_hparams(tdd_hparams),
                                device=device, batch_size=BATCH_SIZE)["partitions"]
 
 
@@ -163,7 +164,7 @@ def cached_teacher_predictions(teacher, teacher_dir: Path, dataset, device) -> D
     """The teacher's top-1 classes on ``test`` (and ``test_ood``), cached in
     ``teacher_dir/teacher_predictions.json`` (keyed by the teacher file's hash and the
     dataset fingerprint): every student of the teacher needs them for ``agreement``."""
-    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint}
+    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / layout.MODEL), "dataset_fingerprint": dataset.fingerprint}
     splits = [s for s in ("test", "test_ood") if s in dataset.splits]
 
     def compute():
@@ -178,7 +179,7 @@ def cached_stage_probes(teacher, teacher_dir: Path, dataset, features: str) -> L
     (:func:`kdbench.evaluation.hierarchy.stage_probe_table` on the features TDD's tree uses,
     fit on ``PROBE_TRAIN`` training images, scored on the test split), cached in
     ``teacher_dir/stage_probes.json`` (keyed by the teacher file and the dataset content)."""
-    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+    key = {"teacher_sha": kio.file_sha(Path(teacher_dir) / layout.MODEL), "dataset_fingerprint": dataset.fingerprint,
            "features": features, "n_train": PROBE_TRAIN, "version": 1}
 
     def compute():  # pooled_features restores the teacher's mode; it runs on the teacher's device
@@ -211,7 +212,7 @@ def teacher_eval_key(teacher_dir: Path, dataset, n_samples: int, batch_size: int
     """What the teacher's evaluation pass depends on: the teacher file, the dataset
     content, the evaluation subset (size and seed), the batch size and the device type
     (float results may differ between them), and the torch version."""
-    return {"teacher_sha": kio.file_sha(Path(teacher_dir) / "model.pt"), "dataset_fingerprint": dataset.fingerprint,
+    return {"teacher_sha": kio.file_sha(Path(teacher_dir) / layout.MODEL), "dataset_fingerprint": dataset.fingerprint,
             "split": "test", "n_samples": int(n_samples), "subset_seed": SUBSET_SEED, "batch_size": int(batch_size),
             "device": torch.device(device).type, "torch": str(torch.__version__), "version": 1}
 
@@ -321,14 +322,14 @@ def record_key(student_dir: Path, teacher_dir: Path, base_dir: Optional[Path], *
     thread count, kdbench's shared code (:func:`code_fingerprint`: every file but the
     methods' own), the source file of the run's method (in-tree or a plugin's) and the
     torch / torchvision / timm versions."""
-    base = Path(base_dir) / "model.pt" if base_dir is not None and method != "vanilla" else None
+    base = Path(base_dir) / layout.MODEL if base_dir is not None and method != "vanilla" else None
     tree_file = Path(teacher_dir) / PARTITIONS_FILE
     try:
         method_file = inspect.getsourcefile(get_method(method))
         method_sha = kio.file_sha(method_file) if method_file else None
     except (KDBenchError, TypeError, OSError):
         method_sha = None
-    return {"student": kio.file_sha(student_dir / "model.pt"), "metrics": kio.file_sha(student_dir / "metrics.json"),
+    return {"student": kio.file_sha(student_dir / layout.MODEL), "metrics": kio.file_sha(student_dir / layout.METRICS),
             # the teacher file, dataset content, subset, batch size, device type, torch version
             "teacher_pass": teacher_eval_key(teacher_dir, dataset, int(evaluation["n_samples"]), batch_size, device),
             "base": kio.file_sha(base) if base is not None and base.is_file() else None,
@@ -382,10 +383,10 @@ class _Evaluation:
 def read_run_metrics(student_dir: Path, teacher_dir: Path, ds) -> Dict[str, Any]:
     """The student's ``metrics.json``, after checking that the run's files exist and that
     it was trained on ``ds`` (name and content)."""
-    for p in (student_dir / "model.pt", student_dir / "metrics.json", teacher_dir / "model.pt"):
+    for p in (student_dir / layout.MODEL, student_dir / layout.METRICS, teacher_dir / layout.MODEL):
         if not p.is_file():
             raise KDBenchError(f"evaluate: {p} not found (train that run first)")
-    metrics = json.loads((student_dir / "metrics.json").read_text())
+    metrics = json.loads((student_dir / layout.METRICS).read_text())
     if metrics.get("dataset") not in (None, ds.name):
         raise KDBenchError(f"evaluate: run {student_dir} is on {metrics['dataset']!r}, dataset given is {ds.name!r}")
     if metrics.get("dataset_fingerprint") not in (None, ds.fingerprint):
@@ -397,12 +398,12 @@ def read_run_metrics(student_dir: Path, teacher_dir: Path, ds) -> Dict[str, Any]
 def _load_models(e: _Evaluation, base_dir) -> Tuple[dict, dict]:
     """The teacher, the deployed student (and its network) and, for a distilled run, the
     vanilla base when its model exists; returns the teacher's and the student's metadata."""
-    e.teacher, tmeta = load_model(e.teacher_dir / "model.pt", e.device)
+    e.teacher, tmeta = load_model(e.teacher_dir / layout.MODEL, e.device)
     e.teacher.requires_grad_(False)
-    e.deployed, smeta = load_deployed(e.student_dir / "model.pt", e.teacher, e.device)
+    e.deployed, smeta = load_deployed(e.student_dir / layout.MODEL, e.teacher, e.device)
     e.student = e.deployed.student.eval()
-    if e.method != "vanilla" and base_dir is not None and (Path(base_dir) / "model.pt").is_file():
-        e.base, bmeta = load_model(Path(base_dir) / "model.pt", e.device)
+    if e.method != "vanilla" and base_dir is not None and (Path(base_dir) / layout.MODEL).is_file():
+        e.base, bmeta = load_model(Path(base_dir) / layout.MODEL, e.device)
         if bmeta["arch"] != smeta["arch"] or bmeta.get("method") != "vanilla":
             raise KDBenchError(f"evaluate: base {base_dir} holds a {bmeta.get('method')} {bmeta['arch']}, "
                                f"expected the vanilla {smeta['arch']}")
@@ -514,7 +515,7 @@ def _decision_step(e: _Evaluation, rec: Dict[str, Any]) -> None:
     """The decision process: probes on pooled student stages vs the teacher's partitions;
     the walk's partition ARI; the teacher's tree measured (datasets with a hierarchy)."""
     ds, num_classes, labels = e.ds, e.ds.num_classes, e.data["labels"]
-    tree = cached_teacher_tree(e.teacher, e.teacher_dir / "model.pt", ds, hparams=tree_hparams(e.tdd_hparams),
+    tree = cached_teacher_tree(e.teacher, e.teacher_dir / layout.MODEL, ds, hparams=tree_hparams(e.tdd_hparams),
                                device=e.device, batch_size=BATCH_SIZE)
     partitions = tree["partitions"]
     train = ds.splits["train"]

@@ -165,7 +165,7 @@ def teacher_seed(seed):
 
 
 def teacher_model(dataset, arch, seed):
-    return str(layout.run_dir(R, "teacher", dataset, arch, teacher_seed(seed)) / layout.MODEL)
+    return str(layout.teacher_model(R, dataset, arch, teacher_seed(seed)))
 
 
 # --------------------------------------------------------------------------- distill / evaluate
