@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Tuple
 
+from kdbench.board.records import CELL
 from kdbench.board.stats import isnan
-
-CELL = ["dataset", "teacher", "student"]
-
 
 def _has_hparams(value) -> bool:
     if value is None or isnan(value):
