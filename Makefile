@@ -43,7 +43,7 @@ tune-method: data
 	$(VENV)/bin/kdbench tune-method --params $(PARAMS) --method $(METHOD) --cores $(CORES)
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean-results:
 	rm -rf results/

@@ -57,8 +57,10 @@ class Outcome:
 
 
 # --------------------------------------------------------------------------- shared
-def profile_of(args) -> dict:
-    return load_profile_with_overrides(args.params, args.overrides)
+def profile_of(args, methods=None) -> dict:
+    """The command's profile, validated; ``methods``: a job checks only the methods it runs
+    (``kdbench.profile.validate_profile``)."""
+    return load_profile_with_overrides(args.params, args.overrides, methods)
 
 
 def command_line(args, command: str, **options) -> str:
@@ -156,7 +158,7 @@ def _train(args, cfg, out: Path, teacher_path, profile, **expect) -> Outcome:
 
 
 def train_teacher(args) -> Outcome:
-    profile = profile_of(args)
+    profile = profile_of(args, [])
     check_in_profile(profile, args.dataset, None, args.arch, None)
     # teacher_seed null: each student seed's (and each tuning seed's) own teacher
     teacher_seeds = ([*profile["seeds"], *((profile.get("tuning") or {}).get("seeds") or [])]
@@ -168,7 +170,7 @@ def train_teacher(args) -> Outcome:
 
 
 def distill(args) -> Outcome:
-    profile = profile_of(args)
+    profile = profile_of(args, [args.method])
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
     _check_profile_seed(profile, args, args.seed, profile["seeds"], "seed")
     cfg = student_config(profile, args.dataset, args.teacher, args.student, args.method, args.seed)
@@ -189,7 +191,7 @@ def distill(args) -> Outcome:
 def tune_trial(args) -> Outcome:
     """One tuning trial: a student trained on the trial's candidate values, scored on the
     validation split only (its dataset has no test split). A diverged trial is a result."""
-    profile = profile_of(args)
+    profile = profile_of(args, [args.method])
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
     if not tuning_of(profile):
         raise KDBenchError(f"{args.params} has no tuning: block (tuning: {{trials: N, seeds: [...]}})")
@@ -238,7 +240,7 @@ def fetch_teachers_of(args) -> Outcome:
 
 # --------------------------------------------------------------------------- tuning
 def tune_select(args) -> Outcome:
-    profile = profile_of(args)
+    profile = profile_of(args, [args.method])
     check_in_profile(profile, args.dataset, args.teacher, args.student, args.method)
     path = write_selection(profile, args.dataset, args.teacher, args.student, args.method)
     rec = json.loads(path.read_text())
@@ -361,8 +363,8 @@ def evaluate(args, progress=None) -> Outcome:
     process (``--method a b c``: what the pipeline does, one job per cell and seed, so the
     interpreter, the data and the teacher are loaded once for all of them). ``progress``
     gets one line per run as it is done."""
-    profile = profile_of(args)
     methods = list(dict.fromkeys(args.method))
+    profile = profile_of(args, methods)
     if len(methods) > 1 and (args.out or args.figures):
         raise KDBenchError("evaluate: --out/--figures name one run's files: give one --method with them")
     for method in methods:

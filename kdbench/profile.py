@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from typing import Dict, List, Optional, Any
+from typing import Any, Dict, List, Optional, Sequence
 
 import jsonschema
 import torch
@@ -90,11 +90,13 @@ def _check_dataset_options(name: str, options: dict) -> None:
                               f"expected {expected}")
 
 
-def validate_profile(profile: dict, source: str = "params") -> dict:
+def validate_profile(profile: dict, source: str = "params", methods: Optional[Sequence[str]] = None) -> dict:
     """Validate a profile (structure, then names, then method hyperparameters, then every
     pair x method with the method's ``check_pair``, then ``student_shots`` against the
     datasets' class sizes); returns it with defaults filled in. Raises a KDBenchError
-    naming the problem."""
+    naming the problem. ``methods``: check only these methods' hyperparameters and pairs
+    (a job checks its own: the workflow validated the whole profile before any job ran);
+    every name is still checked."""
     profile = inline_teachers_file(profile, source)  # `teachers: file.yaml` -> its mapping
     check_finite(profile, source)
     validate_structure(profile, source)
@@ -115,10 +117,12 @@ def validate_profile(profile: dict, source: str = "params") -> dict:
                                   f"{nproc} (dataset {dataset}; the global batch is split evenly over the processes)")
     for pair in full["pairs"]:
         for method in pair_methods(full, pair["teacher"], pair["student"]):
+            if methods is not None and method not in methods:
+                continue
             hp = method_hparams(method, pair["teacher"], pair["student"], full.get("method_params"))
             check_method_pair(method, pair["teacher"], pair["student"], hp)
     _check_student_shots(full, source)
-    validate_tuning(full, source)
+    validate_tuning(full, source, methods)
     return full
 
 
@@ -126,23 +130,25 @@ def load_profile(path: os.PathLike) -> dict:
     return validate_profile(load_yaml(path), source=str(path))
 
 
-def load_profile_with_overrides(path: os.PathLike, overrides: Optional[List[str]] = None) -> dict:
-    """``path`` with ``--set KEY=VALUE`` overrides applied, validated. An error that the
-    file alone does not have is blamed on the command line's ``--set``, not on the file."""
+def load_profile_with_overrides(path: os.PathLike, overrides: Optional[List[str]] = None,
+                                methods: Optional[Sequence[str]] = None) -> dict:
+    """``path`` with ``--set KEY=VALUE`` overrides applied, validated (``methods``: as
+    :func:`validate_profile`). An error that the file alone does not have is blamed on the
+    command line's ``--set``, not on the file."""
     raw_file = load_yaml(path)
     raw = apply_overrides(raw_file, overrides or [])
     try:
-        return validate_profile(raw, source=str(path))
+        return validate_profile(raw, source=str(path), methods=methods)
     except KDBenchError:
         if not overrides:
             raise
         try:
-            validate_profile(copy.deepcopy(raw_file), source=str(path))
+            validate_profile(copy.deepcopy(raw_file), source=str(path), methods=methods)
         except KDBenchError:
             pass
         else:  # the file alone is valid: the overrides broke it
             sets = " ".join(f"--set {o}" for o in overrides)
-            validate_profile(raw, source=f"the command line ({sets})")
+            validate_profile(raw, source=f"the command line ({sets})", methods=methods)
         raise
 
 

@@ -31,7 +31,7 @@ import math
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from kdbench.config import layout
 from kdbench.config.layout import selection as selection_path  # noqa: F401  (kdbench.tuning's names of the
@@ -170,13 +170,16 @@ def trial_config(profile: dict, dataset: str, teacher: str, student: str, method
                           hparams_source=f"trial {trial}/{len(cands)}", trial=trial)
 
 
-def validate_tuning(profile: dict, source: str = "params") -> None:
-    """Checks of the ``tuning:`` / ``tuned:`` keys (called by validate_profile)."""
+def validate_tuning(profile: dict, source: str = "params", methods: Optional[Sequence[str]] = None) -> None:
+    """Checks of the ``tuning:`` / ``tuned:`` keys (called by validate_profile; ``methods``:
+    only these methods' search spaces and candidates)."""
     tuning, tuned = tuning_of(profile), profile.get("tuned")
     if tuning and tuned:
         raise TuningError(f"{source}: give either tuning: (run the trials) or tuned: (use a selection file), not both")
     if tuning:
         for method in profile["methods"]:
+            if methods is not None and method not in methods:
+                continue
             cls = get_method(method)
             space = profile_space(profile, method)
             if not space and method_hparams(method, None, "-") and not fixed_axes(profile, method):

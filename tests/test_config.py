@@ -278,3 +278,21 @@ def test_an_extending_profile_gives_its_own_description(tmp_path):
         parent = yaml.safe_load(path.read_text())["extends"]
         desc = load_yaml(path)["description"]
         assert desc != load_yaml(path.parent / parent).get("description"), path
+
+
+def test_a_job_checks_only_its_own_methods():
+    """A training or evaluation job validates the profile's structure and every name, but
+    only its own methods' hyperparameters and pairs (the workflow checked them all before
+    any job); the whole check still refuses another method's bad value."""
+    prof = copy.deepcopy(TINY_PROFILE)
+    prof["methods"] = ["vanilla", "kd", "dkd"]
+    prof["method_params"] = {"dkd": {"beta": 1.0}}
+    with pytest.raises(UnknownChoiceError, match="'beta'"):
+        validate_profile(copy.deepcopy(prof))
+    with pytest.raises(UnknownChoiceError, match="'beta'"):
+        validate_profile(copy.deepcopy(prof), methods=["dkd"])
+    assert validate_profile(copy.deepcopy(prof), methods=["kd"])["methods"] == ["vanilla", "kd", "dkd"]
+    assert validate_profile(copy.deepcopy(prof), methods=[])["methods"] == ["vanilla", "kd", "dkd"]
+    bad_name = dict(copy.deepcopy(prof), methods=["vanilla", "kdd"])
+    with pytest.raises(UnknownChoiceError, match="'kdd'"):
+        validate_profile(bad_name, methods=["vanilla"])  # names are always checked

@@ -80,8 +80,8 @@ def cell_means(runs, metric: str = "top1"):
 
     rows = {}
     for cell, g in runs.groupby(CELL, sort=False, dropna=False):
-        rows[cell] = {m: float(s.mean()) for m in dict.fromkeys(g["method"])
-                      if not (s := stats.series(g, m, metric)).empty}
+        every = stats.series_by_method(g, metric)
+        rows[cell] = {m: float(every[m].mean()) for m in dict.fromkeys(g["method"]) if m in every}
     methods = list(dict.fromkeys(runs["method"]))
     return pd.DataFrame.from_dict(rows, orient="index", columns=methods).astype(float)
 
@@ -89,11 +89,12 @@ def cell_means(runs, metric: str = "top1"):
 def _cell_matrix(g, metric: str):
     """(methods, values): methods x seeds of one cell (NaN where a method lacks a seed)."""
 
-    methods = [m for m in dict.fromkeys(g["method"]) if not stats.series(g, m, metric).empty]
+    every = stats.series_by_method(g, metric)
+    methods = [m for m in dict.fromkeys(g["method"]) if m in every]
     seeds = sorted(set(g["seed"]))
     values = np.full((len(methods), len(seeds)), np.nan)
     for i, m in enumerate(methods):
-        s = stats.series(g, m, metric)
+        s = every[m]
         for j, seed in enumerate(seeds):
             if seed in s.index:
                 values[i, j] = s.loc[seed]

@@ -47,6 +47,19 @@ def series(df, method: str, metric: str):
     return s.groupby(level=0).mean().sort_index()
 
 
+def series_by_method(df, metric: str) -> Dict:
+    """:func:`series` of every method of ``df`` at once (one groupby): ``{method: series}``,
+    only methods with a value; the same values as :func:`series` method by method."""
+    import pandas as pd
+
+    if metric not in df.columns:
+        return {}
+    frame = pd.DataFrame({"method": df["method"].to_numpy(), "seed": df["seed"].to_numpy(),
+                          "value": pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)}).dropna()
+    return {m: pd.Series(g["value"].to_numpy(), index=g["seed"].to_numpy()).groupby(level=0).mean().sort_index()
+            for m, g in frame.groupby("method", sort=False)}
+
+
 def _empty(a, b) -> Dict:
     return {"delta": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p_value": math.nan, "n": 0,
             "n_a": int(len(a)), "n_b": int(len(b)), "a_mean": math.nan, "b_mean": math.nan, "test": None}
@@ -58,41 +71,59 @@ def difference(a, b, confidence: float = CONFIDENCE) -> Dict:
     ``n`` (paired seeds, or the smaller side for Welch), ``n_a`` / ``n_b``, the two means
     over the seeds used, and ``test`` (``paired_t``, ``welch_t`` or None: fewer than two
     values on a side leave the CI and p empty, the delta is still the difference of means).
-    The same paired difference on every seed gives a zero-width CI and no p-value."""
-    from scipy import stats
-
+    The same paired difference on every seed gives a zero-width CI and no p-value.
+    The tests are scipy's ``ttest_rel`` / ``ttest_ind(equal_var=False)`` with their
+    ``confidence_interval``, in closed form (:func:`_t_test`; ``tests/test_leaderboard.py``
+    checks them against scipy): a board compares every pair of methods, thousands of tests."""
     out = _empty(a, b)
     if len(a) == 0 or len(b) == 0:
         return out
     common = a.index.intersection(b.index)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if len(common) >= 2:
-            x, y = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
-            res = stats.ttest_rel(x, y)
-            out.update(n=int(len(common)), test=PAIRED)
-        else:
-            x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
-            out["n"] = int(min(len(x), len(y)))
-            res = stats.ttest_ind(x, y, equal_var=False) if len(x) >= 2 and len(y) >= 2 else None
-            if res is not None:
-                out["test"] = WELCH
-        out["a_mean"], out["b_mean"] = float(x.mean()), float(y.mean())
-        out["delta"] = out["a_mean"] - out["b_mean"]
-        if res is not None:
-            p = float(res.pvalue)
-            ci = res.confidence_interval(confidence)
-            lo, hi = float(ci.low), float(ci.high)
-            out["p_value"] = p if not math.isnan(p) else math.nan
-            if out["test"] == PAIRED and float((x - y).std()) == 0.0:
-                # the same difference on every seed (common when accuracies are quantised by a
-                # small test set): a zero-width interval and no test (t is undefined; scipy's
-                # p = 0 would call two identical seeds significant)
-                out["ci_lo"] = out["ci_hi"] = out["delta"]
-                out["p_value"] = math.nan
-            elif not (math.isnan(lo) or math.isnan(hi)):
-                out["ci_lo"], out["ci_hi"] = lo, hi
+    res = None
+    if len(common) >= 2:
+        x, y = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
+        d = x - y
+        res = _t_test(float(d.mean()), float(d.var(ddof=1)) / len(d), len(d) - 1, confidence)
+        out.update(n=int(len(common)), test=PAIRED)
+    else:
+        x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+        out["n"] = int(min(len(x), len(y)))
+        if len(x) >= 2 and len(y) >= 2:
+            vx, vy = float(x.var(ddof=1)) / len(x), float(y.var(ddof=1)) / len(y)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if vx + vy > 0 else math.nan
+            res = _t_test(float(x.mean()) - float(y.mean()), vx + vy, df, confidence)
+            out["test"] = WELCH
+    out["a_mean"], out["b_mean"] = float(x.mean()), float(y.mean())
+    out["delta"] = out["a_mean"] - out["b_mean"]
+    if res is not None:
+        p, lo, hi = res
+        out["p_value"] = p
+        if out["test"] == PAIRED and float((x - y).std()) == 0.0:
+            # the same difference on every seed (common when accuracies are quantised by a
+            # small test set): a zero-width interval and no test (t is undefined; scipy's
+            # p = 0 would call two identical seeds significant)
+            out["ci_lo"] = out["ci_hi"] = out["delta"]
+            out["p_value"] = math.nan
+        elif not (math.isnan(lo) or math.isnan(hi)):
+            out["ci_lo"], out["ci_hi"] = lo, hi
     return out
+
+
+def _t_test(mean: float, var_of_mean: float, df: float, confidence: float):
+    """(two-sided p, ci_lo, ci_hi) of a t statistic ``mean / sqrt(var_of_mean)`` with ``df``
+    degrees of freedom: t's survival function and quantile as scipy's ``t`` distribution
+    computes them (``special.stdtr`` / ``stdtrit``); NaN where t is undefined."""
+    from scipy import special
+
+    se = math.sqrt(var_of_mean) if var_of_mean >= 0 else math.nan
+    if se == 0 or math.isnan(se) or math.isnan(df):
+        return math.nan, math.nan, math.nan
+    t = mean / se
+    p = float(min(1.0, 2 * special.stdtr(df, -abs(t))))
+    half = float(special.stdtrit(df, 0.5 + confidence / 2)) * se
+    return p, mean - half, mean + half
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE):
@@ -149,8 +180,9 @@ def cell_comparisons(g, metric: str = "top1", methods: Optional[Sequence[str]] =
     for each ordered pair a != b, ``d`` as :func:`difference` (a − b) plus ``p_holm``. The
     two orders of a pair share p and p_holm; a method without values is left out."""
     names = [m for m in (methods if methods is not None else dict.fromkeys(g["method"]))]
-    values = {m: series(g, m, metric) for m in names}
-    names = [m for m in names if not values[m].empty]
+    every = series_by_method(g, metric)
+    names = [m for m in names if m in every]
+    values = {m: every[m] for m in names}
     out: Dict = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:

@@ -34,7 +34,8 @@ def _entry(values, metric: str) -> str:
 def bold_method(g, metric: str, alpha: float = stats.ALPHA) -> Optional[str]:
     """The method of one cell (``g``: its runs) whose mean is bold: the best, when the
     family's Holm-corrected test says it is better than the runner-up; else None."""
-    means = {m: float(s.mean()) for m in dict.fromkeys(g["method"]) if not (s := stats.series(g, m, metric)).empty}
+    every = stats.series_by_method(g, metric)
+    means = {m: float(every[m].mean()) for m in dict.fromkeys(g["method"]) if m in every}
     if len(means) < 2:
         return None
     lower = overall.direction(metric) == "lower"
@@ -63,11 +64,12 @@ def paper_table(runs, metric: str = "top1", order: Optional[Sequence[str]] = Non
     cell_list = [c for c, _ in groups]
     methods = list(order) if order else list(dict.fromkeys(runs["method"]))
     bold = {c: bold_method(g, metric, alpha) for c, g in groups}
+    every = {c: stats.series_by_method(g, metric) for c, g in groups}
     body = []
     for m in methods:
         row = [tex_escape(m)]
         for c, g in groups:
-            text = _entry(stats.series(g, m, metric).tolist(), metric)
+            text = _entry(every[c][m].tolist() if m in every[c] else [], metric)
             row.append(f"\\textbf{{{text}}}" if bold[c] == m else tex_escape(text) if text == DASH else text)
         body.append(" & ".join(row) + " \\\\")
     name = NAMES.get(metric, metric)
