@@ -162,8 +162,11 @@ class StagedNet(nn.Module):
         """(C, H, W) of every stage output for a square input: used to check that a
         teacher/student pair can be bridged before any training starts."""
         dev = next(self.parameters()).device
-        if dev.type == "meta" and getattr(self, "arch", None):
-            return self.probe_twin().infer_stage_shapes(input_size, in_chans)
+        if dev.type == "meta" and getattr(self, "arch", None):  # an arch's shapes: computed once
+            key = (self.arch, self.num_classes, input_size, in_chans)
+            if key not in _META_SHAPES:
+                _META_SHAPES[key] = self.probe_twin().infer_stage_shapes(input_size, in_chans)
+            return list(_META_SHAPES[key])
         was = self.training
         self.eval()
         try:
@@ -179,12 +182,19 @@ class StagedNet(nn.Module):
         modules, values meaningless."""
         if next(self.parameters()).device.type != "meta" or not getattr(self, "arch", None):
             return self
-        with torch.device("cpu"), skip_init():
-            return _BUILD_MODEL(self.arch, self.num_classes)
+        key = (self.arch, self.num_classes)
+        if key not in _PROBE_TWINS:  # one per arch: a profile's checks probe the same archs many times
+            with torch.device("cpu"), skip_init():
+                _PROBE_TWINS[key] = _BUILD_MODEL(self.arch, self.num_classes)
+        return _PROBE_TWINS[key]
 
     def _set_stage_channels(self, channels: Sequence[int]) -> None:
         self._stage_channels = [int(c) for c in channels]
 
+
+#: the meta-device models' probes, per arch (their values are meaningless; shapes only)
+_META_SHAPES: dict = {}
+_PROBE_TWINS: dict = {}
 
 #: builds a model by (arch, num_classes): kdbench.models sets it to its ``create_model``
 #: (the registry sits above this base class, which never imports it)
