@@ -1,4 +1,8 @@
-"""Atomic writes: a file appears whole or not at all."""
+"""Atomic writes: a file appears whole or not at all.
+
+torch is imported by the two functions that read or write tensor files, not here: a
+process that only writes JSON (an MLflow writer, the tracking store's set-up) does not pay
+torch's 2 s start."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from kdbench.errors import KDBenchError
 
 
@@ -43,6 +46,8 @@ def _atomic(path: os.PathLike, write) -> Path:
 
 
 def save_torch(obj: Any, path: os.PathLike) -> Path:
+    import torch  # heavy: only where a tensor file is written (module docstring)
+
     return _atomic(path, lambda fh: torch.save(obj, fh))
 
 
@@ -61,7 +66,8 @@ def json_types(obj: Any) -> Any:
 
 
 def _jsonable(x):
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # without torch loaded, x is no tensor
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.tolist()
     if hasattr(x, "item"):
         return x.item()
@@ -71,6 +77,8 @@ def _jsonable(x):
 
 
 def load_torch(path: os.PathLike, map_location="cpu") -> Any:
+    import torch  # heavy: only where a tensor file is read (module docstring)
+
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
