@@ -91,17 +91,43 @@ class SGD:
                                  for g, saved in zip(self.param_groups, buffers)]
 
 
-def learning_rate(epoch: int, *, base_lr: float, schedule: str, epochs: int,
-                  milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
-    """The learning rate of epoch ``epoch`` (0-based).
+#: the schedules set per optimiser step (the others once per epoch)
+PER_STEP_SCHEDULES = ("onecycle",)
+#: torch.optim.lr_scheduler.OneCycleLR's defaults: the share of steps spent warming up, the
+#: start lr (base_lr / ONECYCLE_DIV) and the final one (start lr / ONECYCLE_FINAL_DIV)
+ONECYCLE_PCT_START, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
+
+
+def learning_rate(epoch: float, *, base_lr: float, schedule: str, epochs: int,
+                  milestones: Sequence[int] = (), gamma: float = 0.1, total_steps: int = 0) -> float:
+    """The learning rate at ``epoch`` (0-based; per-epoch schedules take whole epochs,
+    ``onecycle`` the optimiser step's index as ``epoch`` with ``total_steps`` steps in all).
 
     ``step``: ``base_lr * gamma ** (number of milestones <= epoch)`` (MultiStepLR);
     ``cosine``: ``base_lr * (1 + cos(pi * epoch / epochs)) / 2`` (CosineAnnealingLR,
-    eta_min 0); ``constant``: ``base_lr``."""
+    eta_min 0); ``constant``: ``base_lr``; ``onecycle``: OneCycleLR's learning rate with its
+    defaults (cosine from base_lr/25 up to base_lr over the first 30 % of the steps, then
+    cosine down to base_lr/25/1e4; momentum is not cycled)."""
     if schedule == "step":
         return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
     if schedule == "cosine":
         return base_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
     if schedule == "constant":
         return base_lr
-    raise ValueError(f"unknown schedule {schedule!r}; valid: step, cosine, constant")
+    if schedule == "onecycle":
+        return _onecycle(int(epoch), base_lr, total_steps)
+    raise ValueError(f"unknown schedule {schedule!r}; valid: step, cosine, constant, onecycle")
+
+
+def _onecycle(step: int, max_lr: float, total_steps: int) -> float:
+    """OneCycleLR's two cosine phases (its ``three_phase=False``), at step ``step``: the
+    phase ends at steps pct_start*total-1 and total-1, as in torch."""
+    if total_steps < 2:
+        raise ValueError(f"onecycle needs at least 2 steps (got total_steps={total_steps})")
+    initial, final = max_lr / ONECYCLE_DIV, max_lr / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+    warm_end = float(ONECYCLE_PCT_START * total_steps) - 1
+    if step <= warm_end:
+        start, end, pct = initial, max_lr, step / warm_end if warm_end > 0 else 1.0
+    else:
+        start, end, pct = max_lr, final, (step - warm_end) / (total_steps - 1 - warm_end)
+    return end + (start - end) / 2.0 * (math.cos(math.pi * min(pct, 1.0)) + 1)

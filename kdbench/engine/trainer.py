@@ -41,7 +41,7 @@ from kdbench.evaluation.accuracy import accuracy, calibration, ood_score
 from kdbench.evaluation.predict import predict_split, split_logits
 from kdbench.integrity import seal
 from kdbench.methods import TrainContext
-from kdbench.optim import SGD, learning_rate
+from kdbench.optim import PER_STEP_SCHEDULES, SGD, learning_rate
 from kdbench.tracking import git_commit
 
 CHECKPOINT = "checkpoint.pt"
@@ -94,8 +94,13 @@ def _optimizer(distiller, cfg: RunConfig) -> SGD:
                nesterov=r["nesterov"], weight_decay=r["weight_decay"])
 
 
-def _epoch_lr(epoch: int, cfg: RunConfig) -> float:
+def _epoch_lr(epoch: int, cfg: RunConfig, step: int = 0, steps_per_epoch: int = 0) -> float:
+    """The lr of ``epoch`` (per-epoch schedules) or of its optimiser step ``step``
+    (``onecycle``: counted over the whole run's epochs x steps_per_epoch steps)."""
     r = cfg.recipe
+    if r["schedule"] in PER_STEP_SCHEDULES:
+        return learning_rate(epoch * steps_per_epoch + step, base_lr=cfg.lr, schedule=r["schedule"],
+                             epochs=r["epochs"], total_steps=r["epochs"] * steps_per_epoch)
     return learning_rate(epoch, base_lr=cfg.lr, schedule=r["schedule"], epochs=r["epochs"],
                          milestones=r["milestones"], gamma=r["gamma"])
 
@@ -304,7 +309,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         """One epoch: the training steps, the validation, the checkpoint, the log line."""
         t0 = time.time()
-        lr = _epoch_lr(epoch, self.cfg)
+        lr = _epoch_lr(epoch, self.cfg, 0, len(self.train_loader))
         self.optimizer.set_lr(lr)
         d, world = self.distiller, self.world
         d.train()
@@ -330,6 +335,8 @@ class Trainer:
 
     def train_iter(self, epoch: int, step: int, batch: dict, sums: Dict[str, torch.Tensor]) -> None:
         """One optimiser step on one batch; its loss terms are added to ``sums``."""
+        if step and self.r["schedule"] in PER_STEP_SCHEDULES:
+            self.optimizer.set_lr(_epoch_lr(epoch, self.cfg, step, len(self.train_loader)))
         with self.autocast:
             try:
                 terms = self.loss_fn(batch)
