@@ -22,8 +22,11 @@ rule teacher:
         "../../environment.yml"
     threads: TEACHER_THREADS * NPROC  # TEACHER_THREADS per process
     # teachers first: each one unblocks every student of its dataset and pair (without
-    # this, a teacher scheduled late leaves the other cores idle at the end of the run)
-    priority: 20
+    # this, a teacher scheduled late leaves the other cores idle at the end of the run).
+    # Above any sum of students' priorities (10 each) that fits in the teacher's cores:
+    # Snakemake picks the ready jobs of the highest summed priority, and at 20 two vanilla
+    # students (no teacher) tied with a two-thread teacher and went first
+    priority: 100
     resources:
         mem_mb=8000,
         runtime=24 * 60,
