@@ -178,8 +178,51 @@ def test_learning_rate_matches_torch_schedulers(schedule):
         sched.step()
     assert learning_rate(0, base_lr=0.05, schedule="cosine", epochs=10) == 0.05
     assert learning_rate(15, base_lr=1.0, schedule="step", epochs=30, milestones=[15], gamma=0.1) == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="'linear'.*step, cosine, constant"):
+    with pytest.raises(ValueError, match="'linear'.*step, cosine, constant, onecycle"):
         learning_rate(0, base_lr=0.1, schedule="linear", epochs=3)
+
+
+def test_onecycle_matches_torch_onecyclelr():
+    """``onecycle``: torch's OneCycleLR (its defaults, momentum not cycled) at every step."""
+    from kdbench.optim import learning_rate
+
+    total = 5 * 7
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, cycle_momentum=False)
+    for step in range(total):
+        ours = learning_rate(step, base_lr=0.1, schedule="onecycle", epochs=5, total_steps=total)
+        assert ours == opt.param_groups[0]["lr"], step
+        opt.step()
+        sched.step()
+    assert learning_rate(0, base_lr=0.1, schedule="onecycle", epochs=5, total_steps=total) == pytest.approx(0.1 / 25)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        learning_rate(0, base_lr=0.1, schedule="onecycle", epochs=1, total_steps=1)
+
+
+def test_onecycle_run_sets_the_lr_every_step_and_resumes_identically(tiny, tmp_path, monkeypatch):
+    """A training run with ``schedule: onecycle`` sets the lr before every optimiser step
+    (counted over the whole run), and a run interrupted after an epoch resumes to the same
+    model as one trained straight through."""
+    from kdbench.optim import SGD, learning_rate
+
+    _, prof, results, tpath = tiny
+    onecycle = validate_profile(dict(prof, student_train={"epochs": 3, "batch_size": 64, "lr": 0.05,
+                                                          "schedule": "onecycle"}))
+    cfg = student_config(onecycle, "shapes", "resnet14", "resnet8", "kd", 0)
+    seen = []
+    set_lr = SGD.set_lr
+    monkeypatch.setattr(SGD, "set_lr", lambda self, lr: (seen.append(lr), set_lr(self, lr)))
+    full = trainer.run(cfg, tmp_path / "full", results_dir=results, teacher_path=tpath)
+    steps = 256 // 64  # the tiny profile's 256 training images, batches of 64
+    total = 3 * steps
+    assert seen == [learning_rate(i, base_lr=0.05, schedule="onecycle", epochs=3, total_steps=total)
+                    for i in range(total)]
+    trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tpath, max_epochs=1)
+    resumed = trainer.run(cfg, tmp_path / "part", results_dir=results, teacher_path=tpath)
+    assert resumed["top1"] == full["top1"]
+    a = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "part/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_job_does_not_import_dynamo(tiny):
