@@ -6,7 +6,8 @@ than half of a job's fixed cost, for a compiler kdbench does not use. ``SGD`` be
 update of ``torch.optim.SGD`` (momentum, Nesterov, per-group weight decay, no dampening),
 written with the same tensor operations in the same order, so its numbers are bit-identical
 to torch's (``tests/test_engine.py`` checks both of torch's code paths). The schedules are
-the closed forms of ``MultiStepLR`` / ``CosineAnnealingLR`` evaluated per epoch.
+the closed forms of ``MultiStepLR`` / ``CosineAnnealingLR`` evaluated per epoch, and of
+``OneCycleLR`` (its defaults, momentum not cycled) evaluated per optimiser step.
 """
 from __future__ import annotations
 

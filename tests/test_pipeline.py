@@ -251,9 +251,13 @@ def test_plugin_method_runs_only_new_jobs(smoke, tmp_path):
     # interrupt: it lands mid-training whatever the machine's speed.
     hold = tmp_path / "hold"
     hold.touch()
+    # Ctrl-C's SIGINT at its default for the run: a shell starts a background command (`make
+    # test &`, a CI wrapper) with SIGINT ignored, and an ignored signal stays ignored through
+    # every exec (Snakemake and its jobs would never see the interrupt)
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", params], cwd=repo,
                             env=dict(env, HALFKD_HOLD=str(hold)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs_dir = repo / "results" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
     logs = repo / "results" / "logs" / "students" / "shapes" / "resnet14__resnet8" / "half_kd"
     deadline = time.time() + 300
