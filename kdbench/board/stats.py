@@ -36,15 +36,11 @@ def isnan(x) -> bool:
 
 def series(df, method: str, metric: str):
     """Per-seed values of ``metric`` for ``method`` (mean over duplicate seeds, NaN
-    dropped), indexed by seed and sorted."""
+    dropped), indexed by seed and sorted (:func:`series_by_method` for one method)."""
     import pandas as pd
 
-    if metric not in df.columns:
-        return pd.Series(dtype=float)
-    sub = df[df["method"] == method]
-    vals = pd.to_numeric(sub[metric], errors="coerce").to_numpy(dtype=float)
-    s = pd.Series(vals, index=sub["seed"].to_numpy()).dropna()
-    return s.groupby(level=0).mean().sort_index()
+    found = series_by_method(df[df["method"] == method], metric)
+    return found.get(method, pd.Series(dtype=float))
 
 
 def series_by_method(df, metric: str) -> Dict:
