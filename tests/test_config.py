@@ -156,25 +156,31 @@ def test_default_long_and_embedded_all_share_their_base_profiles_runs():
                                       for n in ("default", "default-long", "embedded", "embedded-all"))
     assert set(default["seeds"]) < set(long["seeds"]) and long["methods"] == default["methods"]
     for base, other in ((default, long), (embedded, every)):
-        for dataset in base["datasets"]:
+        for dataset in base["datasets"]:  # embedded's: shapes, digits (every also has fashion_mnist)
             for method in base["methods"]:
                 for seed in set(base["seeds"]) & set(other["seeds"]):
                     key = (dataset, "resnet32", "resnet8", method, seed)
                     assert student_config(other, *key).config_hash == student_config(base, *key).config_hash, key
-    assert set(every["datasets"]) == set(embedded["datasets"]) == {"shapes", "digits"}
-    assert student_config(every, "shapes", "resnet32", "resnet8", "fitnet", 0).hparams_source.startswith("tuned")
-    assert student_config(every, "shapes", "resnet32", "resnet8", "crd", 0).hparams_source.startswith("tuned")
-    # every method but vanilla is tuned in embedded-all, and the methods tune-embedded also
-    # tunes carry the embedded profile's selections (the same trial jobs)
+    assert set(embedded["datasets"]) == {"shapes", "digits"}
+    assert set(every["datasets"]) == {"shapes", "digits", "fashion_mnist"}
+    for dataset in every["datasets"]:
+        for method in ("fitnet", "crd", "cid"):
+            # tuned on this very recipe: no "selected for another recipe" in the source
+            assert student_config(every, dataset, "resnet32", "resnet8", method, 0).hparams_source == \
+                "tuned (4 trials, val)", (dataset, method)
+    # every method but vanilla is tuned in embedded-all on every dataset, and the methods
+    # tune-embedded also tunes carry the embedded profile's selections on its datasets (the
+    # same trial jobs)
     from kdbench.config import load_yaml
 
     shared = {m for m in load_yaml(root / "tune-embedded.yaml")["methods"] if m != "vanilla"}
     entries = lambda name: {(e["dataset"], e["teacher"], e["student"], e["method"]): e
                             for e in load_yaml(root / "tuned" / name)["entries"]}
     mine, embedded_sel = entries("embedded-all.yaml"), entries("embedded.yaml")
-    assert {k[3] for k in mine} == set(every["methods"]) - {"vanilla"}
+    for dataset in every["datasets"]:
+        assert {k[3] for k in mine if k[0] == dataset} == set(every["methods"]) - {"vanilla"}, dataset
     for k, e in mine.items():
-        if k[3] in shared:
+        if k[3] in shared and k[0] in embedded["datasets"]:
             assert e == embedded_sel[k], k
     # the default's selection covers every method of the default but vanilla, on its cells
     sel = entries("default.yaml")
