@@ -21,7 +21,6 @@ of test and have their own family: :mod:`kdbench.board.claims`.)
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, Optional, Sequence
 
 ALPHA = 0.05
@@ -86,9 +85,8 @@ def difference(a, b, confidence: float = CONFIDENCE) -> Dict:
         out["n"] = int(min(len(x), len(y)))
         if len(x) >= 2 and len(y) >= 2:
             vx, vy = float(x.var(ddof=1)) / len(x), float(y.var(ddof=1)) / len(y)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if vx + vy > 0 else math.nan
+            den = vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)  # Welch-Satterthwaite
+            df = (vx + vy) ** 2 / den if den > 0 else math.nan
             res = _t_test(float(x.mean()) - float(y.mean()), vx + vy, df, confidence)
             out["test"] = WELCH
     out["a_mean"], out["b_mean"] = float(x.mean()), float(y.mean())
